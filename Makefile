@@ -1,0 +1,37 @@
+# The two commands of the README. Both create .venv with Python >= 3.11 and install the project.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install install-test demo demo-quick test lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/segbalance demo --work-dir runs/demo
+
+demo-quick: $(STAMP)
+	$(VENV)/bin/segbalance demo --work-dir runs/demo-quick --quick
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check segbalance tests benchmarks
+	$(VENV)/bin/ruff format --check segbalance tests benchmarks
+	$(VENV)/bin/mypy segbalance
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,128 @@
+"""Model files that carry what the next stage needs.
+
+A segbalance ``.keras`` file is a normal Keras archive with one extra member,
+``segbalance.json``: image size, preprocessing, threshold, groups, output kind and the
+config that trained it. ``evaluate``, ``predict`` and ``export`` read it so they need no
+flags to match training. Files are written to a temp name and renamed (no half-written
+model after a crash).
+
+Example:
+    >>> save_model(model, "best.keras", ModelMeta(image_size=(64, 64), groups=["0", "1"]))
+    >>> model, meta = load_model("best.keras")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from segbalance.errors import UserError
+
+META_MEMBER = "segbalance.json"
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What a trained model needs around it to be used exactly as in training.
+
+    Attributes:
+        image_size: (height, width) the network was trained at.
+        groups: group names in training order (group id i is groups[i]).
+        threshold: probability threshold for a foreground pixel.
+        preprocessing: how pixels are scaled before the network ("0-255" for
+            keras.applications encoders that normalise inside, "0-1" otherwise).
+        output: "logits" (apply a sigmoid for probabilities).
+        config: the full training config as a dict (``Config.model_dump(mode="json")``).
+        extra: free-form facts (epoch, monitored value, segbalance version).
+    """
+
+    image_size: tuple[int, int]
+    groups: list[str]
+    threshold: float = 0.5
+    preprocessing: str = "0-255"
+    output: str = "logits"
+    config: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelMeta:
+        raw = json.loads(text)
+        raw["image_size"] = tuple(raw["image_size"])
+        return cls(**raw)
+
+
+def atomic_path(final: str | Path, suffix: str = "") -> Path:
+    """A temp path in the same folder as ``final`` (so ``os.replace`` is atomic)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{final.name}.", suffix=suffix or final.suffix, dir=final.parent
+    )
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a text file through a temp file and a rename."""
+    tmp = atomic_path(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_model(model: Any, path: str | Path, meta: ModelMeta) -> Path:
+    """Save a Keras model plus its metadata atomically as one ``.keras`` file."""
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise UserError(f"model path {path} must end in .keras")
+    tmp = atomic_path(path, ".keras")
+    try:
+        model.save(tmp)
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.writestr(META_MEMBER, meta.to_json())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_meta(path: str | Path) -> ModelMeta:
+    """Read only the metadata of a segbalance model file (no TensorFlow needed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file {path} does not exist; pass the best.keras of a run")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return ModelMeta.from_json(archive.read(META_MEMBER).decode())
+    except (zipfile.BadZipFile, KeyError) as err:
+        raise UserError(
+            f"{path} is not a segbalance model (no {META_MEMBER}); "
+            "use the best.keras written by 'segbalance train'"
+        ) from err
+
+
+def load_model(path: str | Path, compile: bool = False) -> tuple[Any, ModelMeta]:
+    """Load a model with ``safe_mode=True`` and its metadata.
+
+    Custom layers, losses and metrics of segbalance are registered on import of
+    ``segbalance.models``, ``segbalance.losses`` and ``segbalance.metrics``.
+    """
+    meta = read_meta(path)
+    import keras
+
+    import segbalance.losses
+    import segbalance.metrics
+    import segbalance.models  # noqa: F401
+
+    model = keras.saving.load_model(str(path), compile=compile, safe_mode=True)
+    return model, meta

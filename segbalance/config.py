@@ -1,0 +1,206 @@
+"""Run configuration: one small frozen model per stage, parsed once at the CLI.
+
+A YAML file (``--config``) gives any subset of the keys; flags override single keys
+(``train.epochs=3`` style, see :func:`load_config`). Unknown keys are errors with a
+suggestion, so a typo never silently falls back to a default.
+
+Example:
+    >>> cfg = load_config(None, {"train.epochs": 3, "model.name": "unet-small"})
+    >>> cfg.train.epochs, cfg.model.name
+    (3, 'unet-small')
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from segbalance.errors import UserError
+
+
+class _Stage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Stage):
+    """Where the data is and how it is shaped for the model."""
+
+    manifest: str | None = None
+    image_size: tuple[int, int] = (256, 256)
+    groups: list[str] | None = Field(None, description="train on these groups only")
+    train_split: str = "train"
+    valid_split: str = "valid"
+    epoch_length: int | None = Field(None, description="samples per epoch; default: #train images")
+    cache_decoded: bool = Field(False, description="keep decoded, resized images in memory")
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _square(cls, v: Any) -> Any:
+        return (v, v) if isinstance(v, int) else v
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 16 or v[0] % 32 or v[1] % 32:
+            raise ValueError(f"image_size {v} must be multiples of 32 and >= 32 (U-Net depth 5)")
+        return v
+
+
+class SamplingConfig(_Stage):
+    """How groups are balanced (see segbalance.sampling)."""
+
+    balance: str = "uniform"
+    mode: Literal["exact", "random"] = "exact"
+    weights: dict[str, float] | None = None
+    sample_weights: bool = Field(False, description="also emit per-sample loss weights")
+
+
+class AugmentConfig(_Stage):
+    """Augmentation: a default op list and optional per-group op lists."""
+
+    engine: Literal["keras", "albumentations", "none"] = "keras"
+    default: list[dict[str, Any]] | Literal["default", "none"] = "default"
+    groups: dict[str, list[dict[str, Any]] | Literal["default", "none"]] = {}
+    albumentations_file: str | None = None
+
+
+class ModelConfig(_Stage):
+    """Which network to build (see segbalance.models)."""
+
+    name: str = "unet-small"
+    encoder_weights: str = Field("imagenet", description="imagenet | none | path to weights")
+    decoder_filters: tuple[int, ...] = (256, 128, 64, 32, 16)
+    batch_norm: bool = True
+    classes: int = 1
+    dropout: float = 0.0
+    freeze_encoder_epochs: int = 0
+
+
+class LossConfig(_Stage):
+    """Loss expression such as ``dice+focal`` or ``0.5*bce+dice`` and its parameters."""
+
+    name: str = "dice+focal"
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    tversky_alpha: float = 0.3
+    tversky_beta: float = 0.7
+
+
+class OptimizerConfig(_Stage):
+    """Optimiser and learning-rate schedule."""
+
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: Literal["cosine", "plateau", "constant"] = "cosine"
+    warmup_epochs: float = 1.0
+    min_lr: float = 1e-6
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3
+    clipnorm: float | None = 1.0
+
+
+class TrainConfig(_Stage):
+    """The training loop."""
+
+    epochs: int = 20
+    batch_size: int = 8
+    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "auto"
+    seed: int = 0
+    monitor: Literal["mean_group_iou", "worst_group_iou", "val_loss", "iou"] = "mean_group_iou"
+    early_stopping_patience: int | None = None
+    threshold: float = 0.5
+    keep_checkpoints: int = 3
+    checkpoint_every_steps: int | None = Field(None, description="also checkpoint mid-epoch")
+    validation_batch_size: int | None = None
+
+
+class DistributeConfig(_Stage):
+    """Devices and cluster (see segbalance.train.distribute)."""
+
+    devices: str | None = Field(None, description="GPU ids such as '0,1'; 'cpu:2' for tests")
+    workers: list[str] | None = Field(None, description="host:port of every worker")
+    worker_index: int | None = None
+    connect_timeout_s: float = 60.0
+
+
+class Config(_Stage):
+    """Everything ``segbalance train`` needs; saved as ``config.yaml`` in the work dir."""
+
+    data: DataConfig = DataConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    train: TrainConfig = TrainConfig()
+    distribute: DistributeConfig = DistributeConfig()
+
+
+def _check_keys(raw: dict[str, Any], model: type[BaseModel], where: str) -> None:
+    """Raise a UserError for the first unknown key, with the closest valid key."""
+    fields = model.model_fields
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            valid = ", ".join(fields)
+            raise UserError(f"unknown config key '{where}{key}'.{hint} Valid keys: {valid}")
+        sub = fields[key].annotation
+        if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, _Stage):
+            _check_keys(value, sub, f"{where}{key}.")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read an optional YAML file, apply ``section.key`` overrides, validate once.
+
+    Args:
+        path: YAML file or None for the defaults.
+        overrides: dotted keys to values, e.g. ``{"train.epochs": 3}``; None values are ignored.
+
+    Raises:
+        UserError: unreadable YAML, unknown keys or invalid values, naming the key.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise UserError(f"cannot read config {path}: {err}") from err
+        if not isinstance(raw, dict):
+            raise UserError(
+                f"config {path} must be a mapping of sections, got {type(raw).__name__}"
+            )
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, key, value)
+    _check_keys(raw, Config, "")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]
+        source = f" in {path}" if path else ""
+        raise UserError(f"invalid config{source}:\n  " + "\n  ".join(lines)) from err
+
+
+def config_to_yaml(cfg: Config) -> str:
+    """The config as YAML, every key shown (``segbalance train --print-config``)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Rebuild a Config saved with :func:`config_to_yaml` (e.g. inside a model file)."""
+    _check_keys(raw, Config, "")
+    return Config.model_validate(raw)
