@@ -1,0 +1,1 @@
+"""Data: synthetic data, discovering image/mask pairs, manifests, statistics."""

@@ -1,0 +1,384 @@
+"""The manifest: one CSV row per image/mask pair, the contract between ``prepare`` and the rest.
+
+Columns, in order: ``image, mask, group, split, height, width, coverage, mask_rule``.
+``image``/``mask`` are POSIX paths relative to the data root. The root is found from an
+explicit argument, else the sidecar ``<name>.json`` written next to the CSV, else the CSV's
+folder's parent when that folder is called ``segbalance`` (the default output place), else
+the CSV's folder.
+
+Example:
+    >>> m = read_manifest("data/segbalance/manifest.csv")
+    >>> m.groups, m.select(split="valid").group_ids[:3]
+    (['0', '1', '2', '3', '4'], array([0, 0, 0], dtype=int32))
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segbalance import __version__
+from segbalance.artifacts import atomic_path
+from segbalance.errors import InvalidDataError, Problem, UserError
+
+COLUMNS = ("image", "mask", "group", "split", "height", "width", "coverage", "mask_rule")
+SPLITS = ("train", "valid", "test")
+MASK_RULES = ("0/255", "0/1", "palette-nonblack", "rgb-nonblack")
+DEFAULT_DIRNAME = "segbalance"
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(text: str) -> tuple[Any, ...]:
+    """Sort key that orders digit runs by value: ``"2" < "10"``, ``"img2" < "img10"``."""
+    parts = _DIGITS.split(text)
+    key = tuple((0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in parts if p)
+    return (*key, text)  # the raw text breaks ties such as "01" vs "1"
+
+
+def natural_sort(items: Iterable[str]) -> list[str]:
+    """Strings in natural order.
+
+    Example:
+        >>> natural_sort(["10", "2", "b", "1"])
+        ['1', '2', '10', 'b']
+    """
+    return sorted(items, key=natural_key)
+
+
+def _frozen_array(values: Any, dtype: Any) -> np.ndarray:
+    arr = np.array(values, dtype=dtype).reshape(-1)
+    arr.setflags(write=False)
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class Manifest:
+    """Image/mask pairs with their group, split and facts found while checking them.
+
+    Attributes:
+        root: data root; ``image``/``mask`` are relative to it.
+        image, mask, group, split, mask_rule: one string per row.
+        height, width: pixel size per row (int64). coverage: foreground fraction (float64).
+        group_order: every group name in id order. Empty means the natural sort of the
+            groups present; a selection keeps its parent's order so group ids stay stable.
+    """
+
+    root: Path
+    image: tuple[str, ...]
+    mask: tuple[str, ...]
+    group: tuple[str, ...]
+    split: tuple[str, ...]
+    height: np.ndarray
+    width: np.ndarray
+    coverage: np.ndarray
+    mask_rule: tuple[str, ...]
+    group_order: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        put = object.__setattr__
+        put(self, "root", Path(os.path.abspath(self.root)))  # normalises ".."
+        for name in ("image", "mask", "group", "split", "mask_rule"):
+            put(self, name, tuple(str(v) for v in getattr(self, name)))
+        put(self, "height", _frozen_array(self.height, np.int64))
+        put(self, "width", _frozen_array(self.width, np.int64))
+        put(self, "coverage", _frozen_array(self.coverage, np.float64))
+        n = len(self.image)
+        lengths = {c: len(getattr(self, c)) for c in COLUMNS}
+        if any(v != n for v in lengths.values()):
+            raise ValueError(f"manifest columns differ in length: {lengths}")
+        order = tuple(self.group_order) or tuple(natural_sort(set(self.group)))
+        missing = set(self.group) - set(order)
+        if missing:
+            raise ValueError(f"groups {sorted(missing)} are not in group_order {order}")
+        put(self, "group_order", order)
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    @property
+    def groups(self) -> list[str]:
+        """Group names in id order (natural sort of the full manifest)."""
+        return list(self.group_order)
+
+    @property
+    def group_ids(self) -> np.ndarray:
+        """int32 index into :attr:`groups`, one per row."""
+        index = {g: i for i, g in enumerate(self.group_order)}
+        return np.array([index[g] for g in self.group], dtype=np.int32)
+
+    def counts(self) -> dict[str, int]:
+        """Rows per group, every group of :attr:`groups` included (0 when absent)."""
+        out = dict.fromkeys(self.group_order, 0)
+        for g in self.group:
+            out[g] += 1
+        return out
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> Manifest:
+        """The given rows (in that order), keeping root and group order."""
+        idx = [int(i) for i in rows]
+        return Manifest(
+            root=self.root,
+            image=tuple(self.image[i] for i in idx),
+            mask=tuple(self.mask[i] for i in idx),
+            group=tuple(self.group[i] for i in idx),
+            split=tuple(self.split[i] for i in idx),
+            height=self.height[idx],
+            width=self.width[idx],
+            coverage=self.coverage[idx],
+            mask_rule=tuple(self.mask_rule[i] for i in idx),
+            group_order=self.group_order,
+        )
+
+    def select(
+        self, split: str | Sequence[str] | None = None, groups: Sequence[str] | None = None
+    ) -> Manifest:
+        """Rows of one split (or several) and/or some groups; ``.groups`` stays the parent's.
+
+        Raises:
+            UserError: a requested group is not in the manifest.
+        """
+        splits = {split} if isinstance(split, str) else (set(split) if split else None)
+        wanted = None
+        if groups is not None:
+            wanted = {str(g) for g in groups}
+            unknown = wanted - set(self.group_order)
+            if unknown:
+                raise UserError(
+                    f"group(s) {', '.join(natural_sort(unknown))} not in the manifest; "
+                    f"its groups are {', '.join(self.group_order)}"
+                )
+        rows = [
+            i
+            for i in range(len(self))
+            if (splits is None or self.split[i] in splits)
+            and (wanted is None or self.group[i] in wanted)
+        ]
+        return self.take(rows)
+
+    def image_paths(self) -> list[str]:
+        """Absolute image paths, one per row."""
+        return [str(self.root / p) for p in self.image]
+
+    def mask_paths(self) -> list[str]:
+        """Absolute mask paths, one per row."""
+        return [str(self.root / p) for p in self.mask]
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """The JSON written next to a manifest CSV (``manifest.csv`` -> ``manifest.json``)."""
+    return Path(path).with_suffix(".json")
+
+
+def _format_float(value: float) -> str:
+    return repr(float(value))  # shortest text that reads back to the same float
+
+
+def manifest_csv_text(manifest: Manifest) -> str:
+    """The CSV text of a manifest (header plus one line per row)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for i in range(len(manifest)):
+        writer.writerow(
+            [
+                manifest.image[i],
+                manifest.mask[i],
+                manifest.group[i],
+                manifest.split[i],
+                int(manifest.height[i]),
+                int(manifest.width[i]),
+                _format_float(manifest.coverage[i]),
+                manifest.mask_rule[i],
+            ]
+        )
+    return buf.getvalue()
+
+
+def write_manifest(
+    manifest: Manifest, path: str | Path, info: Mapping[str, Any] | None = None
+) -> Path:
+    """Write the CSV and its sidecar JSON atomically (temp files, then renames).
+
+    The sidecar holds the data root relative to the CSV's folder so the manifest can be
+    read from anywhere, plus ``info`` (layout found, mask rules seen, ...).
+
+    Args:
+        manifest: what to write.
+        path: the CSV file; its folder is created.
+        info: extra JSON-able facts for the sidecar.
+    """
+    path = Path(path)
+    side = sidecar_path(path)
+    meta: dict[str, Any] = dict(info or {})
+    folder = path.absolute().parent
+    meta["root"] = Path(os.path.relpath(manifest.root, folder)).as_posix()
+    meta["groups"] = manifest.groups
+    meta["rows"] = len(manifest)
+    meta["tool"] = f"segbalance {__version__}"
+    tmp_csv = atomic_path(path)
+    tmp_json = atomic_path(side)
+    try:
+        tmp_csv.write_text(manifest_csv_text(manifest), encoding="utf-8")
+        tmp_json.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp_json, side)
+        os.replace(tmp_csv, path)
+    finally:
+        tmp_csv.unlink(missing_ok=True)
+        tmp_json.unlink(missing_ok=True)
+    return path
+
+
+def _resolve_root(path: Path, root: str | Path | None) -> Path:
+    if root is not None:
+        return Path(root)
+    side = sidecar_path(path)
+    if side.is_file():
+        try:
+            meta = json.loads(side.read_text(encoding="utf-8"))
+            return path.absolute().parent / meta["root"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(
+                f"manifest sidecar {side} is unreadable ({err}); delete it and pass --root, "
+                "or run 'segbalance prepare' again"
+            ) from err
+    folder = path.absolute().parent
+    return folder.parent if folder.name == DEFAULT_DIRNAME else folder
+
+
+def _parse_row(row: dict[str, str], where: str, problems: list[Problem]) -> tuple[Any, ...] | None:
+    bad = len(problems)
+    values = {c: (row.get(c) or "").strip() for c in COLUMNS}
+    for col in ("image", "mask", "group"):
+        if not values[col]:
+            problems.append(Problem(where, f"empty '{col}'", f"fill in the {col} column"))
+    if values["split"] not in SPLITS:
+        problems.append(
+            Problem(
+                where,
+                f"split '{values['split']}' is not one of {', '.join(SPLITS)}",
+                "fix the split column",
+            )
+        )
+    try:
+        height, width = int(values["height"]), int(values["width"])
+        coverage = float(values["coverage"])
+        if height <= 0 or width <= 0 or not (0.0 <= coverage <= 1.0) or math.isnan(coverage):
+            raise ValueError
+    except ValueError:
+        problems.append(
+            Problem(
+                where,
+                "height/width must be positive integers and coverage in [0, 1]",
+                "run 'segbalance prepare' again to recompute them",
+            )
+        )
+        return None
+    if len(problems) > bad:
+        return None
+    return (
+        *(values[c] for c in ("image", "mask", "group", "split")),
+        height,
+        width,
+        coverage,
+        values["mask_rule"],
+    )
+
+
+def read_manifest(
+    path: str | Path, root: str | Path | None = None, check_files: bool = True
+) -> Manifest:
+    """Read a manifest CSV written by ``segbalance prepare``.
+
+    Args:
+        path: the CSV.
+        root: data root; default from the sidecar JSON or the CSV's place (module doc).
+        check_files: also check that every image and mask file exists.
+
+    Raises:
+        UserError: unreadable file or missing columns; InvalidDataError with one problem
+            per bad row (``file:line``) or missing file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"manifest {path} does not exist; create it with 'segbalance prepare'")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read manifest {path}: {err}") from err
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise UserError(
+            f"manifest {path} lacks column(s) {', '.join(missing)}; expected "
+            f"{', '.join(COLUMNS)}. Write it with 'segbalance prepare'"
+        )
+    base = _resolve_root(path, root)
+    problems: list[Problem] = []
+    rows = []
+    for line, row in enumerate(reader, start=2):
+        where = f"{path}:{line}"
+        parsed = _parse_row(row, where, problems)
+        if parsed is None:
+            continue
+        rows.append(parsed)
+        if check_files:
+            for col, rel in zip(("image", "mask"), parsed[:2], strict=True):
+                if not (base / rel).is_file():
+                    problems.append(
+                        Problem(
+                            f"{where} {base / rel}",
+                            f"{col} file does not exist",
+                            "check the data root (--root) or run 'segbalance prepare' again",
+                        )
+                    )
+    if problems:
+        raise InvalidDataError(problems, f"manifest {path} has {len(problems)} problem(s)")
+    if not rows:
+        raise UserError(f"manifest {path} has no rows; run 'segbalance prepare' on your data")
+    cols = list(zip(*rows, strict=True))
+    return Manifest(base, *cols)  # type: ignore[arg-type]
+
+
+def assign_splits(
+    keys: Sequence[str], groups: Sequence[str], valid_fraction: float, seed: int
+) -> list[str]:
+    """Split rows train/valid, stratified by group, reproducibly from ``seed``.
+
+    Each group with n >= 2 rows gets ``round(n * valid_fraction)`` valid rows, at least 1
+    and at most n - 1; a single-row group stays in train. A group's draw depends only on
+    the seed, the group name and its sorted keys, so adding a group changes no other.
+
+    Args:
+        keys: a stable identity per row (e.g. the image path).
+        groups: the group of each row.
+        valid_fraction: in (0, 1).
+        seed: the run seed.
+    """
+    if not 0.0 < valid_fraction < 1.0:
+        raise UserError(f"--valid-fraction {valid_fraction} must be between 0 and 1 (exclusive)")
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    out = ["train"] * len(keys)
+    for g, rows in by_group.items():
+        n = len(rows)
+        if n < 2:
+            continue
+        n_valid = min(max(round(n * valid_fraction), 1), n - 1)
+        ordered = sorted(rows, key=lambda i: natural_key(keys[i]))
+        rng = np.random.default_rng([seed, zlib.crc32(g.encode("utf-8"))])
+        for pos in rng.permutation(n)[:n_valid]:
+            out[ordered[pos]] = "valid"
+    return out
