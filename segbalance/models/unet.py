@@ -89,7 +89,8 @@ def build_unet_small(cfg: ModelConfig, image_size: tuple[int, int]) -> keras.Mod
     x = conv_block(x, widths[-1], "bottleneck", cfg.batch_norm)
     if cfg.dropout > 0:
         x = layers.Dropout(cfg.dropout, name="bottleneck_dropout")(x)
-    for stage, (filters, skip) in enumerate(zip(cfg.decoder_filters[1:], reversed(skips), strict=True)):
+    pairs = zip(cfg.decoder_filters[1:], reversed(skips), strict=True)
+    for stage, (filters, skip) in enumerate(pairs):
         x = decoder_block(x, skip, filters, f"dec{stage}", cfg.batch_norm)
     return keras.Model(inputs, _head(x, cfg), name="unet_small")
 
