@@ -1,0 +1,163 @@
+"""tf.data datasets for training (one epoch of a sampling plan) and for evaluation.
+
+One decode path serves any number of groups: a ``from_tensor_slices`` over the rows the
+plan asks for, in the plan's order, one parallel ``map`` (decode, resize, binarise, augment)
+with ``deterministic=True``, then ``batch`` and ``prefetch``. There is no shuffling here: the
+plan is the order, and a sample's augmentation seed is a function of (seed, epoch, position
+in the global plan) only, so resumed or sharded runs augment each sample as an
+uninterrupted single-device run does.
+
+Elements are dicts, batched::
+
+    {"image": f32[b,H,W,3] 0..255, "mask": f32[b,H,W,1] {0,1}, "group": i32[b],
+     "index": i64[b]}  (+ "weight": f32[b] when sample weights are given)
+
+Example:
+    >>> plan = SamplingPlan(train.group_ids, train.groups, seed=0)  # doctest: +SKIP
+    >>> positions, indices = plan.shard(epoch, 16, 1, 0)  # doctest: +SKIP
+    >>> ds = build_train_dataset(train, indices, positions, image_size=(256, 256),
+    ...     batch_size=16, augment=AugmentConfig(), seed=0, epoch=epoch)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from segbalance.config import AugmentConfig
+from segbalance.data.manifest import Manifest
+from segbalance.errors import UserError
+from segbalance.pipeline.augment import build_augmenter
+from segbalance.pipeline.decode import decode_pair
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def sample_seed(seed: int, epoch: int, position: tf.Tensor) -> tf.Tensor:
+    """The (2,) int64 augmentation seed of the sample at ``position`` of epoch ``epoch``."""
+    base = tf.constant([int(seed), int(epoch)], dtype=tf.int64)
+    return tf.random.experimental.stateless_fold_in(base, tf.cast(position, tf.int64))
+
+
+def _options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    # Each replica/worker is handed its own share of the plan: tf.distribute must not
+    # shard it again.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return options
+
+
+def _check_rows(manifest: Manifest, indices: np.ndarray, what: str) -> None:
+    if indices.size and (indices.min() < 0 or indices.max() >= len(manifest)):
+        bad = int(indices[(indices < 0) | (indices >= len(manifest))][0])
+        raise UserError(
+            f"{what} holds row {bad}, outside the manifest's {len(manifest)} rows; "
+            "build the plan from the same manifest rows that the dataset reads"
+        )
+
+
+def _row_table(manifest: Manifest, indices: np.ndarray) -> dict[str, Any]:
+    """The columns the decode map needs, gathered in plan order."""
+    images = np.asarray(manifest.image_paths(), dtype=object)
+    masks = np.asarray(manifest.mask_paths(), dtype=object)
+    return {
+        "image_path": images[indices].astype(str) if indices.size else np.zeros(0, str),
+        "mask_path": masks[indices].astype(str) if indices.size else np.zeros(0, str),
+        "group": manifest.group_ids[indices].astype(np.int32),
+        "index": indices.astype(np.int64),
+    }
+
+
+def _weights_for(manifest: Manifest, sample_weights: Any, indices: np.ndarray) -> np.ndarray:
+    weights = np.asarray(sample_weights, dtype=np.float32).reshape(-1)
+    if weights.shape[0] != len(manifest):
+        raise UserError(
+            f"sample_weights has {weights.shape[0]} values; give one per manifest row "
+            f"({len(manifest)})"
+        )
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise UserError("sample_weights must be finite and >= 0")
+    return weights[indices]
+
+
+def build_train_dataset(
+    manifest: Manifest,
+    indices: Sequence[int] | np.ndarray,
+    positions: Sequence[int] | np.ndarray,
+    *,
+    image_size: Sequence[int],
+    batch_size: int,
+    augment: AugmentConfig,
+    seed: int,
+    epoch: int,
+    sample_weights: Sequence[float] | np.ndarray | None = None,
+) -> tf.data.Dataset:
+    """One epoch (or one replica's share of it) of training batches, in plan order.
+
+    Args:
+        manifest: the rows the plan indexes (usually the train split).
+        indices: manifest row ids to read, in this order.
+        positions: position of each of them in the global epoch plan (augmentation seeds).
+        image_size: (height, width) of the model input.
+        batch_size: per-replica batch size; the last batch may be smaller.
+        augment: the ``augment`` config section (per-group pipelines).
+        seed: the run's seed.
+        epoch: the epoch number.
+        sample_weights: optional weight per manifest row; adds ``"weight"`` to elements.
+
+    Raises:
+        UserError: mismatched lengths, rows outside the manifest, bad weights, bad augment
+            config.
+    """
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+    if idx.shape != pos.shape:
+        raise UserError(f"indices ({idx.size}) and positions ({pos.size}) differ in length")
+    _check_rows(manifest, idx, "indices")
+    table = _row_table(manifest, idx)
+    table["position"] = pos
+    if sample_weights is not None:
+        table["weight"] = _weights_for(manifest, sample_weights, idx)
+    augmenter = build_augmenter(augment, manifest.groups)
+    size = (int(image_size[0]), int(image_size[1]))
+
+    def load(row: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        image, mask = decode_pair(row["image_path"], row["mask_path"], size)
+        if augmenter is not None:
+            key = sample_seed(seed, epoch, row["position"])
+            image, mask = augmenter(image, mask, row["group"], key)
+        out = {"image": image, "mask": mask, "group": row["group"], "index": row["index"]}
+        if "weight" in row:
+            out["weight"] = row["weight"]
+        return out
+
+    ds = tf.data.Dataset.from_tensor_slices(table)
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(int(batch_size)).prefetch(AUTOTUNE).with_options(_options())
+
+
+def build_eval_dataset(
+    manifest: Manifest, *, image_size: Sequence[int], batch_size: int
+) -> tf.data.Dataset:
+    """Every row of ``manifest`` in row order, decoded and resized, never augmented."""
+    idx = np.arange(len(manifest), dtype=np.int64)
+    size = (int(image_size[0]), int(image_size[1]))
+
+    def load(row: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        image, mask = decode_pair(row["image_path"], row["mask_path"], size)
+        return {"image": image, "mask": mask, "group": row["group"], "index": row["index"]}
+
+    ds = tf.data.Dataset.from_tensor_slices(_row_table(manifest, idx))
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(int(batch_size)).prefetch(AUTOTUNE).with_options(_options())
+
+
+def as_keras_tuples(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Map dict elements to ``(image, mask)`` or ``(image, mask, weight)`` for ``model.fit``."""
+    if "weight" in ds.element_spec:
+        return ds.map(lambda d: (d["image"], d["mask"], d["weight"]))
+    return ds.map(lambda d: (d["image"], d["mask"]))

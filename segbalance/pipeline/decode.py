@@ -1,0 +1,156 @@
+"""One decode path for every accepted file: PNG/JPEG/BMP (8/16-bit, gray/RGB/RGBA) and TIFF.
+
+Images come out as float32 RGB in 0..255 (what every model takes), masks as float32 {0, 1}
+with one channel. ``tf.io.decode_image(..., dtype=float32)`` scales 8-bit and 16-bit data
+alike into [0, 1], so a 16-bit PNG keeps its precision until the final scale to 0..255.
+TensorFlow has no TIFF decoder: ``.tif``/``.tiff`` paths (and only those) go through PIL in a
+``tf.numpy_function``, chosen by ``tf.cond`` on the extension, so the common formats never
+leave the graph.
+
+Masks are binarised by the manifest's rule, "any of the first three channels > 0", which
+reduces every accepted encoding (0/255, 0/1, palette, RGB) to {0, 1}; they are resized with
+nearest-neighbour so they stay binary. Images are resized bilinearly with antialiasing.
+
+Example:
+    >>> image, mask = decode_pair("a.png", "a_mask.png", (256, 256))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from segbalance.errors import UserError
+
+_TIFF = r"(?i).*\.tiff?"
+
+
+def _pil_decode(path: bytes) -> np.ndarray:
+    """Decode a TIFF with PIL into float32 HxWxC scaled to [0, 1] (numpy_function body)."""
+    name = path.decode("utf-8", "surrogateescape")
+    with Image.open(name) as opened:
+        mode = opened.mode
+        arr = np.asarray(opened.convert("RGB") if mode == "P" else opened)
+    if arr.dtype == np.bool_:
+        out = arr.astype(np.float32)
+    elif arr.dtype == np.uint8:
+        out = arr.astype(np.float32) / 255.0
+    elif arr.dtype in (np.uint16, np.dtype(">u2"), np.int32) and arr.max(initial=0) < 65536:
+        # PIL reads 16-bit TIFFs as I;16 (uint16) or I (int32): same [0, 1] scale as TF.
+        out = arr.astype(np.float32) / 65535.0
+    else:
+        raise ValueError(f"{name}: unsupported TIFF sample type {arr.dtype} (mode {mode})")
+    return out[..., None] if out.ndim == 2 else out
+
+
+def _decode_unit(path: tf.Tensor) -> tf.Tensor:
+    """Decode any accepted file into float32 [H, W, C] in [0, 1], C in 1..4."""
+
+    def native() -> tf.Tensor:
+        data = tf.io.read_file(path)
+        return tf.io.decode_image(data, dtype=tf.float32, expand_animations=False)
+
+    def tiff() -> tf.Tensor:
+        out = tf.numpy_function(_pil_decode, [path], tf.float32, stateful=False)
+        return tf.ensure_shape(out, [None, None, None])
+
+    is_tiff = tf.strings.regex_full_match(path, _TIFF)
+    return tf.cond(is_tiff, tiff, native)
+
+
+def _to_rgb(unit: tf.Tensor) -> tf.Tensor:
+    """Gray, gray+alpha, RGB or RGBA -> RGB (alpha dropped, gray replicated)."""
+    channels = tf.shape(unit)[-1]
+    rgb = tf.cond(
+        channels < 3,
+        lambda: tf.tile(unit[..., :1], [1, 1, 3]),
+        lambda: unit[..., :3],
+    )
+    return tf.ensure_shape(rgb, [None, None, 3])
+
+
+def decode_image(path: tf.Tensor) -> tf.Tensor:
+    """Read an image file as float32 RGB [H, W, 3] in 0..255 (graph-safe)."""
+    return _to_rgb(_decode_unit(path)) * 255.0
+
+
+def decode_mask(path: tf.Tensor) -> tf.Tensor:
+    """Read a mask file as float32 [H, W, 1] in {0, 1}: any of the first 3 channels > 0."""
+    rgb = _to_rgb(_decode_unit(path))
+    return tf.cast(tf.reduce_any(rgb > 0.0, axis=-1, keepdims=True), tf.float32)
+
+
+def _same_size(x: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    shape = tf.shape(x)
+    return tf.logical_and(tf.equal(shape[-3], size[0]), tf.equal(shape[-2], size[1]))
+
+
+def resize_image(image: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
+    """Bilinear, antialiased resize to ``size`` (height, width); a no-op when already there."""
+    hw = (int(size[0]), int(size[1]))
+    out = tf.cond(
+        _same_size(image, hw),
+        lambda: tf.identity(image),
+        lambda: tf.image.resize(image, hw, method="bilinear", antialias=True),
+    )
+    return tf.ensure_shape(out, [*image.shape[:-3], hw[0], hw[1], image.shape[-1]])
+
+
+def resize_mask(mask: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
+    """Nearest-neighbour resize, so a binary mask stays binary."""
+    hw = (int(size[0]), int(size[1]))
+    out = tf.cond(
+        _same_size(mask, hw),
+        lambda: tf.identity(mask),
+        lambda: tf.image.resize(mask, hw, method="nearest"),
+    )
+    return tf.ensure_shape(out, [*mask.shape[:-3], hw[0], hw[1], mask.shape[-1]])
+
+
+def decode_pair(
+    image_path: tf.Tensor, mask_path: tf.Tensor, image_size: Sequence[int]
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Decode, binarise and resize one (image, mask) pair to ``image_size``.
+
+    Args:
+        image_path: scalar string tensor.
+        mask_path: scalar string tensor.
+        image_size: (height, width) of the model input.
+
+    Returns:
+        image f32[H, W, 3] in 0..255 and mask f32[H, W, 1] in {0, 1}.
+    """
+    image = resize_image(decode_image(image_path), image_size)
+    mask = resize_mask(decode_mask(mask_path), image_size)
+    return image, mask
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read one image for prediction as uint8 RGB [H, W, 3], through the training decoder.
+
+    Raises:
+        UserError: the file is missing or not a decodable image.
+    """
+    try:
+        image = decode_image(tf.constant(str(path)))
+    except (tf.errors.OpError, ValueError) as err:
+        msg = getattr(err, "message", str(err)).strip().splitlines()[0]
+        raise UserError(
+            f"cannot read image {path}: {msg}. Use a PNG, JPEG, BMP or TIFF file."
+        ) from err
+    return np.asarray(tf.cast(tf.round(image), tf.uint8))
+
+
+def preprocess_for_model(image: np.ndarray | tf.Tensor, image_size: Sequence[int]) -> np.ndarray:
+    """Resize an RGB image (uint8 or float 0..255, [H,W,3] or [B,H,W,3]) as training does.
+
+    Returns:
+        float32 array in 0..255 of shape [..., image_size[0], image_size[1], 3].
+    """
+    x = tf.convert_to_tensor(image)
+    x = tf.cast(x, tf.float32)
+    return np.asarray(resize_image(x, image_size))
