@@ -1,0 +1,416 @@
+"""The built-in data set: nail-like photos with binary masks, five groups of unequal size.
+
+It mirrors the nail segmentation tutorial: folders ``0``..``4`` with 749/144/126/52/34
+images (times ``scale``). Every image shows a skin-toned hand whose fingers end in one to
+five glossy nails; the mask marks the nails (8-bit gray, 0 or 255). Each group has its own
+look, so a model trained mostly on group 0 does measurably worse on the small groups:
+
+* ``0`` studio: bright even light, light background, medium nails in red/pink polish.
+* ``1`` warm close-up: one or two large nails, yellow indoor light, wooden table.
+* ``2`` cool daylight: bluish cast, striped fabric, 2-5 natural (pale) nails, soft focus.
+* ``3`` dim: dark with a strong vignette, darker skin, nude polish close to the skin tone.
+* ``4`` far away: many tiny nails in blue/green/black polish, blur and sensor noise.
+
+Drawing is vectorised numpy on the bounding box of each shape; every image draws from its
+own generator seeded by ``(seed, group, index)``, so the result does not depend on the
+number of worker processes. Files appear under ``OUT/Images`` and ``OUT/Masks`` only when
+the whole set is written (they are built in ``OUT/.synth-tmp`` and renamed).
+
+Example:
+    >>> counts = generate(Path("data/synth"), scale=0.1, size=128)
+    >>> counts
+    {'0': 75, '1': 14, '2': 13, '3': 5, '4': 3}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from segbalance.errors import UserError
+
+TUTORIAL_COUNTS: dict[str, int] = {"0": 749, "1": 144, "2": 126, "3": 52, "4": 34}
+TMP_NAME = ".synth-tmp"
+INFO_NAME = "synth.json"
+RGB = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class GroupStyle:
+    """How the photos of one group look. Fractions are relative to the image side."""
+
+    description: str
+    nails: tuple[int, int]  # inclusive range of visible fingers/nails
+    finger_width: tuple[float, float]
+    angle_spread: float  # degrees around "pointing up"; 180 = any direction
+    brightness: tuple[float, float]
+    cast: RGB  # per-channel gain of the light
+    vignette: float
+    noise: float  # gaussian sigma in 0..255 units
+    blur: float  # gaussian radius in pixels at 384 px
+    skins: tuple[RGB, ...]
+    polishes: tuple[RGB, ...]
+    background: str  # "light" | "wood" | "fabric" | "dark"
+
+
+_LIGHT_SKINS: tuple[RGB, ...] = ((236, 196, 170), (224, 172, 140), (200, 150, 118))
+_DARK_SKINS: tuple[RGB, ...] = ((150, 100, 72), (120, 80, 58), (176, 122, 90))
+
+STYLES: dict[str, GroupStyle] = {
+    "0": GroupStyle(
+        "studio: bright even light, medium nails, red/pink polish",
+        (1, 4),
+        (0.09, 0.13),
+        40,
+        (0.95, 1.05),
+        (1.0, 1.0, 1.0),
+        0.05,
+        2.0,
+        0.0,
+        _LIGHT_SKINS,
+        ((200, 20, 40), (230, 60, 120), (150, 20, 60), (250, 110, 140)),
+        "light",
+    ),
+    "1": GroupStyle(
+        "warm close-up: one or two large nails, yellow light, wood",
+        (1, 2),
+        (0.17, 0.25),
+        60,
+        (0.85, 1.0),
+        (1.12, 1.0, 0.75),
+        0.15,
+        3.0,
+        0.6,
+        _LIGHT_SKINS,
+        ((225, 190, 170), (240, 210, 200), (190, 60, 50)),
+        "wood",
+    ),
+    "2": GroupStyle(
+        "cool daylight: bluish cast, striped fabric, natural pale nails",
+        (2, 5),
+        (0.08, 0.12),
+        180,
+        (0.85, 1.0),
+        (0.85, 0.97, 1.18),
+        0.1,
+        3.0,
+        1.0,
+        _LIGHT_SKINS + _DARK_SKINS[2:],
+        ((245, 215, 210), (235, 200, 195)),
+        "fabric",
+    ),
+    "3": GroupStyle(
+        "dim: dark, strong vignette, darker skin, nude polish",
+        (1, 4),
+        (0.10, 0.15),
+        90,
+        (0.35, 0.55),
+        (1.0, 0.95, 0.9),
+        0.55,
+        5.0,
+        0.5,
+        _DARK_SKINS,
+        ((170, 120, 100), (140, 95, 80), (190, 140, 120)),
+        "dark",
+    ),
+    "4": GroupStyle(
+        "far away: many tiny nails, blue/green/black polish, blur and noise",
+        (4, 5),
+        (0.04, 0.06),
+        180,
+        (0.8, 1.1),
+        (1.0, 1.0, 1.0),
+        0.2,
+        10.0,
+        1.6,
+        _LIGHT_SKINS + _DARK_SKINS,
+        ((30, 60, 200), (20, 150, 70), (25, 25, 30)),
+        "light",
+    ),
+}
+
+
+def group_counts(scale: float) -> dict[str, int]:
+    """Images per group for ``scale`` (tutorial counts times scale, rounded, at least 3).
+
+    Example:
+        >>> group_counts(0.1)
+        {'0': 75, '1': 14, '2': 13, '3': 5, '4': 3}
+    """
+    if not (scale > 0 and math.isfinite(scale)):
+        raise UserError(f"--scale must be a positive number, got {scale}")
+    return {g: max(3, math.floor(n * scale + 0.5)) for g, n in TUTORIAL_COUNTS.items()}
+
+
+def _window(h: int, w: int, y0: float, y1: float, x0: float, x1: float) -> tuple[slice, slice]:
+    ys = slice(max(0, math.floor(y0)), min(h, math.ceil(y1) + 1))
+    xs = slice(max(0, math.floor(x0)), min(w, math.ceil(x1) + 1))
+    return ys, xs
+
+
+def _grid(ys: slice, xs: slice) -> tuple[np.ndarray, np.ndarray]:
+    yy = np.arange(ys.start, ys.stop, dtype=np.float32)[:, None] + 0.5
+    xx = np.arange(xs.start, xs.stop, dtype=np.float32)[None, :] + 0.5
+    return yy, xx
+
+
+class _Canvas:
+    """An RGB float image plus its mask; shapes are blended with a 1-pixel soft edge."""
+
+    def __init__(self, img: np.ndarray) -> None:
+        self.img = img
+        self.mask = np.zeros(img.shape[:2], dtype=bool)
+        self.h, self.w = img.shape[:2]
+
+    def blend(self, ys: slice, xs: slice, alpha: np.ndarray, colour: np.ndarray) -> None:
+        a = alpha[..., None]
+        self.img[ys, xs] = self.img[ys, xs] * (1.0 - a) + colour * a
+
+    def finger(self, base: np.ndarray, tip: np.ndarray, radius: float, skin: np.ndarray) -> None:
+        """A capsule from ``base`` to ``tip`` (y, x) shaded like a cylinder; hides nails below."""
+        pad = radius + 2
+        lo, hi = np.minimum(base, tip) - pad, np.maximum(base, tip) + pad
+        ys, xs = _window(self.h, self.w, lo[0], hi[0], lo[1], hi[1])
+        if ys.stop <= ys.start or xs.stop <= xs.start:
+            return
+        yy, xx = _grid(ys, xs)
+        seg = tip - base
+        t = ((yy - base[0]) * seg[0] + (xx - base[1]) * seg[1]) / float(seg @ seg)
+        t = np.clip(t, 0.0, 1.0)
+        dist = np.hypot(yy - base[0] - t * seg[0], xx - base[1] - t * seg[1])
+        alpha = np.clip(radius + 0.5 - dist, 0.0, 1.0)
+        shade = 1.0 - 0.28 * np.clip(dist / radius, 0.0, 1.0) ** 2
+        self.blend(ys, xs, alpha, skin * shade[..., None])
+        self.mask[ys, xs] &= alpha < 0.5
+
+    def ellipse(
+        self,
+        centre: np.ndarray,
+        axis: np.ndarray,
+        half_len: float,
+        half_wid: float,
+        colour: np.ndarray,
+        *,
+        power: float = 2.6,
+        gloss: float = 0.0,
+        opacity: float = 1.0,
+        is_nail: bool = False,
+    ) -> None:
+        """A rotated rounded (super)ellipse; ``axis`` is the unit (y, x) long-axis direction."""
+        pad = max(half_len, half_wid) * 1.1 + 2
+        ys, xs = _window(
+            self.h, self.w, centre[0] - pad, centre[0] + pad, centre[1] - pad, centre[1] + pad
+        )
+        if ys.stop <= ys.start or xs.stop <= xs.start:
+            return
+        yy, xx = _grid(ys, xs)
+        dy, dx = yy - centre[0], xx - centre[1]
+        u = (dy * axis[0] + dx * axis[1]) / half_len
+        v = (dx * axis[0] - dy * axis[1]) / half_wid
+        r = (np.abs(u) ** power + np.abs(v) ** power) ** (1.0 / power)
+        alpha = np.clip(0.5 - (r - 1.0) * min(half_len, half_wid), 0.0, 1.0)
+        # Curved glossy surface: darker towards the sides, a soft streak of light along it.
+        shade = 1.0 - 0.22 * np.clip(np.abs(v), 0.0, 1.0) ** 2
+        fill = colour * shade[..., None]
+        if gloss > 0:
+            streak = np.exp(-(((v + 0.35) / 0.16) ** 2) - (u / 0.7) ** 4) * gloss
+            fill = fill + (255.0 - fill) * streak[..., None]
+        self.blend(ys, xs, alpha * opacity, fill)
+        if is_nail:
+            self.mask[ys, xs] |= alpha >= 0.5
+
+
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
+    """Low-frequency noise in about [-1, 1]: a small random grid resized bicubically."""
+    small = rng.standard_normal((cells, cells)).astype(np.float32)
+    big = Image.fromarray(small, mode="F").resize((w, h), Image.Resampling.BICUBIC)
+    return np.asarray(big, dtype=np.float32)
+
+
+def _background(rng: np.random.Generator, kind: str, h: int, w: int) -> np.ndarray:
+    yy = np.arange(h, dtype=np.float32)[:, None] / max(h, w)
+    xx = np.arange(w, dtype=np.float32)[None, :] / max(h, w)
+    blotch = _smooth_noise(rng, h, w, 6)[..., None]
+    if kind == "light":
+        base = np.array(rng.uniform(205, 245, 3), dtype=np.float32)
+        return np.broadcast_to(base, (h, w, 3)) * (1 + 0.03 * blotch)
+    if kind == "wood":
+        angle = rng.uniform(0, np.pi)
+        along = np.cos(angle) * yy + np.sin(angle) * xx
+        grain = np.sin(along * rng.uniform(40, 70) + 3 * _smooth_noise(rng, h, w, 5))
+        base = np.array((150, 100, 60), dtype=np.float32) * rng.uniform(0.8, 1.1)
+        return base * (1 + 0.12 * grain[..., None] + 0.05 * blotch)
+    if kind == "fabric":
+        period = rng.uniform(0.05, 0.12)
+        stripes = (np.floor(xx / period + 0.3 * yy / period) % 2)[..., None]
+        c1 = np.array(rng.uniform(60, 200, 3), dtype=np.float32)
+        c2 = np.array(rng.uniform(150, 240, 3), dtype=np.float32)
+        return (c1 * stripes + c2 * (1 - stripes)) * (1 + 0.04 * blotch)
+    base = np.array(rng.uniform(35, 70, 3), dtype=np.float32)
+    return np.broadcast_to(base, (h, w, 3)) * (1 + 0.1 * blotch)
+
+
+def _draw_hand(rng: np.random.Generator, canvas: _Canvas, style: GroupStyle) -> None:
+    h, w = canvas.h, canvas.w
+    side = float(min(h, w))
+    n = int(rng.integers(style.nails[0], style.nails[1] + 1))
+    width = rng.uniform(*style.finger_width) * side
+    angle = np.deg2rad(-90 + rng.uniform(-style.angle_spread, style.angle_spread))
+    d = np.array((np.sin(angle), np.cos(angle)))  # finger direction (y, x); -90 deg = up
+    p = np.array((d[1], -d[0]))  # across the fingers
+    spacing = width * rng.uniform(1.05, 1.25)
+    reach = (n - 1) * spacing / 2 + width
+    centre = np.array((rng.uniform(0.5 * reach, h - 0.5 * reach), rng.uniform(reach, w - reach)))
+    centre = np.clip(centre, 0.2 * side, (h - 0.2 * side, w - 0.2 * side))
+    skin = np.array(style.skins[rng.integers(len(style.skins))], dtype=np.float32)
+    skin = skin * rng.uniform(0.92, 1.06) * (1 + 0.05 * _smooth_noise(rng, 1, 3, 3)[0])
+    polish = np.array(style.polishes[rng.integers(len(style.polishes))], dtype=np.float32)
+    # Back of the hand and the wrist run out of the frame behind the fingers.
+    palm = centre - d * width * rng.uniform(4.5, 6.0)
+    palm_wid = reach + 0.2 * width
+    canvas.finger(palm - d * side * 1.5, palm, palm_wid * 0.85, skin * 0.97)
+    canvas.ellipse(palm, d, 2.2 * width + 0.3 * palm_wid, palm_wid, skin * 0.97, power=2.2)
+    for i in range(n):
+        offset = (i - (n - 1) / 2) * spacing
+        middle = 1.0 - abs(i - (n - 1) / 2) / max(1.0, n / 2)
+        tip = centre + p * offset + d * width * (0.6 * middle + rng.uniform(-0.3, 0.3))
+        tilt = d + p * rng.uniform(-0.08, 0.08)
+        tilt = tilt / np.linalg.norm(tilt)
+        radius = width / 2 * rng.uniform(0.9, 1.05)
+        canvas.finger(palm + p * offset * 0.9, tip - tilt * radius, radius, skin)
+        nail_len, nail_wid = radius * rng.uniform(0.95, 1.2), radius * rng.uniform(0.72, 0.82)
+        nail_c = tip - tilt * (radius * 0.3 + nail_len)
+        canvas.ellipse(nail_c, tilt, nail_len * 1.08, nail_wid * 1.1, skin * 0.8)  # cuticle
+        colour = polish * rng.uniform(0.9, 1.08)
+        gloss = rng.uniform(0.35, 0.6)
+        canvas.ellipse(nail_c, tilt, nail_len, nail_wid, colour, gloss=gloss, is_nail=True)
+
+
+def render(group: str, index: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One image (uint8 HxWx3) and its mask (uint8 HxW, 0/255), fixed by its arguments."""
+    style = STYLES[group]
+    rng = np.random.default_rng([seed, int(group), index])
+    h = w = size
+    canvas = _Canvas(_background(rng, style.background, h, w).astype(np.float32))
+    _draw_hand(rng, canvas, style)
+    yy = np.arange(h, dtype=np.float32)[:, None] / size - 0.5
+    xx = np.arange(w, dtype=np.float32)[None, :] / size - 0.5
+    phi = rng.uniform(0, 2 * np.pi)
+    light = rng.uniform(*style.brightness) * (
+        1 + rng.uniform(0.0, 0.25) * (np.cos(phi) * xx + np.sin(phi) * yy)
+    )
+    light = light * (1 - style.vignette * 2 * (xx**2 + yy**2))
+    img = canvas.img * light[..., None] * np.array(style.cast, dtype=np.float32)
+    out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    if style.blur > 0:
+        out = out.filter(ImageFilter.GaussianBlur(style.blur * size / 384))
+    pixels = np.asarray(out, dtype=np.float32)
+    noise = rng.standard_normal(pixels.shape, dtype=np.float32)
+    noise *= style.noise
+    noise += pixels + 0.5
+    mask = canvas.mask.astype(np.uint8) * 255
+    return np.clip(noise, 0, 255, out=noise).astype(np.uint8), mask
+
+
+def _write_one(job: tuple[Path, str, int, int, int]) -> str:
+    root, group, index, size, seed = job
+    image, mask = render(group, index, size, seed)
+    name = f"nail_{group}_{index:04d}.png"
+    Image.fromarray(image).save(root / "Images" / group / name, compress_level=1)
+    Image.fromarray(mask, mode="L").save(root / "Masks" / group / name, compress_level=9)
+    return group
+
+
+def _prepare_out(out: Path, overwrite: bool) -> Path:
+    """Check OUT, clear what ``overwrite`` allows, and return a fresh temp folder inside it."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder; choose another OUT")
+    present = [out / n for n in ("Images", "Masks", INFO_NAME) if (out / n).exists()]
+    if present and not overwrite:
+        raise UserError(
+            f"{out} already holds a data set ({', '.join(p.name for p in present)}); "
+            "pass --overwrite to replace it or choose an empty OUT"
+        )
+    tmp = out / TMP_NAME
+    if tmp.exists():  # left by an interrupted run of ours
+        shutil.rmtree(tmp)
+    for g in TUTORIAL_COUNTS:
+        (tmp / "Images" / g).mkdir(parents=True)
+        (tmp / "Masks" / g).mkdir(parents=True)
+    return tmp
+
+
+def _run_jobs(jobs: list[tuple[Path, str, int, int, int]], workers: int) -> Iterator[str]:
+    if workers <= 1 or len(jobs) < 48:  # starting processes costs more than small sets save
+        yield from map(_write_one, jobs)
+        return
+    # spawn: safe even when the caller has TensorFlow (and its threads) loaded
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        yield from pool.map(_write_one, jobs, chunksize=16)
+
+
+def generate(
+    out: Path,
+    scale: float = 1.0,
+    size: int = 384,
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    overwrite: bool = False,
+    workers: int | None = None,
+) -> dict[str, int]:
+    """Write the synthetic data set in the tutorial layout and return images per group.
+
+    Args:
+        out: folder that receives ``Images/<g>/*.png``, ``Masks/<g>/*.png`` and ``synth.json``.
+        scale: multiplies the tutorial counts 749/144/126/52/34 (at least 3 per group).
+        size: image side in pixels (every image is size x size).
+        seed: fixes every pixel; the same seed gives byte-identical files.
+        progress: show a progress bar on stderr.
+        overwrite: replace an existing data set in ``out``.
+        workers: processes to draw with (default: up to 2).
+
+    Raises:
+        UserError: bad scale or size, or ``out`` already holds a data set.
+
+    Example:
+        >>> generate(Path("/tmp/nails"), scale=0.05, size=64, progress=False)
+        {'0': 37, '1': 7, '2': 6, '3': 3, '4': 3}
+    """
+    counts = group_counts(scale)
+    if not 32 <= size <= 4096:
+        raise UserError(f"--size must be between 32 and 4096 pixels, got {size}")
+    out = Path(out)
+    tmp = _prepare_out(out, overwrite)
+    jobs = [(tmp, g, i, size, seed) for g, n in counts.items() for i in range(n)]
+    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc="synth", unit="img", disable=not progress)
+    try:
+        for _ in _run_jobs(jobs, workers):
+            bar.update()
+    finally:
+        bar.close()
+    info = {"seed": seed, "scale": scale, "size": size, "counts": counts}
+    info["styles"] = {g: s.description for g, s in STYLES.items()}
+    (tmp / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
+    for name in ("Images", "Masks", INFO_NAME):
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        os.replace(tmp / name, target)
+    tmp.rmdir()
+    return counts
