@@ -1,0 +1,220 @@
+"""Segmentation metrics from confusion counts, per image, per group and overall.
+
+Everything starts from per-image counts ``(tp, fp, fn, tn)`` at a probability threshold
+(:func:`confusion_counts`, on the device). Metrics are ratios of *summed* counts with an
+explicit reduction, as in segmentation_models_pytorch:
+
+* ``micro``: sum the counts of all images, then one ratio (every pixel weighs the same);
+* ``micro-imagewise``: one ratio per image, then the mean over images;
+* ``macro-imagewise``: the same for binary masks (one class); kept for multiclass.
+
+Empty convention: a ratio whose denominator is 0 is **1.0**. IoU/Dice of an image with an
+empty mask and an empty prediction is 1 (a perfect answer); precision with nothing
+predicted is 1, recall with nothing to find is 1.
+
+Per-group numbers (:class:`GroupMetrics`) are micro over the images of that group, so
+they are exact sums however the images were batched or sharded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from segbalance.errors import UserError
+
+METRIC_NAMES = ("iou", "dice", "precision", "recall")
+REDUCTIONS = ("micro", "micro-imagewise", "macro-imagewise")
+
+
+def logit_threshold(threshold: float) -> float:
+    """The logit above which ``sigmoid(logit) > threshold`` (0 < threshold < 1)."""
+    if not 0.0 < threshold < 1.0:
+        raise UserError(f"threshold must be strictly between 0 and 1, got {threshold}")
+    return math.log(threshold / (1.0 - threshold))
+
+
+def confusion_counts(y_true: Any, logits: Any, threshold: float = 0.5) -> tf.Tensor:
+    """Per-sample ``[tp, fp, fn, tn]`` as f32[B, 4].
+
+    A pixel is predicted foreground when ``sigmoid(logit) > threshold``, computed as
+    ``logit > log(t / (1 - t))`` (no sigmoid, no precision loss). ``y_true`` counts as
+    foreground where > 0.5. All channels of a sample are summed (multi-label micro).
+    Counts are exact in float32 up to 2**24 pixels per image.
+
+    Example:
+        >>> confusion_counts(masks, model(images, training=False))  # [B, 4]
+    """
+    cut = logit_threshold(threshold)
+    logits = tf.cast(logits, tf.float32)
+    batch = tf.shape(logits)[0]
+    pred = tf.reshape(logits > cut, [batch, -1])
+    true = tf.reshape(tf.cast(y_true, tf.float32) > 0.5, [batch, -1])
+
+    def count(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_sum(tf.cast(tf.logical_and(a, b), tf.float32), axis=1)
+
+    not_pred, not_true = tf.logical_not(pred), tf.logical_not(true)
+    return tf.stack(
+        [
+            count(pred, true),
+            count(pred, not_true),
+            count(not_pred, true),
+            count(not_pred, not_true),
+        ],
+        axis=1,
+    )
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    safe = np.where(den > 0, den, 1.0)
+    return np.where(den > 0, num / safe, 1.0)
+
+
+def metrics_from_counts(tp: Any, fp: Any, fn: Any, tn: Any) -> dict[str, np.ndarray]:
+    """IoU, Dice (= F1), precision and recall from counts (arrays or scalars, float64).
+
+    ``tn`` does not enter these metrics; it is taken so the four counts travel together.
+
+    Example:
+        >>> metrics_from_counts(3, 1, 2, 10)["iou"]  # 3 / (3 + 1 + 2)
+        array(0.5)
+    """
+    tp, fp, fn = (np.asarray(v, np.float64) for v in (tp, fp, fn))
+    return {
+        "iou": _ratio(tp, tp + fp + fn),
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+    }
+
+
+def reduce_metrics(counts: Any, reduction: str = "micro") -> dict[str, float]:
+    """Metrics of a set of images from their counts ``[N, 4]``.
+
+    Args:
+        counts: per-image ``tp, fp, fn, tn``.
+        reduction: ``micro`` (sum counts, then ratio), ``micro-imagewise`` or
+            ``macro-imagewise`` (ratio per image, then mean; equal for binary masks).
+    """
+    counts = np.asarray(counts, np.float64).reshape(-1, 4)
+    if reduction == "micro":
+        return {k: float(v) for k, v in metrics_from_counts(*counts.sum(axis=0)).items()}
+    if reduction in ("micro-imagewise", "macro-imagewise"):
+        if len(counts) == 0:
+            raise UserError("no images to average over")
+        per_image = metrics_from_counts(*counts.T)
+        return {k: float(np.mean(v)) for k, v in per_image.items()}
+    raise UserError(f"unknown reduction '{reduction}'. Valid: {', '.join(REDUCTIONS)}")
+
+
+class GroupMetrics:
+    """Accumulates per-image counts by group; numpy only, mergeable across workers.
+
+    Example:
+        >>> gm = GroupMetrics(["0", "1"])
+        >>> gm.update(np.array([0, 1]), counts)  # counts f[2, 4]
+        >>> gm.result()["worst_group_iou"]
+    """
+
+    def __init__(self, group_names: Sequence[str]) -> None:
+        self.group_names = [str(g) for g in group_names]
+        self.counts = np.zeros((len(self.group_names), 4), np.float64)
+        self.images = np.zeros(len(self.group_names), np.int64)
+
+    def update(self, group_ids: Any, counts: Any) -> None:
+        """Add per-image ``counts`` [B, 4] of images whose groups are ``group_ids`` [B]."""
+        ids = np.asarray(group_ids, np.int64).reshape(-1)
+        counts = np.asarray(counts, np.float64).reshape(-1, 4)
+        if len(ids) != len(counts):
+            raise ValueError(f"{len(ids)} group ids for {len(counts)} count rows")
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(self.group_names)):
+            raise ValueError(f"group id out of range 0..{len(self.group_names) - 1}: {ids}")
+        np.add.at(self.counts, ids, counts)
+        np.add.at(self.images, ids, 1)
+
+    def merge(self, other: GroupMetrics) -> GroupMetrics:
+        """Add another accumulator's counts (same groups) into this one; returns self."""
+        if other.group_names != self.group_names:
+            raise ValueError(f"groups differ: {self.group_names} vs {other.group_names}")
+        self.counts += other.counts
+        self.images += other.images
+        return self
+
+    def result(self) -> dict[str, Any]:
+        """The evaluate JSON shape (without ``threshold``).
+
+        A group without images reports ``images: 0`` and ``None`` metrics and does not
+        enter ``mean_group_iou``/``worst_group_iou`` (both ``None`` if no group has images).
+        """
+        groups: dict[str, dict[str, Any]] = {}
+        ious = []
+        for name, counts, n in zip(self.group_names, self.counts, self.images, strict=True):
+            entry: dict[str, Any] = {"images": int(n)}
+            values = metrics_from_counts(*counts)
+            for key in METRIC_NAMES:
+                entry[key] = float(values[key]) if n > 0 else None
+            if n > 0:
+                ious.append(entry["iou"])
+            groups[name] = entry
+        overall = float(metrics_from_counts(*self.counts.sum(axis=0))["iou"])
+        return {
+            "groups": groups,
+            "mean_group_iou": float(np.mean(ious)) if ious else None,
+            "worst_group_iou": float(np.min(ious)) if ious else None,
+            "overall_iou": overall if self.images.sum() > 0 else None,
+        }
+
+
+class _CountMetric(keras.metrics.Metric):
+    """Accumulates micro confusion counts over batches; subclasses pick the ratio."""
+
+    metric = "iou"
+
+    def __init__(self, threshold: float = 0.5, name: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(name=name or self.metric, **kwargs)
+        logit_threshold(threshold)
+        self.threshold = float(threshold)
+        self.totals = self.add_variable(
+            shape=(4,), initializer="zeros", dtype="float32", name="totals"
+        )
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        """``y_pred`` are logits; ``sample_weight`` [B] scales each image's counts."""
+        counts = confusion_counts(y_true, y_pred, self.threshold)
+        if sample_weight is not None:
+            counts = counts * tf.reshape(tf.cast(sample_weight, tf.float32), [-1, 1])
+        self.totals.assign_add(tf.reduce_sum(counts, axis=0))
+
+    def result(self) -> tf.Tensor:
+        tp, fp, fn = self.totals[0], self.totals[1], self.totals[2]
+        num = tp if self.metric == "iou" else 2.0 * tp
+        den = tp + fp + fn if self.metric == "iou" else 2.0 * tp + fp + fn
+        return tf.where(den > 0, tf.math.divide_no_nan(num, den), 1.0)
+
+    def reset_state(self) -> None:
+        self.totals.assign(tf.zeros((4,)))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "threshold": self.threshold}
+
+
+@keras.saving.register_keras_serializable(package="segbalance")
+class IoUScore(_CountMetric):
+    """Micro IoU over everything seen, from logits (empty -> 1.0)."""
+
+    metric = "iou"
+
+
+@keras.saving.register_keras_serializable(package="segbalance")
+class F1Score(_CountMetric):
+    """Micro Dice/F1 over everything seen, from logits (empty -> 1.0)."""
+
+    metric = "dice"
