@@ -1,0 +1,344 @@
+"""SamplingPlan: the row indices of every epoch, as a pure function of (rows, weights, seed, epoch).
+
+How an epoch is built (see docs/ARCHITECTURE.md, "Sampling"):
+
+* **Counts.** ``exact`` mode: epoch e holds exactly ``quota_g`` samples of group g, the
+  largest-remainder rounding of ``p_g * E``. ``random`` mode: the counts of epoch e are one
+  multinomial draw ``Multinomial(E, p)`` seeded by ``(seed, e)``; together with the random
+  order below this is the same distribution as E independent draws of a group.
+* **Which images.** Each group g walks a never-ending stream of its images: permutation 0,
+  then permutation 1, ... A group's images are all shown once before any is shown again, so
+  repeats are spread evenly. Permutation k is the argsort of raw draws ``k*n_g .. (k+1)*n_g``
+  of a PCG64 seeded by ``(seed, g)``; PCG64 can jump ahead, so the cursor of epoch e
+  (``e * quota_g``, or the sum of earlier multinomial counts) is reached without replaying.
+* **Order.** The positions of the epoch are a uniformly random interleaving of the groups
+  seeded by ``(seed, e)``; inside it each group keeps its stream order.
+
+So ``plan.epoch(7)`` is the same whether epochs 0..6 were built or not (resuming), and
+costs O(E + sizes of the touched groups) time with vectorised numpy.
+
+Example:
+    >>> plan = SamplingPlan(np.array([0, 0, 0, 1]), ["a", "b"], balance="uniform")
+    >>> plan.quotas
+    {'a': 2, 'b': 2}
+    >>> sorted(plan.counts(0).values())
+    [2, 2]
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from segbalance.errors import UserError
+from segbalance.sampling.weights import SamplingWarning, group_probabilities
+
+__all__ = ["REPEAT_WARNING", "SamplingPlan", "largest_remainder", "training_epoch_length"]
+
+# Showing each image of a group more than this many times per epoch risks over-fitting it.
+REPEAT_WARNING = 10.0
+# Seed domains: the streams of images, the order inside an epoch, random-mode counts.
+_STREAM, _ORDER, _COUNTS = 0, 1, 2
+# Positions are interleaved chunk by chunk so the shuffles stay in the CPU cache.
+_CHUNK = 1 << 18
+# Images of one group are permuted in pieces of at most this many keys (bounds memory).
+_PIECE = 1 << 20
+
+
+def largest_remainder(p: np.ndarray, total: int) -> np.ndarray:
+    """Integers summing to ``total`` closest to ``p * total`` (ties: lower index first).
+
+    Example:
+        >>> largest_remainder(np.array([0.5, 0.3, 0.2]), 4).tolist()
+        [2, 1, 1]
+    """
+    exact = np.asarray(p, dtype=np.float64) * total
+    base = np.floor(exact).astype(np.int64)
+    short = int(total - base.sum())
+    if short > 0:
+        order = np.argsort(-(exact - base), kind="stable")
+        base[order[:short]] += 1
+    return base
+
+
+def training_epoch_length(num_rows: int, epoch_length: int | None, batch_size: int) -> int:
+    """Samples per training epoch: whole batches, ``ceil((epoch_length or rows) / B) * B``.
+
+    Example:
+        >>> training_epoch_length(1105, None, 16)
+        1120
+    """
+    wanted = epoch_length or num_rows
+    return -(-wanted // batch_size) * batch_size
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
+
+
+class SamplingPlan:
+    """Per-epoch row indices for group-balanced training.
+
+    Args:
+        group_ids: group index of each row (``Manifest.group_ids`` of the train split).
+        group_names: name of each group index (``Manifest.groups``).
+        balance: strategy, see :mod:`segbalance.sampling.weights`.
+        weights: optional per-group multipliers by group name.
+        mode: ``exact`` (fixed quotas per epoch) or ``random`` (independent draws).
+        seed: non-negative integer; fixes every epoch.
+        epoch_length: samples per epoch E; default: the number of rows.
+
+    Attributes:
+        target: probability of each group. quotas: samples per epoch in exact mode (the
+        rounded expectation in random mode). epoch_length: E. sizes: images per group.
+    """
+
+    def __init__(
+        self,
+        group_ids: Sequence[int] | np.ndarray,
+        group_names: Sequence[str],
+        balance: str = "uniform",
+        weights: Mapping[str, float] | None = None,
+        mode: Literal["exact", "random"] | str = "exact",
+        seed: int = 0,
+        epoch_length: int | None = None,
+    ) -> None:
+        ids = np.asarray(group_ids)
+        names = [str(g) for g in group_names]
+        if ids.ndim != 1 or ids.size == 0:
+            raise UserError("a sampling plan needs at least one row (the split is empty?)")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise UserError(f"group ids must be integers, got dtype {ids.dtype}")
+        if len(set(names)) != len(names):
+            raise UserError(f"group names must be unique, got {names}")
+        if ids.min() < 0 or ids.max() >= len(names):
+            raise UserError(f"group ids must lie in 0..{len(names) - 1} ({len(names)} groups)")
+        if mode not in ("exact", "random"):
+            raise UserError(f"sampling mode '{mode}' is unknown; valid: exact, random")
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise UserError(f"seed must be an integer >= 0, got {seed!r}")
+        if epoch_length is not None and (
+            not isinstance(epoch_length, int | np.integer) or epoch_length < 1
+        ):
+            raise UserError(f"epoch_length must be a positive integer, got {epoch_length!r}")
+        self.group_names = names
+        self.balance, self.mode, self.seed = balance, str(mode), int(seed)
+        self.weights = dict(weights or {})
+        self.num_rows = int(ids.size)
+        self.epoch_length = int(epoch_length or ids.size)
+        self._n = np.bincount(ids, minlength=len(names)).astype(np.int64)
+        # Rows of group g are _rows[_start[g]:_start[g + 1]], in row order.
+        self._rows = np.argsort(ids, kind="stable").astype(np.int64)
+        self._start = np.concatenate([[0], np.cumsum(self._n)])
+        self.sizes = dict(zip(names, self._n.tolist(), strict=True))
+        self.target = group_probabilities(self.sizes, balance, weights)
+        self._p = np.array([self.target[g] for g in names])
+        self._quota = largest_remainder(self._p, self.epoch_length)
+        self.quotas = dict(zip(names, self._quota.tolist(), strict=True))
+        self._cum: tuple[int, np.ndarray] = (0, np.zeros(len(names), np.int64))
+        self._cache: tuple[int, np.ndarray] | None = None
+        starved = [
+            g for g, p, q in zip(names, self._p, self._quota, strict=True) if p > 0 and q == 0
+        ]
+        if starved and self.mode == "exact":
+            warnings.warn(
+                f"epoch length {self.epoch_length} is too short to give {len(starved)} "
+                f"group(s) a sample per epoch ({', '.join(starved[:10])}); raise epoch_length",
+                SamplingWarning,
+                stacklevel=2,
+            )
+
+    # ----------------------------------------------------------------------------- counts
+    def _counts(self, e: int) -> np.ndarray:
+        """Samples of each group in epoch e."""
+        if self.mode == "exact":
+            return self._quota.copy()
+        return _rng(self.seed, _COUNTS, e).multinomial(self.epoch_length, self._p)
+
+    def _offsets(self, e: int) -> np.ndarray:
+        """Stream position of each group at the start of epoch e (samples used before)."""
+        if self.mode == "exact":
+            return self._quota * e
+        done, cum = self._cum
+        if done > e:  # asked for an earlier epoch: recount from 0 (counts only, O(G) each)
+            done, cum = 0, np.zeros_like(cum)
+        cum = cum.copy()
+        for prev in range(done, e):
+            cum += self._counts(prev)
+        self._cum = (e, cum)
+        return cum
+
+    def counts(self, e: int) -> dict[str, int]:
+        """Realised samples per group in epoch e (what :meth:`epoch` holds)."""
+        return dict(zip(self.group_names, self._counts(self._check_epoch(e)).tolist(), strict=True))
+
+    @staticmethod
+    def _check_epoch(e: int) -> int:
+        if isinstance(e, bool) or not isinstance(e, int | np.integer) or e < 0:
+            raise UserError(f"epoch must be an integer >= 0, got {e!r}")
+        return int(e)
+
+    # ----------------------------------------------------------------------------- epochs
+    def _stream(self, g: int, begin: int, end: int) -> np.ndarray:
+        """Rows at positions begin..end of group g's never-ending stream of permutations."""
+        n = int(self._n[g])
+        rows = self._rows[self._start[g] : self._start[g + 1]]
+        out = np.empty(end - begin, dtype=np.int64)
+        bitgen = np.random.PCG64(np.random.SeedSequence((self.seed, _STREAM, g)))
+        first, last = begin // n, (end - 1) // n
+        bitgen.advance(first * n)
+        per_piece = max(1, _PIECE // n)
+        filled = 0
+        for k in range(first, last + 1, per_piece):
+            perms = min(per_piece, last + 1 - k)
+            keys = bitgen.random_raw(perms * n).reshape(perms, n)
+            local = np.argsort(keys, axis=1, kind="stable").ravel()
+            lo = max(begin - k * n, 0)
+            hi = min(end - k * n, perms * n)
+            out[filled : filled + hi - lo] = rows[local[lo:hi]]
+            filled += hi - lo
+        return out
+
+    def epoch(self, e: int) -> np.ndarray:
+        """Row indices (into the rows given) of epoch e, length ``epoch_length``.
+
+        Example:
+            >>> plan = SamplingPlan([0, 1, 1, 1], ["a", "b"], seed=3)
+            >>> np.bincount(np.asarray([0, 1, 1, 1])[plan.epoch(5)]).tolist()
+            [2, 2]
+        """
+        e = self._check_epoch(e)
+        if self._cache is not None and self._cache[0] == e:
+            return self._cache[1]
+        counts, offsets = self._counts(e), self._offsets(e)
+        active = np.flatnonzero(counts)
+        # streams holds each group's samples of this epoch, group after group.
+        streams = np.empty(self.epoch_length, dtype=np.int64)
+        seg = np.concatenate([[0], np.cumsum(counts)])
+        for g in active:
+            begin = int(offsets[g])
+            streams[seg[g] : seg[g + 1]] = self._stream(int(g), begin, begin + int(counts[g]))
+        out = self._interleave(counts, seg, streams, _rng(self.seed, _ORDER, e))
+        out.flags.writeable = False
+        self._cache = (e, out)
+        return out
+
+    def _interleave(
+        self, counts: np.ndarray, seg: np.ndarray, streams: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Uniformly random order of the groups, each group keeping its stream order.
+
+        Chunk c takes a multivariate-hypergeometric share of what is left of every group
+        (exactly the law of a full shuffle), shuffled inside the chunk.
+        """
+        out = np.empty(self.epoch_length, dtype=np.int64)
+        left = counts.copy()
+        used = np.zeros_like(counts)
+        label_type = np.int16 if len(counts) < 2**15 else np.int32
+        labels_all = np.arange(len(counts), dtype=label_type)
+        for lo in range(0, self.epoch_length, _CHUNK):
+            size = min(_CHUNK, self.epoch_length - lo)
+            take = (
+                left.copy()
+                if size == left.sum()
+                else rng.multivariate_hypergeometric(left, size, method="marginals")
+            )
+            labels = np.repeat(labels_all, take)
+            rng.shuffle(labels)
+            where = np.argsort(labels, kind="stable")  # positions grouped by group, in order
+            first = np.cumsum(take) - take
+            src = np.repeat(seg[:-1] + used - first, take) + np.arange(size)
+            out[lo + where] = streams[src]
+            used += take
+            left -= take
+        return out
+
+    def shard(
+        self, e: int, global_batch_size: int, num_replicas: int, replica_id: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """This replica's share of epoch e: global positions and their row indices.
+
+        Inside each global batch of B positions replica r reads
+        ``np.array_split(batch_positions, R)[r]``, so the replicas together read every
+        position once and each global batch keeps the planned mix.
+
+        Example:
+            >>> plan = SamplingPlan([0, 0, 1, 1], ["a", "b"])
+            >>> plan.shard(0, 4, 2, 1)[0].tolist()
+            [2, 3]
+        """
+        B, R, r = global_batch_size, num_replicas, replica_id
+        if not (isinstance(B, int | np.integer) and isinstance(R, int | np.integer) and B >= 1):
+            raise UserError(f"global batch size must be an integer >= 1, got {B!r}")
+        if not (1 <= R <= B):
+            raise UserError(f"number of replicas must lie in 1..batch size {B}, got {R}")
+        if not (isinstance(r, int | np.integer) and 0 <= r < R):
+            raise UserError(f"replica id must lie in 0..{R - 1}, got {r!r}")
+        indices = self.epoch(e)
+        E = self.epoch_length
+        full = E // B
+        parts = [self._replica_slots(np.arange(full, dtype=np.int64) * B, B, R, r)]
+        if E % B:
+            parts.append(self._replica_slots(np.array([full * B]), E % B, R, r))
+        positions = np.concatenate(parts)
+        return positions, indices[positions]
+
+    @staticmethod
+    def _replica_slots(starts: np.ndarray, size: int, R: int, r: int) -> np.ndarray:
+        """Positions of replica r in batches of ``size`` starting at ``starts`` (array_split)."""
+        width = size // R + (1 if r < size % R else 0)
+        offset = r * (size // R) + min(r, size % R)
+        return (starts[:, None] + offset + np.arange(width)).ravel()
+
+    # ----------------------------------------------------------------------------- report
+    def report(self, epochs: int | Sequence[int]) -> dict[str, Any]:
+        """The realised mix of the given epochs (an int n means epochs 0..n-1), JSON-able.
+
+        Per group: images, target probability, samples per epoch, mean showings of each
+        image per epoch and ``repeat_warning`` when that exceeds :data:`REPEAT_WARNING`.
+        """
+        which = range(epochs) if isinstance(epochs, int | np.integer) else list(epochs)
+        per_epoch = [(int(e), self._counts(self._check_epoch(e))) for e in which]
+        expected = self._quota if self.mode == "exact" else self._p * self.epoch_length
+        groups = []
+        for i, g in enumerate(self.group_names):
+            n = int(self._n[i])
+            showings = float(expected[i]) / n if n else 0.0
+            groups.append(
+                {
+                    "name": g,
+                    "images": n,
+                    "target": self.target[g],
+                    "samples_per_epoch": float(expected[i]),
+                    "showings_per_image": showings,
+                    "repeat_warning": showings > REPEAT_WARNING,
+                }
+            )
+        return {
+            "balance": self.balance,
+            "mode": self.mode,
+            "seed": self.seed,
+            "epoch_length": self.epoch_length,
+            "rows": self.num_rows,
+            "groups": groups,
+            "target": dict(self.target),
+            "quotas": dict(self.quotas),
+            "epochs": [
+                {"epoch": e, "counts": dict(zip(self.group_names, c.tolist(), strict=True))}
+                for e, c in per_epoch
+            ],
+            "warnings": [
+                f"group '{x['name']}': each image is shown {x['showings_per_image']:.1f}x per "
+                "epoch on average and may over-fit; lower its weight or try power:ALPHA"
+                for x in groups
+                if x["repeat_warning"]
+            ],
+        }
+
+    def steps(self, batch_size: int) -> int:
+        """Batches per epoch: ``ceil(epoch_length / batch_size)``."""
+        return math.ceil(self.epoch_length / batch_size)
