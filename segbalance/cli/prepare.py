@@ -1,0 +1,103 @@
+"""``segbalance prepare``: find, check and split image/mask pairs; write the manifest."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from segbalance.cli.common import add_command
+
+EXAMPLES = """
+segbalance prepare data/nails
+segbalance prepare data/nails --valid-fraction 0.25 --seed 1 --out runs/nails.csv
+segbalance prepare data/messy --skip-invalid          # leave bad pairs out, list them
+segbalance prepare data/flat --groups groups.csv      # images/ + masks/, groups from a CSV
+segbalance prepare data/tutorial                      # Images/, Masks/, csv_file/train*.csv
+
+Layouts (folder names case-insensitive):
+  a  Images/<group>/...  + Masks/<group>/...
+  b  train|valid/images|masks/[<group>/]...    (split from the folders)
+  c  images/ + masks/ (one group, or --groups CSV with columns image,group)
+  d  csv_file/train.csv, valid.csv, train<g>.csv with an 'images' column
+Pairs match by relative path and stem across .png .jpg .jpeg .bmp .tif .tiff.
+"""
+
+
+def register(sub: Any) -> None:
+    parser = add_command(
+        sub,
+        "prepare",
+        "Find image/mask pairs and their groups, check every pair (decode, sizes, binary "
+        "masks) and write a manifest CSV; any problem is listed and nothing is written.",
+        EXAMPLES,
+        run,
+    )
+    parser.add_argument("root", type=Path, metavar="DATA_ROOT", help="folder holding the data")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="manifest CSV (default DATA_ROOT/segbalance/manifest.csv)",
+    )
+    parser.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=0.2,
+        help="share of each group for validation when the layout gives no split",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="fixes the train/valid split")
+    parser.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="leave bad pairs out and list them in <manifest>_rejects.csv instead of stopping",
+    )
+    parser.add_argument(
+        "--groups", type=Path, default=None, metavar="CSV", help="image,group CSV for layout c"
+    )
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="accept absolute paths or '..' in tutorial CSVs (stored as absolute paths)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="threads checking pairs (default: every core)"
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=float,
+        default=80e6,
+        help="refuse images with more pixels (decompression bombs)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from segbalance.data.prepare import prepare_dataset
+    from segbalance.errors import UserError
+
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers {args.workers} must be at least 1")
+    if args.max_pixels <= 0:
+        raise UserError(f"--max-pixels {args.max_pixels} must be positive")
+    result = prepare_dataset(
+        args.root,
+        args.out,
+        valid_fraction=args.valid_fraction,
+        seed=args.seed,
+        skip_invalid=args.skip_invalid,
+        groups_csv=args.groups,
+        allow_outside_root=args.allow_outside_root,
+        workers=args.workers,
+        max_pixels=int(args.max_pixels),
+        progress=False if args.quiet else None,
+    )
+    print(result.summary_table())
+    if result.rejects:
+        print(
+            f"segbalance prepare: {len(result.rejects)} item(s) skipped (--skip-invalid); "
+            f"see {result.rejects_path}",
+            file=sys.stderr,
+        )
+    return 0

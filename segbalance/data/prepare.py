@@ -1,0 +1,262 @@
+"""From a data root to a checked manifest: discover, check in parallel, split, write.
+
+``prepare_dataset`` is what ``segbalance prepare`` and the demo call; ``build_manifest``
+does the same in memory for stages that accept a data folder instead of a manifest.
+
+Example:
+    >>> result = prepare_dataset("data", valid_fraction=0.2, seed=0)
+    >>> print(result.summary_table())
+    >>> result.manifest_path
+    PosixPath('data/segbalance/manifest.csv')
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from segbalance.artifacts import write_text_atomic
+from segbalance.data.check import DEFAULT_MAX_PIXELS, check_pairs
+from segbalance.data.discover import Discovery, Reject, discover
+from segbalance.data.manifest import (
+    DEFAULT_DIRNAME,
+    Manifest,
+    assign_splits,
+    natural_key,
+    natural_sort,
+    write_manifest,
+)
+from segbalance.errors import InvalidDataError, UserError
+
+REJECT_COLUMNS = ("image", "mask", "group", "problem", "fix")
+
+
+@dataclass
+class Scan:
+    """A checked data root in memory: the manifest of good pairs and what was left out."""
+
+    manifest: Manifest
+    discovery: Discovery
+    rejects: list[Reject]
+    mask_rules: dict[str, int]
+    split_given: bool
+
+
+@dataclass
+class PrepareResult:
+    """What :func:`prepare_dataset` did."""
+
+    manifest: Manifest
+    manifest_path: Path
+    rejects_path: Path | None
+    layout: str
+    rejects: list[Reject] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    mask_rules: dict[str, int] = field(default_factory=dict)
+
+    def group_rows(self) -> list[tuple[str, int, int, int, int]]:
+        """(group, pairs, train, valid, skipped) per group, natural order."""
+        skipped = Counter(r.group or "(none)" for r in self.rejects)
+        names = natural_sort(set(self.manifest.groups) | set(skipped))
+        rows = []
+        for g in names:
+            splits = [
+                s for s, gg in zip(self.manifest.split, self.manifest.group, strict=True) if gg == g
+            ]
+            rows.append((g, len(splits), splits.count("train"), splits.count("valid"), skipped[g]))
+        return rows
+
+    def summary_table(self) -> str:
+        """Per-group table plus totals and the facts worth a glance."""
+        head = ("group", "pairs", "train", "valid", "skipped")
+        rows = [tuple(map(str, r)) for r in self.group_rows()]
+        totals = [sum(int(r[i]) for r in rows) for i in range(1, 5)]
+        rows.append(("total", *map(str, totals)))
+        width = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
+        lines = [
+            "  ".join(
+                c.rjust(w) if i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(r, width, strict=True))
+            )
+            for r in [head, *rows]
+        ]
+        rules = ", ".join(f"{k} x{v}" for k, v in sorted(self.mask_rules.items()))
+        lines += ["", f"layout: {self.layout}", f"mask rules applied: {rules or 'none'}"]
+        if self.ignored:
+            kinds = Counter(
+                Path(p).name
+                if Path(p).name.startswith(".") or not Path(p).suffix
+                else Path(p).suffix.lower()
+                for p in self.ignored
+            )
+            shown = ", ".join(f"{k} x{v}" for k, v in kinds.most_common(5))
+            lines.append(f"ignored {len(self.ignored)} non-image file(s): {shown}")
+        lines += [f"note: {n}" for n in self.notes]
+        lines.append(f"manifest: {self.manifest_path}")
+        if self.rejects_path:
+            lines.append(f"skipped {len(self.rejects)} item(s), listed in {self.rejects_path}")
+        return "\n".join(lines)
+
+
+def _relative(path: Path, root: Path) -> str:
+    """POSIX path relative to the root; absolute when it lies outside (allowed only then)."""
+    rel = os.path.relpath(path, root)
+    if rel.split(os.sep)[0] == "..":
+        return Path(os.path.abspath(path)).as_posix()
+    return Path(rel).as_posix()
+
+
+def scan(
+    root: str | Path,
+    *,
+    valid_fraction: float = 0.2,
+    seed: int = 0,
+    skip_invalid: bool = False,
+    groups_csv: str | Path | None = None,
+    allow_outside_root: bool = False,
+    workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool | None = None,
+) -> Scan:
+    """Discover and check every pair under ``root`` and split them; nothing is written.
+
+    Raises:
+        InvalidDataError: any problem while ``skip_invalid`` is False (the full table).
+        UserError: no layout, or no valid pair at all.
+    """
+    root = Path(root)
+    if not 0.0 < valid_fraction < 1.0:
+        raise UserError(f"--valid-fraction {valid_fraction} must be between 0 and 1 (exclusive)")
+    found = discover(root, groups_csv, allow_outside_root)
+    names = [(_relative(p.image, root), _relative(p.mask, root)) for p in found.pairs]
+    paths = [(str(p.image), str(p.mask)) for p in found.pairs]
+    checks = check_pairs(paths, names, max_pixels=max_pixels, workers=workers, progress=progress)
+    rejects = list(found.rejects)
+    for pair, name, res in zip(found.pairs, names, checks, strict=True):
+        rejects += [Reject(name[0], name[1], pair.group, p) for p in res.problems]
+    keep = [i for i, res in enumerate(checks) if res.ok]
+    if rejects and not skip_invalid:
+        raise InvalidDataError(
+            [r.problem for r in rejects],
+            f"{len(rejects)} problem(s) in {root} ({found.layout}); no manifest written. "
+            "Fix them, or pass --skip-invalid to leave them out",
+        )
+    if not keep:
+        raise UserError(f"no valid image/mask pairs in {root} ({found.layout}); nothing to write")
+    keep.sort(key=lambda i: (natural_key(found.pairs[i].group), natural_key(names[i][0])))
+    given = [found.pairs[i].split for i in keep]
+    split_given = all(s is not None for s in given)
+    if split_given:
+        splits = [str(s) for s in given]
+    else:
+        groups = [found.pairs[i].group for i in keep]
+        splits = assign_splits([names[i][0] for i in keep], groups, valid_fraction, seed)
+    manifest = Manifest(
+        root=root,
+        image=tuple(names[i][0] for i in keep),
+        mask=tuple(names[i][1] for i in keep),
+        group=tuple(found.pairs[i].group for i in keep),
+        split=tuple(splits),
+        height=[checks[i].height for i in keep],  # type: ignore[arg-type]
+        width=[checks[i].width for i in keep],  # type: ignore[arg-type]
+        coverage=[checks[i].coverage for i in keep],  # type: ignore[arg-type]
+        mask_rule=tuple(checks[i].mask_rule for i in keep),
+    )
+    rules = Counter(manifest.mask_rule)
+    return Scan(manifest, found, rejects, dict(rules), split_given)
+
+
+def build_manifest(root: str | Path, **kwargs: object) -> Manifest:
+    """The manifest :func:`prepare_dataset` would write, in memory (same keywords as scan)."""
+    return scan(root, **kwargs).manifest  # type: ignore[arg-type]
+
+
+def _rejects_csv(rejects: list[Reject]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(REJECT_COLUMNS)
+    for r in rejects:
+        writer.writerow([r.image, r.mask, r.group, r.problem.problem, r.problem.fix])
+    return buf.getvalue()
+
+
+def rejects_path_for(manifest_path: str | Path) -> Path:
+    """``manifest.csv`` -> ``manifest_rejects.csv`` beside it."""
+    path = Path(manifest_path)
+    return path.with_name(f"{path.stem}_rejects.csv")
+
+
+def prepare_dataset(
+    root: str | Path,
+    out: str | Path | None = None,
+    *,
+    valid_fraction: float = 0.2,
+    seed: int = 0,
+    skip_invalid: bool = False,
+    groups_csv: str | Path | None = None,
+    allow_outside_root: bool = False,
+    workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool | None = None,
+) -> PrepareResult:
+    """Check a data root and write its manifest (and rejects CSV with ``skip_invalid``).
+
+    Args:
+        root: the data root (layouts: see :mod:`segbalance.data.discover`).
+        out: manifest CSV; default ``root/segbalance/manifest.csv``.
+        valid_fraction: share of each group held out when the layout gives no split.
+        seed: fixes the split.
+        skip_invalid: leave bad pairs out (listed in ``<out stem>_rejects.csv``).
+        groups_csv: ``image,group`` CSV for layout (c).
+        allow_outside_root: accept CSV paths outside the root (stored absolute).
+        workers: checking threads; default every core.
+        max_pixels: pixel cap per image.
+        progress: progress bar on stderr; None shows it on a terminal only.
+
+    Raises:
+        InvalidDataError: problems found and ``skip_invalid`` is False; nothing is written.
+    """
+    root = Path(root)
+    out_path = Path(out) if out is not None else root / DEFAULT_DIRNAME / "manifest.csv"
+    if out_path.suffix.lower() != ".csv":
+        raise UserError(f"--out {out_path} must be a .csv file")
+    done = scan(
+        root,
+        valid_fraction=valid_fraction,
+        seed=seed,
+        skip_invalid=skip_invalid,
+        groups_csv=groups_csv,
+        allow_outside_root=allow_outside_root,
+        workers=workers,
+        max_pixels=max_pixels,
+        progress=progress,
+    )
+    rejects_path = rejects_path_for(out_path)
+    if done.rejects:
+        write_text_atomic(rejects_path, _rejects_csv(done.rejects))
+    else:
+        rejects_path.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+    info = {
+        "layout": done.discovery.layout,
+        "mask_rules": done.mask_rules,
+        "split": "from layout" if done.split_given else f"seeded, valid_fraction={valid_fraction}",
+        "seed": seed,
+        "skipped": len(done.rejects),
+        "ignored_files": len(done.discovery.ignored),
+    }
+    write_manifest(done.manifest, out_path, info)
+    return PrepareResult(
+        manifest=done.manifest,
+        manifest_path=out_path,
+        rejects_path=rejects_path if done.rejects else None,
+        layout=done.discovery.layout,
+        rejects=done.rejects,
+        ignored=done.discovery.ignored,
+        notes=done.discovery.notes,
+        mask_rules=done.mask_rules,
+    )
