@@ -2,7 +2,8 @@
 
 Images come out as float32 RGB in 0..255 (what every model takes), masks as float32 {0, 1}
 with one channel. ``tf.io.decode_image(..., dtype=float32)`` scales 8-bit and 16-bit data
-alike into [0, 1], so a 16-bit PNG keeps its precision until the final scale to 0..255.
+alike into [0, 1]; rounding at 1/65535 steps then gives 0..255 with 8-bit values exact and
+16-bit precision kept.
 TensorFlow has no TIFF decoder: ``.tif``/``.tiff`` paths (and only those) go through PIL in a
 ``tf.numpy_function``, chosen by ``tf.cond`` on the extension, so the common formats never
 leave the graph.
@@ -29,30 +30,34 @@ from segbalance.errors import UserError
 _TIFF = r"(?i).*\.tiff?"
 
 
-def _pil_decode(path: bytes) -> np.ndarray:
-    """Decode a TIFF with PIL into float32 HxWxC scaled to [0, 1] (numpy_function body)."""
-    name = path.decode("utf-8", "surrogateescape")
+def _pil_decode(path: bytes | np.ndarray) -> np.ndarray:
+    """Decode a TIFF with PIL into float32 HxWxC in 0..255 (numpy_function body)."""
+    raw = path.item() if isinstance(path, np.ndarray) else path  # eager calls pass a 0-d array
+    name = raw.decode("utf-8", "surrogateescape")
     with Image.open(name) as opened:
         mode = opened.mode
         arr = np.asarray(opened.convert("RGB") if mode == "P" else opened)
-    if arr.dtype == np.bool_:
-        out = arr.astype(np.float32)
-    elif arr.dtype == np.uint8:
-        out = arr.astype(np.float32) / 255.0
-    elif arr.dtype in (np.uint16, np.dtype(">u2"), np.int32) and arr.max(initial=0) < 65536:
-        # PIL reads 16-bit TIFFs as I;16 (uint16) or I (int32): same [0, 1] scale as TF.
-        out = arr.astype(np.float32) / 65535.0
+    if arr.dtype in (np.bool_, np.uint8):
+        out = arr.astype(np.float32) * (255.0 if arr.dtype == np.bool_ else 1.0)
+    elif arr.dtype.kind in "ui" and arr.itemsize <= 4 and arr.min(initial=0) >= 0:
+        if arr.max(initial=0) > 65535:
+            raise ValueError(f"{name}: TIFF values above 16 bits (mode {mode})")
+        # PIL reads 16-bit TIFFs as I;16 (uint16) or I (int32): 65535 -> 255 as in TF.
+        out = arr.astype(np.float32) / 257.0
     else:
         raise ValueError(f"{name}: unsupported TIFF sample type {arr.dtype} (mode {mode})")
     return out[..., None] if out.ndim == 2 else out
 
 
 def _decode_unit(path: tf.Tensor) -> tf.Tensor:
-    """Decode any accepted file into float32 [H, W, C] in [0, 1], C in 1..4."""
+    """Decode any accepted file into float32 [H, W, C] in 0..255, C in 1..4."""
 
     def native() -> tf.Tensor:
         data = tf.io.read_file(path)
-        return tf.io.decode_image(data, dtype=tf.float32, expand_animations=False)
+        unit = tf.io.decode_image(data, dtype=tf.float32, expand_animations=False)
+        # decode_image gives v/255 (8-bit) or v/65535 (16-bit); both are exact multiples
+        # of 1/65535, so rounding there makes 8-bit values exact integers in 0..255.
+        return tf.round(unit * 65535.0) / 257.0
 
     def tiff() -> tf.Tensor:
         out = tf.numpy_function(_pil_decode, [path], tf.float32, stateful=False)
@@ -75,7 +80,7 @@ def _to_rgb(unit: tf.Tensor) -> tf.Tensor:
 
 def decode_image(path: tf.Tensor) -> tf.Tensor:
     """Read an image file as float32 RGB [H, W, 3] in 0..255 (graph-safe)."""
-    return _to_rgb(_decode_unit(path)) * 255.0
+    return _to_rgb(_decode_unit(path))
 
 
 def decode_mask(path: tf.Tensor) -> tf.Tensor:

@@ -1,0 +1,200 @@
+"""Augmentation invariants: binary masks, image and mask moved together, seeds, groups."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from segbalance.config import AugmentConfig
+from segbalance.errors import UserError
+from segbalance.pipeline.augment import DEFAULT_OPS, build_augmenter, build_pipeline, get_op
+
+GEOMETRIC = [
+    {"type": "flip", "p": 0.5},
+    {"type": "scale", "factor": 0.2},
+    {"type": "rotate", "degrees": 30},
+    {"type": "translate", "fraction": 0.1},
+]
+
+
+def _seed(a: int, b: int = 0) -> tf.Tensor:
+    return tf.constant([a, b], tf.int64)
+
+
+def _blocky_image(rng: np.random.Generator, size: int = 48, block: int = 8) -> np.ndarray:
+    """An image of flat blocks, so a threshold of it has few border pixels."""
+    blocks = rng.integers(0, 256, (size // block, size // block, 3)).astype(np.float32)
+    return np.kron(blocks, np.ones((block, block, 1), np.float32))
+
+
+def _run(spec: Any, image: np.ndarray, mask: np.ndarray, seed: tf.Tensor) -> tuple[np.ndarray, ...]:
+    fn = tf.function(build_pipeline(spec))
+    out_i, out_m = fn(tf.constant(image[None]), tf.constant(mask[None]), seed)
+    return out_i.numpy()[0], out_m.numpy()[0]
+
+
+@pytest.fixture(scope="module")
+def default_fn() -> Any:
+    return tf.function(build_pipeline("default"))
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    density=st.floats(0.0, 1.0),
+    mask_seed=st.integers(0, 1000),
+)
+def test_binary_mask_stays_binary_after_default_augmentation(
+    default_fn: Any, seed: int, density: float, mask_seed: int
+) -> None:
+    rng = np.random.default_rng(mask_seed)
+    mask = (rng.random((32, 32, 1)) < density).astype(np.float32)
+    image = rng.integers(0, 256, (32, 32, 3)).astype(np.float32)
+    out_i, out_m = default_fn(tf.constant(image[None]), tf.constant(mask[None]), _seed(seed))
+    assert set(np.unique(out_m.numpy())) <= {0.0, 1.0}
+    assert out_m.shape == (1, 32, 32, 1) and out_i.shape == (1, 32, 32, 3)
+    assert float(tf.reduce_min(out_i)) >= 0.0 and float(tf.reduce_max(out_i)) <= 255.0
+
+
+def test_image_and_mask_are_moved_together() -> None:
+    rng = np.random.default_rng(1)
+    image = np.where(_blocky_image(rng, 64, 16) > 127, 255.0, 0.0).astype(np.float32)
+    mask = (image[..., :1] > 127).astype(np.float32)
+    fn = tf.function(build_pipeline(GEOMETRIC))
+    changed = 0
+    for s in range(6):
+        out_i, out_m = fn(tf.constant(image[None]), tf.constant(mask[None]), _seed(s, 3))
+        out_i, out_m = out_i.numpy()[0], out_m.numpy()[0]
+        redrawn = (out_i[..., :1] > 127).astype(np.float32)
+        # Bilinear image vs nearest mask: they may disagree only along block borders.
+        assert np.mean(redrawn != out_m) < 0.03, s
+        changed += np.mean(out_m != mask) > 0.1
+    assert changed >= 4  # the transforms really moved the content
+
+
+def test_photometric_ops_change_the_image_only() -> None:
+    rng = np.random.default_rng(2)
+    image = _blocky_image(rng, 32)
+    mask = (image[..., :1] > 127).astype(np.float32)
+    for spec in [
+        {"type": "brightness", "factor": 0.3},
+        {"type": "contrast", "factor": 0.5},
+        {"type": "hue", "factor": 0.3},
+        {"type": "saturation", "factor": 0.5},
+        {"type": "blur", "sigma": [1.0, 2.0]},
+        {"type": "noise", "std": 20.0},
+    ]:
+        out_i, out_m = _run([spec], image, mask, _seed(5))
+        np.testing.assert_array_equal(out_m, mask, err_msg=spec["type"])
+        assert np.abs(out_i - image).mean() > 0.5, spec["type"]
+
+
+def test_flip_with_p1_always_flips_and_p0_never() -> None:
+    image = np.arange(4 * 6 * 3, dtype=np.float32).reshape(4, 6, 3)
+    mask = (np.arange(24).reshape(4, 6, 1) % 5 == 0).astype(np.float32)
+    for s in range(4):
+        out_i, out_m = _run([{"type": "flip", "p": 1.0}], image, mask, _seed(s))
+        np.testing.assert_array_equal(out_i, image[:, ::-1])
+        np.testing.assert_array_equal(out_m, mask[:, ::-1])
+        out_i, _ = _run([{"type": "flip", "p": 0.0}], image, mask, _seed(s))
+        np.testing.assert_array_equal(out_i, image)
+
+
+def test_same_seed_same_result_other_seed_other_result(default_fn: Any) -> None:
+    rng = np.random.default_rng(3)
+    image = tf.constant(_blocky_image(rng, 32)[None])
+    mask = tf.constant((rng.random((1, 32, 32, 1)) > 0.5).astype(np.float32))
+    a = default_fn(image, mask, _seed(7, 1))
+    b = default_fn(image, mask, _seed(7, 1))
+    np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
+    outs = [default_fn(image, mask, _seed(7, k))[0].numpy() for k in range(2, 6)]
+    assert all(not np.array_equal(outs[0], o) for o in outs[1:])
+
+
+def test_per_group_pipelines_apply_to_the_right_group() -> None:
+    cfg = AugmentConfig(
+        default=[{"type": "flip", "mode": "vertical", "p": 1.0}],
+        groups={"b": "none", "c": [{"type": "flip", "p": 1.0}]},
+    )
+    aug = tf.function(build_augmenter(cfg, ["a", "b", "c", "d"]))
+    image = np.arange(4 * 6 * 3, dtype=np.float32).reshape(4, 6, 3)
+    mask = (image[..., :1] % 7 == 0).astype(np.float32)
+    expected = {0: image[::-1], 1: image, 2: image[:, ::-1], 3: image[::-1]}
+    for group, want in expected.items():
+        out_i, out_m = aug(tf.constant(image), tf.constant(mask), tf.constant(group), _seed(1))
+        np.testing.assert_array_equal(out_i.numpy(), want, err_msg=str(group))
+        np.testing.assert_array_equal(out_m.numpy()[..., 0], (want[..., 0] % 7 == 0))
+
+
+def test_nothing_to_augment_gives_none() -> None:
+    assert build_augmenter(AugmentConfig(engine="none"), ["0"]) is None
+    assert build_augmenter(AugmentConfig(default="none"), ["0", "1"]) is None
+    assert build_augmenter(AugmentConfig(default="none", groups={"1": "default"}), ["0", "1"])
+
+
+def test_default_covers_the_tutorial_ops() -> None:
+    names = {op["type"] for op in DEFAULT_OPS}
+    assert {"flip", "scale", "rotate", "noise", "blur", "brightness", "contrast", "hue"} <= names
+    assert callable(get_op("rotate"))
+
+
+@pytest.mark.parametrize(
+    ("cfg", "groups", "match"),
+    [
+        (AugmentConfig(default=[{"type": "rotat"}]), ["0"], "did you mean 'rotate'"),
+        (AugmentConfig(default=[{"type": "rotate", "angle": 3}]), ["0"], "no parameter.*angle"),
+        (AugmentConfig(default=[{"type": "flip", "p": 1.5}]), ["0"], "p=1.5"),
+        (AugmentConfig(default=[{"degrees": 3}]), ["0"], "'type'"),
+        (AugmentConfig(default=[{"type": "flip", "mode": "diag"}]), ["0"], "diag"),
+        (AugmentConfig(groups={"7": "none"}), ["0", "1"], "7.*Valid groups: 0, 1"),
+        (AugmentConfig(engine="albumentations"), ["0"], "albumentations_file"),
+    ],
+)
+def test_bad_config_is_a_user_error(cfg: AugmentConfig, groups: list[str], match: str) -> None:
+    with pytest.raises(UserError, match=match):
+        build_augmenter(cfg, groups)
+
+
+def test_albumentations_missing_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "albumentations", None)  # import now fails
+    cfg = AugmentConfig(engine="albumentations", albumentations_file=str(tmp_path / "a.json"))
+    with pytest.raises(UserError, match=r"segbalance\[albumentations\]"):
+        build_augmenter(cfg, ["0"])
+
+
+def test_albumentations_engine_moves_mask_and_is_seeded(tmp_path: Path) -> None:
+    """Runs the engine where the optional extra is installed; else checks the error."""
+    cfg = AugmentConfig(engine="albumentations", albumentations_file=str(tmp_path / "a.json"))
+    try:
+        import albumentations as A
+    except ImportError:
+        with pytest.raises(UserError, match="albumentations"):
+            build_augmenter(cfg, ["0"])
+        return
+    A.save(A.Compose([A.HorizontalFlip(p=1.0), A.GaussNoise(p=1.0)]), tmp_path / "a.json")
+    aug = tf.function(build_augmenter(cfg, ["0"]))
+    rng = np.random.default_rng(4)
+    image = tf.constant(_blocky_image(rng, 32))
+    mask = tf.constant((rng.random((32, 32, 1)) > 0.5).astype(np.float32))
+    i1, m1 = aug(image, mask, tf.constant(0), _seed(9))
+    i2, _ = aug(image, mask, tf.constant(0), _seed(9))
+    i3, _ = aug(image, mask, tf.constant(0), _seed(10))
+    np.testing.assert_array_equal(m1.numpy(), mask.numpy()[:, ::-1])
+    np.testing.assert_array_equal(i1.numpy(), i2.numpy())
+    assert not np.array_equal(i1.numpy(), i3.numpy())
+    (tmp_path / "bad.json").write_text(json.dumps({"nope": 1}))
+    bad = AugmentConfig(engine="albumentations", albumentations_file=str(tmp_path / "bad.json"))
+    with pytest.raises(UserError, match="bad.json"):
+        build_augmenter(bad, ["0"])
