@@ -134,26 +134,13 @@ def _key(rel: str) -> str:
     return str(p.with_suffix("")) if p.suffix else rel
 
 
-def _index(rels: list[str], top: Path, kind: str, walker: _Walker) -> dict[str, str]:
-    """key -> relative path; two files with one key are rejected (which one is meant?)."""
+def _index(rels: list[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """key -> relative path, and the keys shared by several files (which one is meant?)."""
     by_key: dict[str, list[str]] = {}
     for rel in rels:
         by_key.setdefault(_key(rel), []).append(rel)
-    index = {}
-    for key, files in by_key.items():
-        if len(files) == 1:
-            index[key] = files[0]
-            continue
-        for rel in files:
-            shown = walker.rel(top / rel)
-            others = ", ".join(f for f in files if f != rel)
-            problem = Problem(shown, f"two {kind}s with one name ({others})", "keep only one")
-            walker.found.rejects.append(
-                Reject(
-                    shown if kind == "image" else "", shown if kind == "mask" else "", "", problem
-                )
-            )
-    return index
+    index = {k: v[0] for k, v in by_key.items() if len(v) == 1}
+    return index, {k: v for k, v in by_key.items() if len(v) > 1}
 
 
 def _mask_lookup(masks: dict[str, str]) -> dict[str, str]:
@@ -205,30 +192,51 @@ def _pair_folders(
 ) -> None:
     """Pair ``img_dir`` with ``msk_dir`` by key; append pairs and rejects to the discovery."""
     found = walker.found
-    images = _index(walker.images(img_dir), img_dir, "image", walker)
-    masks = _index(walker.images(msk_dir), msk_dir, "mask", walker)
+    images, image_dups = _index(walker.images(img_dir))
+    masks, mask_dups = _index(walker.images(msk_dir))
     lookup = _mask_lookup(masks)
     used: set[str] = set()
     busy: set[str] = set()  # group folders holding at least one file
-    for key, rel in images.items():
+
+    def reject(rel: str, mask_rel: str | None, group: str, problem: str, fix: str) -> None:
         shown = walker.rel(img_dir / rel)
+        mask = walker.rel(msk_dir / mask_rel) if mask_rel else ""
+        found.rejects.append(Reject(shown, mask, group, Problem(shown, problem, fix)))
+
+    for key, rels in [*((k, [r]) for k, r in images.items()), *image_dups.items()]:
         place = _place(key, group_mode, split, split_folders, group_of)
-        if isinstance(place, Problem):
-            found.rejects.append(Reject(shown, "", "", Problem(shown, place.problem, place.fix)))
-            continue
-        row_split, group = place
+        group = "" if isinstance(place, Problem) else place[1]
         busy.add(group)
         mask_rel = lookup.get(key)
-        if mask_rel is None:
+        if mask_rel:
+            used.add(mask_rel)  # left out with its image, not reported twice
+        if len(rels) > 1:
+            for rel in rels:
+                reject(
+                    rel,
+                    mask_rel,
+                    group,
+                    f"images {', '.join(rels)} share one name",
+                    "keep only one of them",
+                )
+        elif isinstance(place, Problem):
+            reject(rels[0], mask_rel, "", place.problem, place.fix)
+        elif key in mask_dups:
+            reject(
+                rels[0],
+                None,
+                group,
+                f"masks {', '.join(mask_dups[key])} share one name",
+                "keep only one of them",
+            )
+            used.update(mask_dups[key])
+        elif mask_rel is None:
             expected = walker.rel(msk_dir / key)
-            problem = Problem(shown, "no mask for this image", f"add a mask {expected}.png")
-            found.rejects.append(Reject(shown, "", group, problem))
-            continue
-        used.add(mask_rel)
-        found.pairs.append(Pair(img_dir / rel, msk_dir / mask_rel, group, row_split))
-    for rel in masks.values():
-        if rel in used:
-            continue
+            reject(rels[0], None, group, "no mask for this image", f"add a mask {expected}.png")
+        else:
+            found.pairs.append(Pair(img_dir / rels[0], msk_dir / mask_rel, group, place[0]))
+    orphans = [*masks.values(), *(r for rels in mask_dups.values() for r in rels)]
+    for rel in sorted(set(orphans) - used, key=natural_key):
         shown = walker.rel(msk_dir / rel)
         place = _place(_key(rel), group_mode, split, split_folders, None)
         group = "" if isinstance(place, Problem) else place[1]

@@ -60,9 +60,9 @@ class _Tutorial:
         self.root, self.img_dir, self.msk_dir = root, img_dir, msk_dir
         self.allow_outside, self.found = allow_outside, found
         self.walker = _Walker(root, found)
-        self.images = _index(self.walker.images(img_dir), img_dir, "image", self.walker)
-        masks = _index(self.walker.images(msk_dir), msk_dir, "mask", self.walker)
-        self.masks = _mask_lookup(masks)
+        # exact paths from the CSV need no index; stems shared by two files match nothing
+        self.images = _index(self.walker.images(img_dir))[0]
+        self.masks = _mask_lookup(_index(self.walker.images(msk_dir))[0])
         # image path -> [split, group, group priority, mask, where first listed]
         self.rows: dict[Path, list] = {}
         self.bad: set[Path] = set()
