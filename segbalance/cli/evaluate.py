@@ -1,0 +1,62 @@
+"""``segbalance evaluate``: per-group IoU/Dice/precision/recall of a saved model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from segbalance.cli.common import add_command
+
+EXAMPLES = """
+segbalance evaluate runs/exp/best.keras data/segbalance/manifest.csv --split valid
+segbalance evaluate runs/exp/best.keras data/nails --json runs/exp/eval.json
+segbalance evaluate best.keras manifest.csv --threshold 0.4 --batch-size 16
+"""
+
+
+def register(sub: Any) -> None:
+    parser = add_command(
+        sub,
+        "evaluate",
+        "Evaluate a trained model per group at each mask's original size (image size, "
+        "threshold and groups come from the model file).",
+        EXAMPLES,
+        run,
+    )
+    parser.add_argument("model", type=Path, metavar="MODEL", help="a .keras file from train")
+    parser.add_argument(
+        "data",
+        type=Path,
+        metavar="DATA",
+        help="manifest CSV, or a data root (checked on the fly, nothing written)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=("train", "valid", "test", "all"),
+        default="all",
+        help="rows to evaluate",
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="probability threshold (default: model's)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+
+
+def run(args: argparse.Namespace) -> int:
+    from segbalance.evaluate import evaluate, format_evaluation, write_json
+
+    result = evaluate(
+        args.model,
+        args.data,
+        split=args.split,
+        threshold=args.threshold,
+        batch_size=args.batch_size,
+    )
+    print(f"{args.model} on {args.data} (split {args.split}, {result['rows']} images)")
+    print(format_evaluation(result))
+    if args.json is not None:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
