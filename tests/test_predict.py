@@ -1,0 +1,132 @@
+"""segbalance predict: files/folders/globs, original sizes, bad files skipped, overlays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segbalance.artifacts import ModelMeta, save_model
+from segbalance.cli import main
+from segbalance.config import ModelConfig
+from segbalance.predict import expand_inputs, output_names, overlay_image
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    """A random unet-small at 64 px with spread-out logits, saved with its meta."""
+    import keras
+
+    from segbalance.models import build_model
+
+    keras.utils.set_random_seed(2)
+    model = build_model(ModelConfig(name="unet-small", encoder_weights="none"), (64, 64))
+    head = model.layers[-1]
+    kernel, *rest = head.get_weights()
+    head.set_weights([kernel * 50.0, *rest])
+    path = tmp_path_factory.mktemp("model") / "m.keras"
+    return save_model(model, path, ModelMeta(image_size=(64, 64), groups=["0"]))
+
+
+def _image(path: Path, hw: tuple[int, int], seed: int, mode: str = "RGB") -> None:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+    Image.fromarray(arr).convert(mode).save(path)
+
+
+@pytest.fixture()
+def inputs(tmp_path) -> Path:
+    src = tmp_path / "in"
+    _image(src / "a" / "x.png", (50, 70), 0)
+    _image(src / "a" / "deep" / "y.jpg", (96, 40), 1)
+    _image(src / "b" / "x.png", (64, 64), 2, mode="L")  # same name, other folder
+    _image(src / "c" / "z.bmp", (33, 47), 3, mode="RGBA")
+    (src / "a" / "notes.txt").write_text("not an image")
+    (src / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    return src
+
+
+def test_expand_and_mirror_names(inputs) -> None:
+    files, problems = expand_inputs(
+        [inputs / "a", str(inputs / "b" / "*.png"), inputs / "c" / "z.bmp", inputs / "nope"]
+    )
+    rel = [f.relative_to(inputs).as_posix() for f in files]
+    assert rel == ["a/broken.png", "a/x.png", "a/deep/y.jpg", "b/x.png", "c/z.bmp"]
+    assert [p.file for p in problems] == [str(inputs / "nope")]
+    names = [n.as_posix() for n in output_names(files)]
+    assert names == ["a/broken.png", "a/x.png", "a/deep/y.png", "b/x.png", "c/z.png"]
+    assert len(set(names)) == len(names)
+
+
+def test_same_stem_keeps_extension(tmp_path) -> None:
+    files = [tmp_path / "p.jpg", tmp_path / "p.png", tmp_path / "q.png"]
+    assert [n.as_posix() for n in output_names(files)] == ["p.jpg.png", "p.png.png", "q.png"]
+
+
+def test_cli_writes_masks_at_original_size_and_skips_bad_file(
+    model_file, inputs, tmp_path, capsys
+) -> None:
+    out = tmp_path / "out"
+    code = main(
+        [
+            "predict",
+            str(model_file),
+            str(inputs / "a"),
+            str(inputs / "b" / "*.png"),
+            str(inputs / "c" / "z.bmp"),
+            "--out",
+            str(out),
+            "--overlay",
+            "--probabilities",
+            "--batch-size",
+            "2",
+            "--quiet",
+        ]
+    )
+    assert code == 2  # one input could not be read
+    err = capsys.readouterr().err
+    assert "broken.png" in err
+    expected = {"a/x.png": (50, 70), "a/deep/y.png": (96, 40), "b/x.png": (64, 64)}
+    expected["c/z.png"] = (33, 47)
+    foreground = 0
+    for rel, hw in expected.items():
+        mask = np.asarray(Image.open(out / "masks" / rel))
+        assert mask.shape == hw and mask.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 255}
+        foreground += int((mask > 0).sum())
+        prob = np.asarray(Image.open(out / "probabilities" / rel))
+        assert prob.shape == hw
+        # the mask is the thresholded probability (up to 8-bit rounding at 0.5)
+        agree = ((prob >= 128) == (mask > 0)).mean()
+        assert agree > 0.99
+        overlay = np.asarray(Image.open(out / "overlays" / rel))
+        assert overlay.shape == (*hw, 3)
+    assert foreground > 0
+    assert not (out / "masks" / "a" / "broken.png").exists()
+    assert not list(out.rglob(".*"))  # no temp files left behind
+
+
+def test_all_good_inputs_exit_zero(model_file, tmp_path) -> None:
+    _image(tmp_path / "one.png", (40, 40), 5)
+    code = main(["predict", str(model_file), str(tmp_path / "one.png"), "--out", str(tmp_path)])
+    assert code == 0
+    assert (tmp_path / "masks" / "one.png").is_file()
+    assert not (tmp_path / "overlays").exists()
+
+
+def test_no_inputs_is_a_user_error(model_file, tmp_path) -> None:
+    assert main(["predict", str(model_file), str(tmp_path / "*.png"), "--out", str(tmp_path)]) == 2
+
+
+def test_overlay_tints_mask_and_draws_contour() -> None:
+    image = np.full((20, 20, 3), 100, np.uint8)
+    mask = np.zeros((20, 20), bool)
+    mask[5:15, 5:15] = True
+    out = overlay_image(image, mask)
+    assert (out[0, 0] == image[0, 0]).all()  # background untouched
+    assert (out[5, 5] == [255, 230, 0]).all()  # contour pixel
+    inner = out[10, 10]
+    assert not (inner == image[10, 10]).all() and not (inner == [255, 230, 0]).all()
