@@ -47,6 +47,9 @@ _STREAM, _ORDER, _COUNTS = 0, 1, 2
 _CHUNK = 1 << 18
 # Images of one group are permuted in pieces of at most this many keys (bounds memory).
 _PIECE = 1 << 20
+# Group g's random keys start at draw g << _GROUP_SHIFT of one PCG64 stream (2^128 long),
+# so the streams of up to 2^32 groups never overlap.
+_GROUP_SHIFT = 96
 
 
 def largest_remainder(p: np.ndarray, total: int) -> np.ndarray:
@@ -78,6 +81,14 @@ def training_epoch_length(num_rows: int, epoch_length: int | None, batch_size: i
 
 def _rng(*key: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
+
+
+def _ranks(keys: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """``np.argsort(keys)[lo:hi]`` for distinct keys, in O(n) when the slice is short."""
+    if 4 * (hi - lo) >= len(keys) or len(keys) < 256:
+        return np.argsort(keys)[lo:hi]
+    part = np.argpartition(keys, sorted({lo, hi - 1}))[lo:hi]
+    return part[np.argsort(keys[part])]
 
 
 class SamplingPlan:
@@ -141,6 +152,7 @@ class SamplingPlan:
         self.quotas = dict(zip(names, self._quota.tolist(), strict=True))
         self._cum: tuple[int, np.ndarray] = (0, np.zeros(len(names), np.int64))
         self._cache: tuple[int, np.ndarray] | None = None
+        self._stream_state = np.random.PCG64(np.random.SeedSequence((self.seed, _STREAM))).state
         starved = [
             g for g, p, q in zip(names, self._p, self._quota, strict=True) if p > 0 and q == 0
         ]
@@ -183,25 +195,32 @@ class SamplingPlan:
         return int(e)
 
     # ----------------------------------------------------------------------------- epochs
-    def _stream(self, g: int, begin: int, end: int) -> np.ndarray:
-        """Rows at positions begin..end of group g's never-ending stream of permutations."""
+    def _stream(self, bitgen: np.random.PCG64, g: int, begin: int, end: int) -> np.ndarray:
+        """Rows at positions begin..end of group g's never-ending stream of permutations.
+
+        Permutation k is the argsort of raw draws ``k*n .. (k+1)*n`` of group g's part of
+        the PCG64 stream, reached with ``advance`` (no replay). A permutation only partly
+        used is ranked with ``argpartition``, so a big group with a small quota costs O(n).
+        """
         n = int(self._n[g])
-        rows = self._rows[self._start[g] : self._start[g + 1]]
-        out = np.empty(end - begin, dtype=np.int64)
-        bitgen = np.random.PCG64(np.random.SeedSequence((self.seed, _STREAM, g)))
+        bitgen.state = self._stream_state
         first, last = begin // n, (end - 1) // n
-        bitgen.advance(first * n)
-        per_piece = max(1, _PIECE // n)
-        filled = 0
-        for k in range(first, last + 1, per_piece):
-            perms = min(per_piece, last + 1 - k)
+        bitgen.advance((g << _GROUP_SHIFT) + first * n)
+        parts = []
+        k = first
+        while k <= last:
+            lo, hi = max(begin - k * n, 0), min(end - k * n, n)
+            if lo > 0 or hi < n:  # an edge permutation, only partly used
+                parts.append(_ranks(bitgen.random_raw(n), lo, hi))
+                k += 1
+                continue
+            whole = (end - k * n) // n  # permutations from k on that are used entirely
+            perms = max(1, min(whole, _PIECE // n))
             keys = bitgen.random_raw(perms * n).reshape(perms, n)
-            local = np.argsort(keys, axis=1, kind="stable").ravel()
-            lo = max(begin - k * n, 0)
-            hi = min(end - k * n, perms * n)
-            out[filled : filled + hi - lo] = rows[local[lo:hi]]
-            filled += hi - lo
-        return out
+            parts.append(np.argsort(keys, axis=1).ravel())
+            k += perms
+        rows = self._rows[self._start[g] : self._start[g + 1]]
+        return rows[parts[0] if len(parts) == 1 else np.concatenate(parts)]
 
     def epoch(self, e: int) -> np.ndarray:
         """Row indices (into the rows given) of epoch e, length ``epoch_length``.
@@ -219,9 +238,10 @@ class SamplingPlan:
         # streams holds each group's samples of this epoch, group after group.
         streams = np.empty(self.epoch_length, dtype=np.int64)
         seg = np.concatenate([[0], np.cumsum(counts)])
+        bitgen = np.random.PCG64(np.random.SeedSequence((self.seed, _STREAM)))
         for g in active:
             begin = int(offsets[g])
-            streams[seg[g] : seg[g + 1]] = self._stream(int(g), begin, begin + int(counts[g]))
+            streams[seg[g] : seg[g + 1]] = self._stream(bitgen, int(g), begin, begin + int(counts[g]))
         out = self._interleave(counts, seg, streams, _rng(self.seed, _ORDER, e))
         out.flags.writeable = False
         self._cache = (e, out)

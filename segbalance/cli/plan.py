@@ -1,0 +1,193 @@
+"""``segbalance plan``: what a balancing choice does, before any training.
+
+Per group: images, target probability, samples per epoch, how often each image is shown
+per epoch on average (flagged when over-fitting is likely) and the realised counts of each
+epoch. ``--json`` prints the same as one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from typing import Any
+
+from segbalance.cli.common import add_command
+
+EXAMPLES = """
+segbalance plan data/segbalance/manifest.csv
+segbalance plan manifest.csv --balance sqrt --epochs 3
+segbalance plan manifest.csv --balance custom --weights 0=1,4=2 --json
+segbalance plan manifest.csv --mode random --epochs 10 --batch-size 16 --seed 1
+segbalance plan manifest.csv --config run.yaml   # exactly what 'segbalance train' will sample
+"""
+
+# More epochs than this are summarised as min/max columns in the table (all are in --json).
+MAX_EPOCH_COLUMNS = 8
+DEFAULT_EPOCHS = 5
+
+
+def register(sub: Any) -> None:
+    """Add the ``plan`` subcommand."""
+    p = add_command(
+        sub,
+        "plan",
+        "Show the per-group sampling plan (quotas, repeats, mix of each epoch) of a "
+        "balancing choice before training.",
+        EXAMPLES,
+        run,
+    )
+    p.add_argument("manifest", help="manifest CSV written by 'segbalance prepare'")
+    p.add_argument("--config", help="YAML config; the flags below override its keys")
+    p.add_argument(
+        "--balance",
+        help="proportional | uniform | power:ALPHA | sqrt | custom | repeat-factor:T "
+        "(default: sampling.balance, i.e. uniform)",
+    )
+    p.add_argument("--mode", choices=["exact", "random"], help="default: sampling.mode (exact)")
+    p.add_argument(
+        "--weights",
+        help="per-group multipliers GROUP=W,... such as 0=1,4=2 (unnamed groups keep 1; "
+        "0 leaves a group out); required by --balance custom",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help=f"epochs to show (default: train.epochs of --config, else {DEFAULT_EPOCHS})",
+    )
+    p.add_argument("--batch-size", type=int, help="global batch size (default: train.batch_size)")
+    p.add_argument("--seed", type=int, help="default: train.seed (0)")
+    p.add_argument(
+        "--epoch-length",
+        type=int,
+        help="samples per epoch before rounding up to whole batches (default: train images)",
+    )
+    p.add_argument("--split", help="split to sample from (default: data.train_split, 'train')")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the plan of the manifest's training split and print its report."""
+    from segbalance.config import load_config
+    from segbalance.data.manifest import read_manifest
+    from segbalance.errors import UserError
+    from segbalance.sampling import SamplingPlan, parse_weights, training_epoch_length
+
+    weights = parse_weights(args.weights) if args.weights is not None else None
+    cfg = load_config(
+        args.config,
+        {
+            "sampling.balance": args.balance,
+            "sampling.mode": args.mode,
+            "sampling.weights": weights,
+            "train.batch_size": args.batch_size,
+            "train.seed": args.seed,
+            "data.epoch_length": args.epoch_length,
+            "data.train_split": args.split,
+        },
+    )
+    epochs = (
+        args.epochs
+        if args.epochs is not None
+        else (cfg.train.epochs if args.config else DEFAULT_EPOCHS)
+    )
+    batch = cfg.train.batch_size
+    for name, value in (("--epochs", epochs), ("--batch-size", batch)):
+        if value < 1:
+            raise UserError(f"{name} must be >= 1, got {value}")
+    full = read_manifest(args.manifest, check_files=False)
+    split = cfg.data.train_split
+    rows = full.select(split=split, groups=cfg.data.groups)
+    if len(rows) == 0:
+        present = sorted(set(full.split))
+        raise UserError(
+            f"manifest {args.manifest} has no rows in split '{split}'"
+            + (f" for groups {cfg.data.groups}" if cfg.data.groups else "")
+            + f"; splits present: {', '.join(present)} (choose one with --split)"
+        )
+    length = training_epoch_length(len(rows), cfg.data.epoch_length, batch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = SamplingPlan(
+            rows.group_ids,
+            rows.groups,
+            balance=cfg.sampling.balance,
+            weights=cfg.sampling.weights,
+            mode=cfg.sampling.mode,
+            seed=cfg.train.seed,
+            epoch_length=length,
+        )
+        report = plan.report(epochs)
+    notes = [str(w.message) for w in caught] + report["warnings"]
+    report.update(
+        manifest=str(args.manifest),
+        split=split,
+        batch_size=batch,
+        steps_per_epoch=plan.steps(batch),
+        warnings=notes,
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    return 0
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for r in rows:
+        cells = [r[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The human-readable table of :func:`run` (one row per group).
+
+    Example output::
+
+        group  images  target  per epoch  shown/image  e0   e1
+        0         749  0.2000      221.0         0.30  221  221
+        4          34  0.2000      221.0         6.50  221  221
+    """
+    epochs = report["epochs"]
+    wide = len(epochs) <= MAX_EPOCH_COLUMNS
+    head = ["group", "images", "target", "per epoch", "shown/image"]
+    head += [f"e{x['epoch']}" for x in epochs] if wide else ["min", "max"]
+    rows = [head]
+    for g in report["groups"]:
+        seen = [x["counts"][g["name"]] for x in epochs]
+        flag = " !" if g["repeat_warning"] else ""
+        rows.append(
+            [
+                g["name"],
+                str(g["images"]),
+                f"{g['target']:.4f}",
+                f"{g['samples_per_epoch']:.1f}",
+                f"{g['showings_per_image']:.2f}{flag}",
+                *(
+                    map(str, seen)
+                    if wide
+                    else [str(min(seen, default=0)), str(max(seen, default=0))]
+                ),
+            ]
+        )
+    top = (
+        f"{report['manifest']} split '{report['split']}': {report['rows']} images, "
+        f"{len(report['groups'])} groups\n"
+        f"balance {report['balance']}, mode {report['mode']}, seed {report['seed']}: "
+        f"{report['epoch_length']} samples per epoch = {report['steps_per_epoch']} steps of "
+        f"{report['batch_size']}"
+    )
+    foot = []
+    if not wide:
+        foot.append(f"min/max of the realised counts over {len(epochs)} epochs (each: --json)")
+    if any(g["repeat_warning"] for g in report["groups"]):
+        foot.append("! each image of this group is shown many times per epoch: may over-fit")
+    return "\n".join([top, "", _table(rows), *foot])
