@@ -99,7 +99,10 @@ class PrepareResult:
         lines += [f"note: {n}" for n in self.notes]
         lines.append(f"manifest: {self.manifest_path}")
         if self.rejects_path:
-            lines.append(f"skipped {len(self.rejects)} item(s), listed in {self.rejects_path}")
+            lines.append(f"skipped {len(self.rejects)} item(s), listed in {self.rejects_path}:")
+            lines += [f"  {r.problem.file}: {r.problem.problem}" for r in self.rejects[:10]]
+            if len(self.rejects) > 10:
+                lines.append(f"  ... and {len(self.rejects) - 10} more")
         return "\n".join(lines)
 
 
