@@ -1,0 +1,147 @@
+"""``segbalance train``: train a model on a manifest, resumable, on one or many devices."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from segbalance.cli.common import add_command
+from segbalance.errors import UserError
+
+EXAMPLES = """
+segbalance train data/nails/segbalance/manifest.csv --work-dir runs/nails
+segbalance train manifest.csv --model efficientnetb4 --image-size 384 --epochs 30 --balance uniform
+segbalance train manifest.csv --balance power:0.5 --weights 4=2 --precision mixed_bfloat16
+segbalance train manifest.csv --config run.yaml --set train.early_stopping_patience=5
+segbalance train --work-dir runs/nails --resume         # continue a killed run
+segbalance train manifest.csv --devices 0,1             # MirroredStrategy on two GPUs
+segbalance train manifest.csv --workers h1:2222,h2:2222 --worker-index 0   # on each machine
+segbalance train --print-config > run.yaml              # every key with its default
+"""
+
+# flag (argparse dest) -> dotted config key
+FLAG_KEYS = {
+    "model": "model.name",
+    "image_size": "data.image_size",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "balance": "sampling.balance",
+    "mode": "sampling.mode",
+    "lr": "optimizer.lr",
+    "precision": "train.precision",
+    "seed": "train.seed",
+    "devices": "distribute.devices",
+    "worker_index": "distribute.worker_index",
+}
+
+
+def register(sub: Any) -> None:
+    parser = add_command(
+        sub,
+        "train",
+        "Train a segmentation model with group-balanced sampling; writes best.keras, "
+        "checkpoints, history.csv, TensorBoard logs and metrics.json into the work dir.",
+        EXAMPLES,
+        run,
+    )
+    parser.add_argument(
+        "manifest", nargs="?", default=None, metavar="MANIFEST", help="manifest CSV (prepare)"
+    )
+    parser.add_argument("--config", type=Path, default=None, help="YAML config (any subset)")
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/train"), help="run folder")
+    parser.add_argument("--model", default=None, help="model name, e.g. unet-small")
+    parser.add_argument("--image-size", type=int, default=None, help="square input size")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch size")
+    parser.add_argument("--balance", default=None, help="proportional|uniform|power:A|...")
+    parser.add_argument("--mode", default=None, choices=["exact", "random"])
+    parser.add_argument("--weights", default=None, help="per-group weights, e.g. 0=1,4=2")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"],
+    )
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config key, e.g. --set train.checkpoint_every_steps=50 (repeatable)",
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the run in --work-dir")
+    parser.add_argument("--overwrite", action="store_true", help="delete --work-dir's run first")
+    parser.add_argument("--devices", default=None, help="GPU ids, e.g. 0,1 (cpu:2 for tests)")
+    parser.add_argument("--workers", default=None, help="host:port of every worker, in order")
+    parser.add_argument("--worker-index", type=int, default=None, help="this machine's index")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the full config and exit"
+    )
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["train.epochs=3", "data.groups=[0, 1]"]`` -> dotted overrides (YAML values)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or "." not in key:
+            raise UserError(f"--set {item!r}: write SECTION.KEY=VALUE, e.g. train.epochs=3")
+        try:
+            out[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise UserError(f"--set {item!r}: the value is not valid YAML ({err})") from err
+    return out
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    """Dotted config overrides from the flags (None means not given)."""
+    from segbalance.sampling import parse_weights
+
+    out = parse_set(args.set)
+    out.update({key: getattr(args, flag) for flag, key in FLAG_KEYS.items()})
+    if args.manifest is not None:
+        out["data.manifest"] = str(Path(args.manifest).resolve())
+    if args.weights is not None:
+        out["sampling.weights"] = parse_weights(args.weights)
+    if args.workers is not None:
+        out["distribute.workers"] = [w.strip() for w in args.workers.split(",") if w.strip()]
+    return out
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """The run's Config: --config (or, with --resume, the run's config.yaml) plus flags."""
+    from segbalance.config import load_config
+
+    base = args.config
+    if args.resume and base is None:
+        base = args.work_dir / "config.yaml"
+        if not base.is_file():
+            raise UserError(
+                f"nothing to resume in {args.work_dir}: it has no config.yaml. "
+                "Start a new run without --resume"
+            )
+    return load_config(base, overrides_from(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    from segbalance.config import config_to_yaml
+
+    cfg = build_config(args)
+    if args.print_config:
+        print(config_to_yaml(cfg), end="")
+        return 0
+    if cfg.data.manifest is None:
+        raise UserError("give the MANIFEST to train on (from 'segbalance prepare')")
+    from segbalance.train import train
+
+    result = train(cfg, args.work_dir, resume=args.resume, overwrite=args.overwrite)
+    if result.best_model is not None and not result.already_complete:
+        print(
+            f"best {result.monitor} {result.best_score:.4f} at epoch {result.best_epoch}: "
+            f"{result.best_model}"
+        )
+    return 0

@@ -1,0 +1,238 @@
+"""What a run reports: history.csv, TensorBoard, metrics.json and the console.
+
+Only the chief writes files; the other workers get a :class:`RunLog` with ``chief=False``
+whose methods do nothing (so the loop has no ``if chief`` around each call).
+
+``history.csv`` has one row per finished epoch. A resumed run first drops rows of epochs
+it will run again (a kill between the row and the checkpoint), so every epoch appears
+exactly once. ``epoch`` counts from 1. Columns: ``epoch, loss, iou, val_loss, val_iou,
+val_dice, mean_group_iou, worst_group_iou, worst_group, lr, seconds, images_per_s`` then
+``iou_<g>`` and ``dice_<g>`` for every group.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from segbalance.artifacts import write_text_atomic
+
+BASE_COLUMNS = (
+    "epoch",
+    "loss",
+    "iou",
+    "val_loss",
+    "val_iou",
+    "val_dice",
+    "mean_group_iou",
+    "worst_group_iou",
+    "worst_group",
+    "lr",
+    "seconds",
+    "images_per_s",
+)
+# monitor name -> (history column, better direction)
+MONITORS = {
+    "mean_group_iou": ("mean_group_iou", "max"),
+    "worst_group_iou": ("worst_group_iou", "max"),
+    "val_loss": ("val_loss", "min"),
+    "iou": ("val_iou", "max"),
+}
+
+
+def history_columns(groups: Sequence[str]) -> list[str]:
+    """Every column of history.csv for these groups."""
+    return [*BASE_COLUMNS, *(f"iou_{g}" for g in groups), *(f"dice_{g}" for g in groups)]
+
+
+def _parse(value: str) -> Any:
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return int(number) if number.is_integer() and "." not in value and "e" not in value else number
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """Rows of a history.csv (numbers parsed); [] when there is none."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def history_text(rows: Sequence[Mapping[str, Any]], groups: Sequence[str]) -> str:
+    """The CSV text of the rows, columns in :func:`history_columns` order."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(
+        buf, history_columns(groups), extrasaction="ignore", lineterminator="\n"
+    )
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+class RunLog:
+    """History, TensorBoard and console output of one run.
+
+    Args:
+        root: the work dir.
+        groups: group names (per-group columns and TensorBoard tags).
+        chief: write files and print (False on other workers).
+        done_epochs: epochs the restored checkpoint has finished; later rows are dropped.
+    """
+
+    def __init__(
+        self, root: Path, groups: Sequence[str], *, chief: bool, done_epochs: int = 0
+    ) -> None:
+        self.root, self.groups, self.chief = Path(root), list(groups), chief
+        self.rows = [
+            r for r in read_history(self.root / "history.csv") if r["epoch"] <= done_epochs
+        ]
+        self._writer: Any = None
+        if chief:
+            import tensorflow as tf
+
+            self._writer = tf.summary.create_file_writer(str(self.root / "logs"))
+            write_text_atomic(self.root / "history.csv", history_text(self.rows, self.groups))
+
+    def print(self, text: str) -> None:
+        """A console line (chief only)."""
+        if self.chief:
+            print(text, flush=True)
+
+    def epoch_end(self, row: dict[str, Any], mix: Mapping[str, int]) -> None:
+        """Append a history row, write it atomically, log scalars and the group mix."""
+        if not self.chief:
+            return
+        self.rows.append(row)
+        write_text_atomic(self.root / "history.csv", history_text(self.rows, self.groups))
+        total = max(sum(mix.values()), 1)
+        scalars = {f"epoch/{k}": row[k] for k in ("loss", "iou", "val_loss", "val_iou")}
+        scalars.update({"epoch/val_dice": row["val_dice"], "epoch/lr": row["lr"]})
+        scalars["epoch/images_per_s"] = row["images_per_s"]
+        scalars["groups/mean_group_iou"] = row["mean_group_iou"]
+        scalars["groups/worst_group_iou"] = row["worst_group_iou"]
+        for g in self.groups:
+            scalars[f"group_iou/{g}"] = row.get(f"iou_{g}")
+            scalars[f"group_mix/{g}"] = mix.get(g, 0) / total
+        write_scalars(self._writer, int(row["epoch"]), scalars)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def write_scalars(writer: Any, step: int, scalars: Mapping[str, Any]) -> None:
+    """TensorBoard scalars through ``tf.summary.write`` (tensorflow-cpu ships no
+    tensorboard package, which ``tf.summary.scalar`` needs); non-finite values are skipped.
+    """
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+
+    meta = summary_pb2.SummaryMetadata(data_class=summary_pb2.DATA_CLASS_SCALAR)
+    meta.plugin_data.plugin_name = "scalars"
+    with writer.as_default(step=step):
+        for tag, value in scalars.items():
+            if _finite(value):
+                tf.summary.write(tag, tf.constant(float(value), tf.float32), metadata=meta)
+    writer.flush()
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def best_row(rows: Sequence[Mapping[str, Any]], monitor: str) -> Mapping[str, Any] | None:
+    """The row with the best monitored value (earliest on ties)."""
+    column, mode = MONITORS[monitor]
+    scored = [r for r in rows if _finite(r.get(column))]
+    if not scored:
+        return None
+    sign = 1.0 if mode == "max" else -1.0
+    return max(scored, key=lambda r: (sign * float(r[column]), -int(r["epoch"])))
+
+
+def group_table(row: Mapping[str, Any], groups: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per-group IoU/Dice of a history row."""
+    return {g: {"iou": row.get(f"iou_{g}"), "dice": row.get(f"dice_{g}")} for g in groups}
+
+
+def metrics_summary(
+    rows: Sequence[Mapping[str, Any]],
+    groups: Sequence[str],
+    monitor: str,
+    *,
+    epochs: int,
+    stopped_early: bool,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The content of metrics.json: best and last epoch, per group, and run facts."""
+    best = best_row(rows, monitor)
+    last = rows[-1] if rows else None
+
+    def epoch_view(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        if row is None:
+            return None
+        view = {k: row.get(k) for k in BASE_COLUMNS}
+        view["groups"] = group_table(row, groups)
+        return view
+
+    return {
+        "monitor": monitor,
+        "best_epoch": None if best is None else int(best["epoch"]),
+        "best_score": None if best is None else best[MONITORS[monitor][0]],
+        "epochs_planned": epochs,
+        "epochs_completed": len(rows),
+        "stopped_early": stopped_early,
+        "groups": list(groups),
+        "best": epoch_view(best),
+        "last": epoch_view(last),
+        **dict(extra or {}),
+    }
+
+
+def write_metrics(path: Path, summary: Mapping[str, Any]) -> None:
+    """Write metrics.json atomically (NaN becomes null: strict JSON)."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        return value
+
+    write_text_atomic(path, json.dumps(clean(dict(summary)), indent=2) + "\n")
+
+
+def summary_line(row: Mapping[str, Any], epochs: int, monitor: str, improved: bool) -> str:
+    """One line per epoch, e.g. ``epoch 2/10 loss 0.41 ... worst 0.52 (g4) best``."""
+    width = len(str(epochs))
+    parts = [
+        f"epoch {int(row['epoch']):>{width}}/{epochs}",
+        f"loss {row['loss']:.4f}",
+        f"val_loss {row['val_loss']:.4f}",
+        f"val_iou {row['val_iou']:.4f}",
+        f"mean_group_iou {row['mean_group_iou']:.4f}",
+        f"worst_group_iou {row['worst_group_iou']:.4f} ({row['worst_group']})",
+        f"lr {row['lr']:.2e}",
+        f"{row['seconds']:.1f}s",
+        f"{row['images_per_s']:.1f} img/s",
+    ]
+    if improved:
+        parts.append(f"* best {monitor}")
+    return "  ".join(parts)

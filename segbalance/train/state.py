@@ -1,0 +1,233 @@
+"""The work dir of a run: what is in it, when it may be reused, and the resumable state.
+
+A work dir holds::
+
+    config.yaml      the config the run uses (written first, read back by --resume)
+    checkpoints/     tf.train.CheckpointManager: model, optimiser, RunState (last k kept)
+    best.keras       the best monitored epoch so far, with segbalance metadata
+    history.csv      one row per finished epoch
+    logs/            TensorBoard event files
+    metrics.json     written when the run is complete
+
+Rules: a new run needs a missing or empty dir; ``overwrite`` deletes a previous run (only
+a dir that holds a segbalance ``config.yaml``); ``resume`` needs that ``config.yaml`` and
+the same config (only the ``distribute`` section may change, e.g. other machines).
+
+Checkpoints are written by TensorFlow as data files first and the ``checkpoint`` index
+last, so a run killed while saving resumes from the previous complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from segbalance.artifacts import write_text_atomic
+from segbalance.config import Config, config_from_dict, config_to_yaml
+from segbalance.errors import UserError
+
+CONFIG = "config.yaml"
+BEST = "best.keras"
+HISTORY = "history.csv"
+METRICS = "metrics.json"
+CHECKPOINTS = "checkpoints"
+LOGS = "logs"
+# Sections that may differ on --resume: where the run executes, not what it computes.
+RESUME_MAY_CHANGE = ("distribute",)
+
+
+@dataclass(frozen=True)
+class WorkDir:
+    """Paths of one run's work dir."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG
+
+    @property
+    def best(self) -> Path:
+        return self.root / BEST
+
+    @property
+    def history(self) -> Path:
+        return self.root / HISTORY
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS
+
+    @property
+    def logs(self) -> Path:
+        return self.root / LOGS
+
+
+def read_run_config(work_dir: str | Path) -> Config:
+    """The ``config.yaml`` of an earlier run (for ``--resume``).
+
+    Raises:
+        UserError: no run in ``work_dir`` or an unreadable config.
+    """
+    path = Path(work_dir) / CONFIG
+    if not path.is_file():
+        raise UserError(
+            f"nothing to resume in {work_dir}: it has no {CONFIG}. Start a new run without --resume"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        return config_from_dict(raw)
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"cannot read {path}: {err}") from err
+
+
+def config_diff(old: Config, new: Config, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ, as ``key: old -> new`` lines."""
+    a, b = old.model_dump(mode="json"), new.model_dump(mode="json")
+    out: list[str] = []
+    for section in a:
+        if section in ignore:
+            continue
+        for key in a[section]:
+            if a[section][key] != b[section][key]:
+                out.append(f"{section}.{key}: {a[section][key]!r} -> {b[section][key]!r}")
+    return out
+
+
+def _is_empty(path: Path) -> bool:
+    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+
+def prepare_work_dir(
+    work_dir: str | Path, cfg: Config, *, resume: bool, overwrite: bool, chief: bool = True
+) -> WorkDir:
+    """Check the work-dir rules (module doc), then create it and write ``config.yaml``.
+
+    Args:
+        work_dir: the run's folder.
+        cfg: the config of this run.
+        resume: continue the run in ``work_dir``.
+        overwrite: delete the run in ``work_dir`` and start again.
+        chief: only the chief creates, deletes or writes anything.
+
+    Raises:
+        UserError: a non-empty dir without resume/overwrite, a resume with another config,
+            an overwrite of a folder that is not a segbalance run, or both flags.
+    """
+    wd = WorkDir(Path(work_dir))
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other: pick one")
+    if wd.root.exists() and not wd.root.is_dir():
+        raise UserError(f"work dir {wd.root} is a file; pass a folder to --work-dir")
+    if resume:
+        changed = config_diff(read_run_config(wd.root), cfg, ignore=RESUME_MAY_CHANGE)
+        if changed:
+            raise UserError(
+                f"--resume must use the config of the run in {wd.root}, but these differ:\n  "
+                + "\n  ".join(changed)
+                + "\nDrop the flags that change them, or start a new run in another --work-dir"
+            )
+        return wd
+    if not chief:
+        return wd  # the chief checks and prepares the dir; workers only read it
+    if not _is_empty(wd.root):
+        if not overwrite:
+            raise UserError(
+                f"work dir {wd.root} is not empty; pass --resume to continue its run, "
+                "--overwrite to delete it and start again, or choose another --work-dir"
+            )
+        if not wd.config.is_file():
+            raise UserError(
+                f"--overwrite refuses to delete {wd.root}: it holds no {CONFIG}, so it is "
+                "not a segbalance run. Choose another --work-dir"
+            )
+        shutil.rmtree(wd.root)
+    wd.root.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(wd.config, config_to_yaml(cfg))
+    return wd
+
+
+class RunState:
+    """Loop counters kept in every checkpoint, as variables (create under strategy.scope()).
+
+    Attributes:
+        epoch: epochs finished; the next epoch to run.
+        step: steps finished inside ``epoch`` (mid-epoch checkpoints).
+        best: best monitored value (NaN before the first validation).
+        best_epoch: its epoch (-1 before).
+        bad_epochs: epochs since the last improvement (early stopping).
+        plateau_best, plateau_wait, lr: reduce-on-plateau state and the current rate.
+        run_loss, run_counts: sums of the step losses and [4] train counts of the epoch in
+            progress (a mid-epoch resume reports the whole epoch).
+        done: the run finished (all epochs or early stop); stopped_early: by early stopping.
+    """
+
+    def __init__(self, lr: float) -> None:
+        import tensorflow as tf
+
+        def var(value: Any, dtype: Any, name: str) -> Any:
+            return tf.Variable(value, dtype=dtype, trainable=False, name=name)
+
+        self.epoch = var(0, tf.int64, "epoch")
+        self.step = var(0, tf.int64, "step")
+        self.best = var(float("nan"), tf.float64, "best")
+        self.best_epoch = var(-1, tf.int64, "best_epoch")
+        self.bad_epochs = var(0, tf.int64, "bad_epochs")
+        self.plateau_best = var(float("nan"), tf.float64, "plateau_best")
+        self.plateau_wait = var(0, tf.int64, "plateau_wait")
+        self.lr = var(lr, tf.float64, "lr")
+        self.run_loss = var(0.0, tf.float64, "run_loss")
+        self.run_counts = var(np.zeros(4), tf.float64, "run_counts")
+        self.done = var(False, tf.bool, "done")
+        self.stopped_early = var(False, tf.bool, "stopped_early")
+
+    def trackables(self) -> dict[str, Any]:
+        """Keyword arguments for ``tf.train.Checkpoint``."""
+        return {k: v for k, v in vars(self).items()}
+
+    def get(self, name: str) -> Any:
+        """A Python value of one counter."""
+        value = getattr(self, name).numpy()
+        return value.item() if np.ndim(value) == 0 else value
+
+    def set(self, **values: Any) -> None:
+        """Assign counters by name."""
+        for name, value in values.items():
+            getattr(self, name).assign(value)
+
+
+def make_checkpoint(model: Any, optimizer: Any, state: RunState) -> Any:
+    """A ``tf.train.Checkpoint`` of everything a resume needs."""
+    import tensorflow as tf
+
+    return tf.train.Checkpoint(model=model, optimizer=optimizer, **state.trackables())
+
+
+def restore_latest(checkpoint: Any, directory: Path) -> str | None:
+    """Restore the newest complete checkpoint in ``directory``; its path, or None if none.
+
+    Raises:
+        UserError: a checkpoint that does not fit the model (another config wrote it).
+    """
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(str(directory))
+    if latest is None:
+        return None
+    try:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as err:
+        raise UserError(
+            f"checkpoint {latest} does not match this model/optimiser ({err}); "
+            "it was written by another config. Start a new run with --overwrite"
+        ) from err
+    return latest

@@ -1,0 +1,225 @@
+"""The compiled pieces of the loop: distributed datasets, train step, validation step.
+
+Everything runs through ``strategy.run`` so one code path serves the default strategy, a
+``MirroredStrategy`` and a ``MultiWorkerMirroredStrategy``.
+
+Gradients are all-reduced here, before clipping, and the optimiser's own all-reduce is
+switched off (:func:`own_gradient_reduction`): Keras 3 clips each replica's partial gradient
+before it sums them, so ``clipnorm`` would act on a different vector with 2 replicas than
+with 1. Reducing first makes a replicated step compute exactly the single-device update.
+
+Validation pads its rows to whole global batches; padded rows carry a local index past the
+real rows and fall into a spare segment, so every replica runs the same number of steps (no
+hang on uneven shards) and per-group counts are exact sums.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from segbalance.config import Config
+from segbalance.data.manifest import Manifest
+from segbalance.metrics import confusion_counts
+from segbalance.pipeline.dataset import build_eval_dataset, build_train_dataset
+from segbalance.sampling import SamplingPlan
+
+SUM = tf.distribute.ReduceOp.SUM
+
+
+def own_gradient_reduction(optimizer: Any) -> None:
+    """Make the optimiser apply gradients as given (this module all-reduces them first)."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    # Instance attribute shadows the method of keras' TensorFlowOptimizer (Keras 3.x).
+    inner._all_reduce_sum_gradients = lambda grads_and_vars: list(grads_and_vars)
+
+
+def train_dataset(
+    strategy: tf.distribute.Strategy,
+    cfg: Config,
+    train: Manifest,
+    plan: SamplingPlan,
+    epoch: int,
+    skip_steps: int,
+    sample_weights: np.ndarray | None,
+) -> Any:
+    """Epoch ``epoch`` of the plan, from step ``skip_steps`` on, as a distributed dataset.
+
+    Each input pipeline (one per worker) reads its ``shard`` of every global batch; the
+    pipeline's per-replica batches go to its local replicas in order, which is the
+    ``array_split`` order of the plan's sharding.
+    """
+    B = cfg.train.batch_size
+
+    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        W, w = ctx.num_input_pipelines, ctx.input_pipeline_id
+        positions, indices = plan.shard(epoch, B, W, w)
+        skip = skip_steps * (B // W)
+        return build_train_dataset(
+            train,
+            indices[skip:],
+            positions[skip:],
+            image_size=cfg.data.image_size,
+            batch_size=ctx.get_per_replica_batch_size(B),
+            augment=cfg.augment,
+            seed=cfg.train.seed,
+            epoch=epoch,
+            sample_weights=sample_weights,
+        )
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def eval_dataset(
+    strategy: tf.distribute.Strategy,
+    valid: Manifest,
+    image_size: Sequence[int],
+    batch: int,
+    worker: tuple[int, int] = (0, 1),
+) -> tuple[Any, int, int]:
+    """The validation rows padded to whole global batches, split over the workers.
+
+    Args:
+        worker: (this worker's index, number of workers).
+
+    Returns:
+        (distributed dataset, steps per pass, real rows in this worker's chunk).
+    """
+    n = len(valid)
+    index, workers = worker
+    padded_len = math.ceil(n / batch) * batch
+    rows = np.concatenate([np.arange(n), np.arange(padded_len - n) % n]).astype(np.int64)
+    chunk = padded_len // workers
+
+    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        w = ctx.input_pipeline_id
+        mine = valid.take(rows[w * chunk : (w + 1) * chunk])
+        size = ctx.get_per_replica_batch_size(batch)
+        return build_eval_dataset(mine, image_size=image_size, batch_size=size)
+
+    ds = strategy.distribute_datasets_from_function(dataset_fn)
+    return ds, padded_len // batch, int(np.clip(n - index * chunk, 0, chunk))
+
+
+def make_train_step(
+    strategy: tf.distribute.Strategy,
+    model: Any,
+    optimizer: Any,
+    loss_fn: Any,
+    global_batch: int,
+    threshold: float,
+) -> Callable[[Any], tuple[tf.Tensor, tf.Tensor]]:
+    """A compiled step: returns the global mean loss and summed [4] train counts.
+
+    Variables are those trainable when this is called (encoder freezing builds a second
+    step after unfreezing).
+    """
+    variables = list(model.trainable_variables)
+    replicas = strategy.num_replicas_in_sync
+
+    def replica_step(batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            logits = model(batch["image"], training=True)
+            per_sample = tf.cast(loss_fn.call(batch["mask"], logits), tf.float32)
+            if "weight" in batch:
+                per_sample = per_sample * batch["weight"]
+            loss = tf.nn.compute_average_loss(per_sample, global_batch_size=global_batch)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            scaled = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, variables)
+        pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
+        reduced = [g for g, _ in pairs]
+        if replicas > 1:
+            reduced = tf.distribute.get_replica_context().all_reduce(SUM, reduced)
+        optimizer.apply(reduced, [v for _, v in pairs])
+        counts = tf.reduce_sum(confusion_counts(batch["mask"], logits, threshold), axis=0)
+        return loss, counts
+
+    @tf.function
+    def step(batch: Any) -> tuple[tf.Tensor, tf.Tensor]:
+        loss, counts = strategy.run(replica_step, args=(batch,))
+        return strategy.reduce(SUM, loss, axis=None), strategy.reduce(SUM, counts, axis=None)
+
+    return step
+
+
+def make_eval_step(
+    strategy: tf.distribute.Strategy,
+    model: Any,
+    loss_fn: Any,
+    num_groups: int,
+    threshold: float,
+    real_rows: int,
+) -> Callable[[Any], tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
+    """A compiled step: per-group [G, 4] counts, images per group [G], summed loss."""
+    limit = tf.constant(real_rows, tf.int64)
+
+    def replica_step(batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        logits = model(batch["image"], training=False)
+        per_sample = tf.cast(loss_fn.call(batch["mask"], logits), tf.float32)
+        real = batch["index"] < limit
+        # Padded rows go to the spare segment G, dropped below.
+        segment = tf.where(real, tf.cast(batch["group"], tf.int32), num_groups)
+        counts = confusion_counts(batch["mask"], logits, threshold)
+        group_counts = tf.math.unsorted_segment_sum(counts, segment, num_groups + 1)
+        images = tf.math.unsorted_segment_sum(tf.ones_like(per_sample), segment, num_groups + 1)
+        loss_sum = tf.reduce_sum(tf.where(real, per_sample, 0.0))
+        return group_counts[:num_groups], images[:num_groups], loss_sum
+
+    @tf.function
+    def step(batch: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        counts, images, loss = strategy.run(replica_step, args=(batch,))
+        # Counts are summed over replicas before any ratio is taken.
+        return (
+            strategy.reduce(SUM, counts, axis=None),
+            strategy.reduce(SUM, images, axis=None),
+            strategy.reduce(SUM, loss, axis=None),
+        )
+
+    return step
+
+
+def validate(
+    step: Callable[[Any], tuple[tf.Tensor, tf.Tensor, tf.Tensor]],
+    dataset: Any,
+    steps: int,
+    group_names: Sequence[str],
+) -> dict[str, Any]:
+    """One pass over the validation set: loss, overall and per-group IoU/Dice.
+
+    Returns:
+        ``val_loss``, ``val_iou``, ``val_dice``, ``mean_group_iou``, ``worst_group_iou``,
+        ``worst_group`` and ``groups`` (evaluate JSON shape per group).
+    """
+    from segbalance.metrics import GroupMetrics, metrics_from_counts
+
+    G = len(group_names)
+    counts, images, loss_sum = np.zeros((G, 4)), np.zeros(G), 0.0
+    iterator = iter(dataset)
+    for _ in range(steps):
+        c, n, loss = step(next(iterator))
+        counts += c.numpy()
+        images += n.numpy()
+        loss_sum += float(loss.numpy())
+    acc = GroupMetrics(group_names)
+    acc.counts += counts
+    acc.images += images.astype(np.int64)
+    result = acc.result()
+    overall = metrics_from_counts(*counts.sum(axis=0))
+    present = [g for g in group_names if result["groups"][g]["images"] > 0]
+    worst = min(present, key=lambda g: result["groups"][g]["iou"]) if present else ""
+    nan = float("nan")
+    return {
+        "val_loss": loss_sum / max(images.sum(), 1.0),
+        "val_iou": float(overall["iou"]),
+        "val_dice": float(overall["dice"]),
+        "mean_group_iou": nan if result["mean_group_iou"] is None else result["mean_group_iou"],
+        "worst_group_iou": nan if result["worst_group_iou"] is None else result["worst_group_iou"],
+        "worst_group": worst,
+        "groups": result["groups"],
+    }
