@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +162,16 @@ def test_cli_bad_input_exits_2(tmp_path: Path, capsys) -> None:
     file.write_text("not a folder")
     assert main(["synth", str(file), "--scale", "0.001", "--size", "32", "--quiet"]) == 2
     assert str(file) in capsys.readouterr().err
+
+
+@given(
+    st.integers(1, 9),
+    st.integers(1, 9),
+    st.sampled_from([(), (3,)]),
+    st.integers(0, 2**32 - 1),
+)
+def test_png_writer_round_trips(h: int, w: int, channels: tuple[int, ...], seed: int) -> None:
+    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, *channels), dtype=np.uint8)
+    with Image.open(io.BytesIO(synth.png_bytes(pixels))) as img:
+        assert img.mode == ("RGB" if channels else "L")
+        np.testing.assert_array_equal(np.asarray(img), pixels)

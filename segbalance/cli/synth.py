@@ -55,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
     )
     seconds = time.perf_counter() - start
-    width = max(len(s.description) for s in STYLES.values())
-    print(f"{'group':<6} {'images':>6}  {'look':<{width}}")
+    print(f"{'group':<6} {'images':>6}  look")
     for group, n in counts.items():
         print(f"{group:<6} {n:>6}  {STYLES[group].description}")
     total = sum(counts.values())

@@ -28,6 +28,8 @@ import json
 import math
 import os
 import shutil
+import struct
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -138,8 +140,8 @@ class _Canvas:
         self.h, self.w = img.shape[:2]
 
     def blend(self, ys: slice, xs: slice, alpha: np.ndarray, colour: np.ndarray) -> None:
-        a = alpha[..., None]
-        self.img[ys, xs] = self.img[ys, xs] * (1.0 - a) + colour * a
+        region = self.img[ys, xs]  # a view: blend in place
+        region += (colour - region) * alpha[..., None]
 
     def finger(self, base: np.ndarray, tip: np.ndarray, radius: float, skin: np.ndarray) -> None:
         """A capsule from ``base`` to ``tip`` (y, x) shaded like a cylinder; hides nails below."""
@@ -149,10 +151,12 @@ class _Canvas:
         if ys.stop <= ys.start or xs.stop <= xs.start:
             return
         yy, xx = _grid(ys, xs)
-        seg = tip - base
-        t = ((yy - base[0]) * seg[0] + (xx - base[1]) * seg[1]) / float(seg @ seg)
-        t = np.clip(t, 0.0, 1.0)
-        dist = np.hypot(yy - base[0] - t * seg[0], xx - base[1] - t * seg[1])
+        # python floats keep the float32 grids float32 (numpy scalars would promote)
+        by, bx = float(base[0]), float(base[1])
+        sy, sx = float(tip[0] - base[0]), float(tip[1] - base[1])
+        dy, dx = yy - by, xx - bx
+        t = np.clip((dy * sy + dx * sx) / (sy * sy + sx * sx), 0.0, 1.0)
+        dist = np.hypot(dy - t * sy, dx - t * sx)
         alpha = np.clip(radius + 0.5 - dist, 0.0, 1.0)
         shade = 1.0 - 0.28 * np.clip(dist / radius, 0.0, 1.0) ** 2
         self.blend(ys, xs, alpha, skin * shade[..., None])
@@ -179,9 +183,10 @@ class _Canvas:
         if ys.stop <= ys.start or xs.stop <= xs.start:
             return
         yy, xx = _grid(ys, xs)
-        dy, dx = yy - centre[0], xx - centre[1]
-        u = (dy * axis[0] + dx * axis[1]) / half_len
-        v = (dx * axis[0] - dy * axis[1]) / half_wid
+        dy, dx = yy - float(centre[0]), xx - float(centre[1])
+        ay, ax = float(axis[0]), float(axis[1])
+        u = (dy * ay + dx * ax) * (1.0 / half_len)
+        v = (dx * ay - dy * ax) * (1.0 / half_wid)
         r = (np.abs(u) ** power + np.abs(v) ** power) ** (1.0 / power)
         alpha = np.clip(0.5 - (r - 1.0) * min(half_len, half_wid), 0.0, 1.0)
         # Curved glossy surface: darker towards the sides, a soft streak of light along it.
@@ -211,7 +216,7 @@ def _background(rng: np.random.Generator, kind: str, h: int, w: int) -> np.ndarr
         return np.broadcast_to(base, (h, w, 3)) * (1 + 0.03 * blotch)
     if kind == "wood":
         angle = rng.uniform(0, np.pi)
-        along = np.cos(angle) * yy + np.sin(angle) * xx
+        along = math.cos(angle) * yy + math.sin(angle) * xx
         grain = np.sin(along * rng.uniform(40, 70) + 3 * _smooth_noise(rng, h, w, 5))
         base = np.array((150, 100, 60), dtype=np.float32) * rng.uniform(0.8, 1.1)
         return base * (1 + 0.12 * grain[..., None] + 0.05 * blotch)
@@ -270,29 +275,59 @@ def render(group: str, index: int, size: int, seed: int) -> tuple[np.ndarray, np
     _draw_hand(rng, canvas, style)
     yy = np.arange(h, dtype=np.float32)[:, None] / size - 0.5
     xx = np.arange(w, dtype=np.float32)[None, :] / size - 0.5
-    phi = rng.uniform(0, 2 * np.pi)
-    light = rng.uniform(*style.brightness) * (
-        1 + rng.uniform(0.0, 0.25) * (np.cos(phi) * xx + np.sin(phi) * yy)
-    )
-    light = light * (1 - style.vignette * 2 * (xx**2 + yy**2))
-    img = canvas.img * light[..., None] * np.array(style.cast, dtype=np.float32)
-    out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    phi, slope = rng.uniform(0, 2 * np.pi), rng.uniform(0.0, 0.25)
+    light = 1 + slope * (math.cos(phi) * xx + math.sin(phi) * yy)
+    light = light * (1 - style.vignette * 2 * (xx**2 + yy**2)) * rng.uniform(*style.brightness)
+    img = canvas.img
+    img *= light[..., None]
+    img *= np.array(style.cast, dtype=np.float32)
+    out = Image.fromarray(np.clip(img, 0, 255, out=img).astype(np.uint8))
     if style.blur > 0:
         out = out.filter(ImageFilter.GaussianBlur(style.blur * size / 384))
     pixels = np.asarray(out, dtype=np.float32)
     noise = rng.standard_normal(pixels.shape, dtype=np.float32)
     noise *= style.noise
-    noise += pixels + 0.5
+    noise += pixels
+    noise += 0.5
     mask = canvas.mask.astype(np.uint8) * 255
     return np.clip(noise, 0, 255, out=noise).astype(np.uint8), mask
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bytes(pixels: np.ndarray, level: int = 1) -> bytes:
+    """Encode an 8-bit gray (HxW) or RGB (HxWx3) array as PNG with the "Up" row filter.
+
+    About twice as fast as Pillow's encoder on noisy photos (it tries every filter per
+    row) at the same size; the bytes depend only on the pixels.
+    """
+    h, w = pixels.shape[:2]
+    colour_type = 2 if pixels.ndim == 3 else 0
+    rows = np.ascontiguousarray(pixels, dtype=np.uint8).reshape(h, -1)
+    filtered = np.empty((h, rows.shape[1] + 1), dtype=np.uint8)
+    filtered[:, 0] = 2  # filter type Up: each byte minus the byte above it (mod 256)
+    filtered[0, 0] = 0  # the first row has nothing above it
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    header = struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0)
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            _chunk(b"IHDR", header),
+            _chunk(b"IDAT", zlib.compress(filtered.tobytes(), level)),
+            _chunk(b"IEND", b""),
+        )
+    )
 
 
 def _write_one(job: tuple[Path, str, int, int, int]) -> str:
     root, group, index, size, seed = job
     image, mask = render(group, index, size, seed)
     name = f"nail_{group}_{index:04d}.png"
-    Image.fromarray(image).save(root / "Images" / group / name, compress_level=1)
-    Image.fromarray(mask, mode="L").save(root / "Masks" / group / name, compress_level=9)
+    (root / "Images" / group / name).write_bytes(png_bytes(image))
+    (root / "Masks" / group / name).write_bytes(png_bytes(mask, level=6))
     return group
 
 
