@@ -173,6 +173,14 @@ BAD: dict[str, BadCase] = {
         "Masks/1/g.png",
         {("Images/1/g.jpg", "Masks/1/g.png")},
     ),
+    "broken-symlink": (
+        lambda r: (
+            os.symlink(r / "gone.png", r / "Images/0/dead.png"),
+            write_mask(r / "Masks/0/dead.png"),
+        ),
+        "Images/0/dead.png",
+        {("Images/0/dead.png", "Masks/0/dead.png")},
+    ),
     "empty-group-folder": (
         lambda r: ((r / "Images/5").mkdir(), (r / "Masks/5").mkdir()),
         "Images/5/",

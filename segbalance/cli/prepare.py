@@ -39,7 +39,7 @@ def register(sub: Any) -> None:
         "--out",
         type=Path,
         default=None,
-        help="manifest CSV (default DATA_ROOT/segbalance/manifest.csv)",
+        help="manifest CSV; None means DATA_ROOT/segbalance/manifest.csv",
     )
     parser.add_argument(
         "--valid-fraction",
@@ -62,7 +62,7 @@ def register(sub: Any) -> None:
         help="accept absolute paths or '..' in tutorial CSVs (stored as absolute paths)",
     )
     parser.add_argument(
-        "--workers", type=int, default=None, help="threads checking pairs (default: every core)"
+        "--workers", type=int, default=None, help="threads checking pairs; None means every core"
     )
     parser.add_argument(
         "--max-pixels",

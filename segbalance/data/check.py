@@ -69,7 +69,8 @@ def _values_text(values: np.ndarray) -> str:
 
 def _gray_rule(arr: np.ndarray, top: int) -> str:
     """Rule for single-channel values: {0, top} -> 0/255, {0, 1} -> 0/1, one value -> ok."""
-    values = np.unique(arr)
+    # bincount is ~10x faster than np.unique on 8/16-bit data and gives the same set
+    values = np.flatnonzero(np.bincount(arr.ravel(), minlength=2))
     if len(values) == 1:
         return "0/1" if int(values[0]) == 1 else "0/255"
     if len(values) == 2 and values[0] == 0 and values[1] in (1, top):
@@ -111,6 +112,8 @@ def mask_foreground(img: Image.Image) -> tuple[np.ndarray, str]:
 def _open(path: str, shown: str, max_pixels: int) -> Image.Image | Problem:
     """Open and fully decode one file, or say what is wrong with it."""
     try:
+        if not os.path.exists(path):  # a dangling symlink, or the file vanished meanwhile
+            return Problem(shown, "file does not exist (broken link?)", "fix or remove the link")
         if os.path.getsize(path) == 0:
             return Problem(shown, "empty file (0 bytes)", "re-export or remove the file")
         with warnings.catch_warnings():

@@ -170,6 +170,11 @@ def scan(
         coverage=[checks[i].coverage for i in keep],  # type: ignore[arg-type]
         mask_rule=tuple(checks[i].mask_rule for i in keep),
     )
+    if split_given:
+        counts, valid = manifest.counts(), manifest.select(split="valid").counts()
+        for g in manifest.groups:
+            if counts[g] >= 2 and valid[g] == 0:
+                found.notes.append(f"group {g} has no valid images in the split the layout gives")
     rules = Counter(manifest.mask_rule)
     return Scan(manifest, found, rejects, dict(rules), split_given)
 
