@@ -1,0 +1,204 @@
+"""Export a trained model for serving: SavedModel (TF Serving), TFLite, ONNX.
+
+Every format wraps the network in the same serving function: images of the training size,
+float32 in 0..255 (or uint8 for the SavedModel's ``serve_uint8`` endpoint), in; a dict out:
+
+* ``probabilities``: float32 [B, H, W, 1], sigmoid of the logits;
+* ``mask``: uint8 [B, H, W, 1] in {0, 1}, ``sigmoid(logit) > threshold`` (the model's).
+
+Resizing to and from the training size is left to the caller (``segbalance predict`` does
+it for files). A model trained under mixed precision is rebuilt in float32 first, so the
+exported graph runs on any CPU and converts to TFLite. The SavedModel folder also holds
+``segbalance.json`` (image size, groups, threshold, config). Outputs are written to a temp
+name and renamed: a failed export leaves nothing half-written.
+
+Example:
+    >>> export_model("runs/exp/best.keras", "savedmodel", "serving/nails/1")  # doctest: +SKIP
+    >>> import tensorflow as tf  # doctest: +SKIP
+    >>> tf.saved_model.load("serving/nails/1").signatures["serving_default"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from segbalance.artifacts import META_MEMBER, ModelMeta, atomic_path
+from segbalance.errors import UserError, unknown_name_error
+
+FORMATS = ("savedmodel", "tflite", "onnx")
+SUFFIX = {"tflite": ".tflite", "onnx": ".onnx"}
+
+
+def _float32_config(node: Any) -> Any:
+    """The model config with every dtype policy replaced by float32."""
+    if isinstance(node, dict):
+        if node.get("class_name") == "DTypePolicy" and isinstance(node.get("config"), dict):
+            return {**node, "config": {**node["config"], "name": "float32"}}
+        return {k: _float32_config(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_float32_config(v) for v in node]
+    if node in ("mixed_float16", "mixed_bfloat16", "float16", "bfloat16"):
+        return "float32"
+    return node
+
+
+def float32_model(model: Any) -> Any:
+    """The model itself if it computes in float32, else a float32 rebuild with its weights."""
+    import keras
+
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model._flatten_layers()):
+        return model
+    clone = keras.Model.from_config(_float32_config(model.get_config()))
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def serving_function(model: Any, threshold: float) -> Callable[[Any], dict[str, Any]]:
+    """``images f32[B,H,W,3] 0..255 -> {"probabilities", "mask"}`` around ``model``."""
+    import tensorflow as tf
+
+    from segbalance.metrics import logit_threshold
+
+    cut = logit_threshold(threshold)
+
+    def serve(images: Any) -> dict[str, Any]:
+        logits = tf.cast(model(tf.cast(images, tf.float32), training=False), tf.float32)
+        return {
+            "probabilities": tf.sigmoid(logits),
+            "mask": tf.cast(logits > cut, tf.uint8),
+        }
+
+    return serve
+
+
+def _specs(meta: ModelMeta) -> tuple[Any, Any]:
+    import tensorflow as tf
+
+    h, w = (int(v) for v in meta.image_size)
+    return (
+        tf.TensorSpec([None, h, w, 3], tf.float32, name="images"),
+        tf.TensorSpec([None, h, w, 3], tf.uint8, name="images"),
+    )
+
+
+def write_savedmodel(model: Any, meta: ModelMeta, path: Path, threshold: float) -> None:
+    """Write a SavedModel with ``serve`` (= ``serving_default``, float) and ``serve_uint8``."""
+    import keras
+
+    serve = serving_function(model, threshold)
+    float_spec, uint8_spec = _specs(meta)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", serve, input_signature=[float_spec])
+    archive.add_endpoint("serve_uint8", serve, input_signature=[uint8_spec])
+    archive.write_out(str(path), verbose=False)
+    (path / META_MEMBER).write_text(meta.to_json())
+
+
+def tflite_bytes(model: Any, meta: ModelMeta, threshold: float) -> bytes:
+    """A TFLite flatbuffer of the float serving function (builtin ops only)."""
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_savedmodel(model, meta, Path(tmp) / "sm", threshold)
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            str(Path(tmp) / "sm"), signature_keys=["serve"]
+        )
+        return bytes(converter.convert())
+
+
+def write_onnx(model: Any, meta: ModelMeta, path: Path, threshold: float) -> None:
+    """ONNX through tf2onnx (an optional dependency)."""
+    try:
+        import tf2onnx
+    except ImportError as err:
+        raise UserError(
+            "ONNX export needs the tf2onnx package: pip install tf2onnx "
+            "(then run the same command again); SavedModel and TFLite need nothing extra"
+        ) from err
+    import tensorflow as tf
+
+    try:  # tf2onnx predates numpy 2; Keras ships the shim it uses for its own ONNX export
+        from keras.src.export.tf2onnx_lib import patch_tf2onnx
+
+        patch_tf2onnx()
+    except ImportError:
+        pass
+    float_spec, _ = _specs(meta)
+    fn = tf.function(serving_function(model, threshold), input_signature=[float_spec])
+    tf2onnx.convert.from_function(fn, input_signature=[float_spec], output_path=str(path))
+
+
+def _check_out(fmt: str, out: Path, overwrite: bool) -> None:
+    if fmt in SUFFIX and out.suffix.lower() != SUFFIX[fmt]:
+        raise UserError(f"--out {out} must end in {SUFFIX[fmt]} for --format {fmt}")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite or choose another --out")
+    if fmt == "savedmodel" and out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; a SavedModel is a folder")
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move a finished folder into place, replacing an old one only once the new one exists."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, old / "x")
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def export_model(
+    model_path: str | Path,
+    fmt: str,
+    out: str | Path,
+    *,
+    threshold: float | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Export ``model_path`` as ``fmt`` to ``out``.
+
+    Args:
+        model_path: a ``.keras`` file written by ``segbalance train``.
+        fmt: ``savedmodel`` (a folder), ``tflite`` (a ``.tflite`` file) or ``onnx``.
+        out: where to write.
+        threshold: mask threshold baked into the export; default the model's.
+        overwrite: replace an existing ``out``.
+
+    Raises:
+        UserError: unknown format, bad ``out``, or tf2onnx missing for ONNX.
+    """
+    from segbalance.artifacts import load_model
+
+    if fmt not in FORMATS:
+        raise unknown_name_error("export format", fmt, FORMATS)
+    out = Path(out)
+    _check_out(fmt, out, overwrite)
+    keras_model, meta = load_model(model_path)
+    model = float32_model(keras_model)
+    t = float(meta.threshold if threshold is None else threshold)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "savedmodel":
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            write_savedmodel(model, meta, tmp / "sm", t)
+            _replace_dir(tmp / "sm", out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return out
+    tmp_file = atomic_path(out)
+    try:
+        if fmt == "tflite":
+            tmp_file.write_bytes(tflite_bytes(model, meta, t))
+        else:
+            write_onnx(model, meta, tmp_file, t)
+        os.replace(tmp_file, out)
+    finally:
+        tmp_file.unlink(missing_ok=True)
+    return out
