@@ -225,13 +225,28 @@ def test_bad_input_table(tmp_path: Path, capsys, case: str) -> None:
 
 
 def test_absolute_path_accepted_with_allow_outside_root(tmp_path: Path, capsys) -> None:
-    layout_a(tmp_path, GOOD)
-    _abs_tutorial(tmp_path)
-    code, _out, err = _run(capsys, tmp_path, "--allow-outside-root")
+    data = layout_a(tmp_path / "data", GOOD)
+    _abs_tutorial(data)
+    image = write_image(tmp_path / "elsewhere/x.png").absolute()
+    mask = write_mask(tmp_path / "elsewhere/x_m.png").absolute()
+    with open(data / "csv_file/valid.csv", "w") as fh:
+        fh.write(f"images,masks,group\n{image},{mask},far\n")
+    code, _out, err = _run(capsys, data, "--allow-outside-root")
     assert code == 0, err
-    manifest = read_manifest(tmp_path / "segbalance" / "manifest.csv")
-    assert manifest.image == ("Images/0/img0.png", "Images/1/img1.png")
-    assert manifest.split == ("train", "train") and manifest.groups == ["0", "1"]
+    manifest = read_manifest(data / "segbalance" / "manifest.csv")
+    assert manifest.image == ("Images/0/img0.png", "Images/1/img1.png", image.as_posix())
+    assert manifest.mask[2] == mask.as_posix() and manifest.image_paths()[2] == str(image)
+    assert manifest.split == ("train", "train", "valid") and manifest.groups == ["0", "1", "far"]
+
+
+def test_non_utf8_file_name_is_refused(tmp_path: Path, capsys) -> None:
+    layout_a(tmp_path, GOOD)
+    bad = os.path.join(os.fsencode(tmp_path / "Images/0"), b"caf\xe9.png")
+    with open(bad, "wb") as fh:
+        fh.write(b"x")
+    code, _out, err = _run(capsys, tmp_path)
+    assert code == 2 and "not valid UTF-8" in err and "Images/0/caf" in err
+    assert not (tmp_path / "segbalance").exists()
 
 
 # --- accepted oddities ------------------------------------------------------------------

@@ -98,6 +98,15 @@ def _child_dir(parent: Path, names: Iterable[str]) -> Path | None:
     return None
 
 
+def _utf8(text: str) -> bool:
+    """Whether a path can go into a UTF-8 CSV (Linux names may hold arbitrary bytes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class _Walker:
     """Lists files under folders, following symlinks but each real folder only once."""
 
@@ -121,7 +130,13 @@ class _Walker:
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for name in filenames:
                 path = os.path.join(dirpath, name)
-                if Path(name).suffix.lower() in IMAGE_EXTS and not name.startswith("._"):
+                if not _utf8(path):
+                    shown = (
+                        self.rel(path).encode("utf-8", "surrogateescape").decode(errors="replace")
+                    )
+                    problem = Problem(shown, "file name is not valid UTF-8", "rename the file")
+                    self.found.rejects.append(Reject(shown, "", "", problem))
+                elif Path(name).suffix.lower() in IMAGE_EXTS and not name.startswith("._"):
                     out.append(Path(os.path.relpath(path, top)).as_posix())
                 else:
                     self.found.ignored.append(self.rel(path))
