@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -84,6 +85,39 @@ def _weights_for(manifest: Manifest, sample_weights: Any, indices: np.ndarray) -
     return weights[indices]
 
 
+def _size(image_size: Sequence[int]) -> tuple[int, int]:
+    return (int(image_size[0]), int(image_size[1]))
+
+
+_LOADER_SIGNATURE = [
+    tf.TensorSpec([], tf.string),
+    tf.TensorSpec([], tf.string),
+    tf.TensorSpec([], tf.int32),
+    tf.TensorSpec([2], tf.int64),
+]
+
+
+@functools.lru_cache(maxsize=8)
+def _sample_loader(augment_json: str, groups: tuple[str, ...], size: tuple[int, int]) -> Any:
+    """Decode + augment one sample, as a tf.function traced once and reused by every epoch.
+
+    Seed and epoch reach it as the per-sample key tensor, so the next epoch's dataset calls
+    the same traced graph instead of re-building ~1000 ops (seconds on a busy CPU).
+    """
+    augmenter = build_augmenter(AugmentConfig.model_validate_json(augment_json), groups)
+
+    @tf.function(input_signature=_LOADER_SIGNATURE, autograph=False)
+    def load(
+        image_path: tf.Tensor, mask_path: tf.Tensor, group: tf.Tensor, key: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        image, mask = decode_pair(image_path, mask_path, size)
+        if augmenter is not None:
+            image, mask = augmenter(image, mask, group, key)
+        return image, mask
+
+    return load
+
+
 def build_train_dataset(
     manifest: Manifest,
     indices: Sequence[int] | np.ndarray,
@@ -122,14 +156,12 @@ def build_train_dataset(
     table["position"] = pos
     if sample_weights is not None:
         table["weight"] = _weights_for(manifest, sample_weights, idx)
-    augmenter = build_augmenter(augment, manifest.groups)
-    size = (int(image_size[0]), int(image_size[1]))
+    loader = _sample_loader(augment.model_dump_json(), tuple(manifest.groups), _size(image_size))
 
+    @tf.autograph.experimental.do_not_convert
     def load(row: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        image, mask = decode_pair(row["image_path"], row["mask_path"], size)
-        if augmenter is not None:
-            key = sample_seed(seed, epoch, row["position"])
-            image, mask = augmenter(image, mask, row["group"], key)
+        key = sample_seed(seed, epoch, row["position"])
+        image, mask = loader(row["image_path"], row["mask_path"], row["group"], key)
         out = {"image": image, "mask": mask, "group": row["group"], "index": row["index"]}
         if "weight" in row:
             out["weight"] = row["weight"]
@@ -145,8 +177,9 @@ def build_eval_dataset(
 ) -> tf.data.Dataset:
     """Every row of ``manifest`` in row order, decoded and resized, never augmented."""
     idx = np.arange(len(manifest), dtype=np.int64)
-    size = (int(image_size[0]), int(image_size[1]))
+    size = _size(image_size)
 
+    @tf.autograph.experimental.do_not_convert
     def load(row: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         image, mask = decode_pair(row["image_path"], row["mask_path"], size)
         return {"image": image, "mask": mask, "group": row["group"], "index": row["index"]}
