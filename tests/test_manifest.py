@@ -46,6 +46,12 @@ def test_natural_sort_orders_numbers_by_value() -> None:
     assert natural_sort(["10", "2", "1", "b", "a10", "a9"]) == ["1", "2", "10", "a9", "a10", "b"]
 
 
+@given(st.lists(st.integers(0, 10**6), unique=True), st.sampled_from(["", "g", "img_"]))
+def test_natural_sort_property(numbers: list[int], prefix: str) -> None:
+    names = [f"{prefix}{n}" for n in numbers]
+    assert natural_sort(names) == [f"{prefix}{n}" for n in sorted(numbers)]
+
+
 def test_groups_ids_and_select_keep_the_full_order(tmp_path: Path) -> None:
     m = _manifest(
         tmp_path, ["10", "2", "2", "0", "10"], ["train", "valid", "train", "valid", "valid"]
@@ -120,8 +126,20 @@ HEADER = ",".join(COLUMNS)
         (HEADER + "\nImages/0/img0.png,Masks/0/img0.png,0,train,32,40,1.5,0/255\n", ":2"),
         (HEADER + "\nImages/0/nope.png,Masks/0/img0.png,0,train,32,40,0.1,0/255\n", "nope.png"),
         (HEADER + "\n", "no rows"),
+        (
+            HEADER + "\n" + ("Images/0/img0.png,Masks/0/img0.png,0,train,32,40,0.1,0/255\n" * 2),
+            ":3",
+        ),
     ],
-    ids=["missing-column", "bad-split", "bad-height", "bad-coverage", "missing-file", "empty"],
+    ids=[
+        "missing-column",
+        "bad-split",
+        "bad-height",
+        "bad-coverage",
+        "missing-file",
+        "empty",
+        "repeat",
+    ],
 )
 def test_malformed_manifest_is_a_user_error_naming_file(
     tmp_path: Path, body: str, message: str

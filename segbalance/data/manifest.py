@@ -327,11 +327,22 @@ def read_manifest(
     base = _resolve_root(path, root)
     problems: list[Problem] = []
     rows = []
+    first_line: dict[str, int] = {}
     for line, row in enumerate(reader, start=2):
         where = f"{path}:{line}"
         parsed = _parse_row(row, where, problems)
         if parsed is None:
             continue
+        if parsed[0] in first_line:  # a repeated row would silently count twice in training
+            problems.append(
+                Problem(
+                    where,
+                    f"image {parsed[0]} already listed on line {first_line[parsed[0]]}",
+                    "remove the repeated row",
+                )
+            )
+            continue
+        first_line[parsed[0]] = line
         rows.append(parsed)
         if check_files:
             for col, rel in zip(("image", "mask"), parsed[:2], strict=True):
