@@ -241,3 +241,11 @@ def test_check_pair_reports_every_problem_with_file_names(tmp_path: Path) -> Non
     capped = check_pair(str(img), str(img), ("I.png", "I.png"), max_pixels=500)
     assert [p.file for p in capped.problems] == ["I.png", "I.png"]
     assert "pixel cap" in capped.problems[0].problem
+
+
+def test_groups_csv_outside_layout_c_is_refused(tmp_path: Path) -> None:
+    layout_a(tmp_path, {"0": 1})
+    groups = tmp_path / "groups.csv"
+    groups.write_text("image,group\nimg0.png,x\n")
+    with pytest.raises(UserError, match="--groups is for layout"):
+        discover(tmp_path, groups_csv=groups)

@@ -318,6 +318,46 @@ def _read_csv(path: Path, need: tuple[str, ...]) -> list[dict[str, str]]:
     return rows
 
 
+def _split_tree(walker: _Walker, splits: dict[str, Path]) -> None:
+    """Layout (b): ``train|valid/images|masks/[<group>/]...``."""
+    walker.found.layout = "b: train|valid/images|masks/[<group>]"
+    dirs: dict[str, tuple[Path, Path]] = {}
+    for split, folder in sorted(splits.items()):
+        i_dir, m_dir = _child_dir(folder, IMAGE_DIRS), _child_dir(folder, MASK_DIRS)
+        if i_dir is None or m_dir is None:
+            raise UserError(f"{folder} needs both an images/ and a masks/ folder")
+        dirs[split] = (i_dir, m_dir)
+    group_mode = any(_is_group_tree(i, m) for i, m in dirs.values())
+    for split, (i_dir, m_dir) in dirs.items():
+        _pair_folders(walker, i_dir, m_dir, group_mode=group_mode, split=split)
+
+
+def _image_mask_tree(
+    walker: _Walker, img_dir: Path, msk_dir: Path, groups_csv: str | Path | None
+) -> None:
+    """Layouts (a), (c) and ``Images/train|valid/...``: decided by the subfolders."""
+    found = walker.found
+    subdirs = {e.name.lower() for t in (img_dir, msk_dir) for e in os.scandir(t) if e.is_dir()}
+    subdirs = {d for d in subdirs if not d.startswith(".")}
+    if subdirs and groups_csv:
+        raise UserError("--groups is for layout (c); here the folders under images/ give groups")
+    if subdirs and subdirs <= set(SPLIT_ALIASES):
+        found.layout = "b: Images|Masks/train|valid/[<group>]"
+        nested = any(
+            _is_group_tree(img_dir / d, msk_dir / d)
+            for d in os.listdir(img_dir)
+            if (img_dir / d).is_dir() and (msk_dir / d).is_dir()
+        )
+        _pair_folders(walker, img_dir, msk_dir, group_mode=nested, split_folders=True)
+    elif subdirs:
+        found.layout = "a: Images/<group> + Masks/<group>"
+        _pair_folders(walker, img_dir, msk_dir, group_mode=True)
+    else:
+        group_of = _read_groups_csv(Path(groups_csv)) if groups_csv else None
+        found.layout = "c: images/ + masks/" + (" + --groups CSV" if groups_csv else ", one group")
+        _pair_folders(walker, img_dir, msk_dir, group_mode=False, group_of=group_of)
+
+
 def discover(
     root: str | Path, groups_csv: str | Path | None = None, allow_outside_root: bool = False
 ) -> Discovery:
@@ -339,51 +379,25 @@ def discover(
     if csv_dir and img_dir and msk_dir and any(_SPLIT_CSV.match(p.name) for p in csv_dir.iterdir()):
         if groups_csv:
             raise UserError("--groups is for layout (c); the tutorial CSVs already give groups")
-        from segbalance.data.tutorial import discover_tutorial
+        from segbalance.data.tutorial import discover_tutorial  # it builds on this module
 
         return discover_tutorial(root, csv_dir, img_dir, msk_dir, allow_outside_root)
-    found = Discovery(root, "")
-    walker = _Walker(root, found)
+    walker = _Walker(root, Discovery(root, ""))
     splits = {
         SPLIT_ALIASES[e.name.lower()]: Path(e.path)
         for e in os.scandir(root)
         if e.is_dir() and e.name.lower() in SPLIT_ALIASES
     }
     if splits and not (img_dir and msk_dir):
-        found.layout = "b: train|valid/images|masks/[<group>]"
-        dirs = {s: (_child_dir(d, IMAGE_DIRS), _child_dir(d, MASK_DIRS)) for s, d in splits.items()}
-        for split, (i_dir, m_dir) in sorted(dirs.items()):
-            if i_dir is None or m_dir is None:
-                raise UserError(f"{splits[split]} needs both an images/ and a masks/ folder")
-        group_mode = any(_is_group_tree(i, m) for i, m in dirs.values())  # type: ignore[arg-type]
         if groups_csv:
             raise UserError("--groups is for layout (c) (images/ + masks/ without group folders)")
-        for split, (i_dir, m_dir) in sorted(dirs.items()):
-            _pair_folders(walker, i_dir, m_dir, group_mode=group_mode, split=split)  # type: ignore[arg-type]
-        return found
-    if not (img_dir and msk_dir):
+        _split_tree(walker, splits)
+    elif img_dir and msk_dir:
+        _image_mask_tree(walker, img_dir, msk_dir, groups_csv)
+    else:
         raise UserError(
             f"no known layout in {root}: expected Images/ + Masks/ (optionally with group "
             "folders), train/ + valid/ each with images/ + masks/, or csv_file/ with the "
             "tutorial CSVs. See 'segbalance prepare --help'"
         )
-    subdirs = {e.name.lower() for t in (img_dir, msk_dir) for e in os.scandir(t) if e.is_dir()}
-    subdirs = {d for d in subdirs if not d.startswith(".")}
-    if subdirs and subdirs <= set(SPLIT_ALIASES):
-        found.layout = "b: Images|Masks/train|valid/[<group>]"
-        nested = any(
-            _is_group_tree(img_dir / d, msk_dir / d)
-            for d in os.listdir(img_dir)
-            if (img_dir / d).is_dir() and (msk_dir / d).is_dir()
-        )
-        _pair_folders(walker, img_dir, msk_dir, group_mode=nested, split_folders=True)
-    elif subdirs:
-        if groups_csv:
-            raise UserError("--groups is for layout (c); here the group folders give groups")
-        found.layout = "a: Images/<group> + Masks/<group>"
-        _pair_folders(walker, img_dir, msk_dir, group_mode=True)
-    else:
-        group_of = _read_groups_csv(Path(groups_csv)) if groups_csv else None
-        found.layout = "c: images/ + masks/" + (" + --groups CSV" if groups_csv else ", one group")
-        _pair_folders(walker, img_dir, msk_dir, group_mode=False, group_of=group_of)
-    return found
+    return walker.found
