@@ -8,9 +8,10 @@ How an epoch is built (see docs/ARCHITECTURE.md, "Sampling"):
   order below this is the same distribution as E independent draws of a group.
 * **Which images.** Each group g walks a never-ending stream of its images: permutation 0,
   then permutation 1, ... A group's images are all shown once before any is shown again, so
-  repeats are spread evenly. Permutation k is the argsort of raw draws ``k*n_g .. (k+1)*n_g``
-  of a PCG64 seeded by ``(seed, g)``; PCG64 can jump ahead, so the cursor of epoch e
-  (``e * quota_g``, or the sum of earlier multinomial counts) is reached without replaying.
+  repeats are spread evenly. Permutation k of group g is the argsort of 64-bit keys: draws
+  ``g * 2^96 + k*n_g ..`` of one PCG64 stream seeded by ``(seed, 0)``. PCG64 jumps ahead
+  in O(1), so the cursor of epoch e (``e * quota_g``, or the sum of earlier multinomial
+  counts) is reached without replaying anything.
 * **Order.** The positions of the epoch are a uniformly random interleaving of the groups
   seeded by ``(seed, e)``; inside it each group keeps its stream order.
 
@@ -91,6 +92,21 @@ def _ranks(keys: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return part[np.argsort(keys[part])]
 
 
+class _Keys:
+    """Raw 64-bit draws at any index of the stream PCG64(seed, _STREAM): jumps, no replay."""
+
+    def __init__(self, seed: int) -> None:
+        self._bitgen = np.random.PCG64(np.random.SeedSequence((seed, _STREAM)))
+        self._at = 0
+
+    def take(self, start: int, count: int) -> np.ndarray:
+        """Draws ``start .. start + count`` of the stream."""
+        if start != self._at:  # the generator is periodic (2^128), so any jump is forward
+            self._bitgen.advance((start - self._at) % (1 << 128))
+        self._at = start + count
+        return self._bitgen.random_raw(count)
+
+
 class SamplingPlan:
     """Per-epoch row indices for group-balanced training.
 
@@ -154,7 +170,6 @@ class SamplingPlan:
         self.quotas = dict(zip(names, self._quota.tolist(), strict=True))
         self._cum: tuple[int, np.ndarray] = (0, np.zeros(len(names), np.int64))
         self._cache: tuple[int, np.ndarray] | None = None
-        self._stream_state = np.random.PCG64(np.random.SeedSequence((self.seed, _STREAM))).state
         starved = [
             g for g, p, q in zip(names, self._p, self._quota, strict=True) if p > 0 and q == 0
         ]
@@ -197,7 +212,7 @@ class SamplingPlan:
         return int(e)
 
     # ----------------------------------------------------------------------------- epochs
-    def _stream(self, bitgen: np.random.PCG64, g: int, begin: int, end: int) -> np.ndarray:
+    def _stream(self, keys: _Keys, g: int, begin: int, end: int) -> np.ndarray:
         """Rows at positions begin..end of group g's never-ending stream of permutations.
 
         Permutation k is the argsort of raw draws ``k*n .. (k+1)*n`` of group g's part of
@@ -205,22 +220,21 @@ class SamplingPlan:
         used is ranked with ``argpartition``, so a big group with a small quota costs O(n).
         """
         n = int(self._n[g])
-        bitgen.state = self._stream_state
         first, last = begin // n, (end - 1) // n
-        bitgen.advance((g << _GROUP_SHIFT) + first * n)
+        at = (g << _GROUP_SHIFT) + first * n  # draw index of permutation `first`
         parts = []
         k = first
         while k <= last:
             lo, hi = max(begin - k * n, 0), min(end - k * n, n)
             if lo > 0 or hi < n:  # an edge permutation, only partly used
-                parts.append(_ranks(bitgen.random_raw(n), lo, hi))
-                k += 1
+                parts.append(_ranks(keys.take(at, n), lo, hi))
+                k, at = k + 1, at + n
                 continue
             whole = (end - k * n) // n  # permutations from k on that are used entirely
             perms = max(1, min(whole, _PIECE // n))
-            keys = bitgen.random_raw(perms * n).reshape(perms, n)
-            parts.append(np.argsort(keys, axis=1).ravel())
-            k += perms
+            block = keys.take(at, perms * n).reshape(perms, n)
+            parts.append(np.argsort(block, axis=1).ravel())
+            k, at = k + perms, at + perms * n
         rows = self._rows[self._start[g] : self._start[g + 1]]
         return rows[parts[0] if len(parts) == 1 else np.concatenate(parts)]
 
@@ -240,12 +254,10 @@ class SamplingPlan:
         # streams holds each group's samples of this epoch, group after group.
         streams = np.empty(self.epoch_length, dtype=np.int64)
         seg = np.concatenate([[0], np.cumsum(counts)])
-        bitgen = np.random.PCG64(np.random.SeedSequence((self.seed, _STREAM)))
+        keys = _Keys(self.seed)
         for g in active:
             begin = int(offsets[g])
-            streams[seg[g] : seg[g + 1]] = self._stream(
-                bitgen, int(g), begin, begin + int(counts[g])
-            )
+            streams[seg[g] : seg[g + 1]] = self._stream(keys, int(g), begin, begin + int(counts[g]))
         out = self._interleave(counts, seg, streams, _rng(self.seed, _ORDER, e))
         out.flags.writeable = False
         self._cache = (e, out)
