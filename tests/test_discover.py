@@ -249,3 +249,26 @@ def test_groups_csv_outside_layout_c_is_refused(tmp_path: Path) -> None:
     groups.write_text("image,group\nimg0.png,x\n")
     with pytest.raises(UserError, match="--groups is for layout"):
         discover(tmp_path, groups_csv=groups)
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims a huge size (a decompression bomb never needs decoding)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("side", [9_000, 20_000], ids=["over-our-cap", "over-PIL-limit"])
+def test_decompression_bomb_is_refused_without_decoding(tmp_path: Path, side: int) -> None:
+    bomb = _png_header_only(tmp_path / "bomb.png", side, side)
+    mask = write_mask(tmp_path / "m.png")
+    res = check_pair(str(bomb), str(mask), ("bomb.png", "m.png"))
+    assert [p.file for p in res.problems] == ["bomb.png"]
+    assert "pixel cap" in res.problems[0].problem
