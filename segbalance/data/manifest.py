@@ -223,7 +223,10 @@ def write_manifest(
     side = sidecar_path(path)
     meta: dict[str, Any] = dict(info or {})
     folder = path.absolute().parent
-    meta["root"] = Path(os.path.relpath(manifest.root, folder)).as_posix()
+    try:
+        meta["root"] = Path(os.path.relpath(manifest.root, folder)).as_posix()
+    except ValueError:  # another drive on Windows: no relative path exists
+        meta["root"] = manifest.root.as_posix()
     meta["groups"] = manifest.groups
     meta["rows"] = len(manifest)
     meta["tool"] = f"segbalance {__version__}"
