@@ -19,6 +19,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from segbalance.artifacts import write_text_atomic
 from segbalance.data.check import DEFAULT_MAX_PIXELS, check_pairs
 from segbalance.data.discover import Discovery, Reject, discover
@@ -150,7 +152,10 @@ def scan(
             "Fix them, or pass --skip-invalid to leave them out",
         )
     if not keep:
-        raise UserError(f"no valid image/mask pairs in {root} ({found.layout}); nothing to write")
+        raise UserError(
+            f"no valid image/mask pairs in {root} ({found.layout}, {len(rejects)} left out); "
+            "nothing to write"
+        )
     keep.sort(key=lambda i: (natural_key(found.pairs[i].group), natural_key(names[i][0])))
     given = [found.pairs[i].split for i in keep]
     split_given = all(s is not None for s in given)
@@ -165,9 +170,9 @@ def scan(
         mask=tuple(names[i][1] for i in keep),
         group=tuple(found.pairs[i].group for i in keep),
         split=tuple(splits),
-        height=[checks[i].height for i in keep],  # type: ignore[arg-type]
-        width=[checks[i].width for i in keep],  # type: ignore[arg-type]
-        coverage=[checks[i].coverage for i in keep],  # type: ignore[arg-type]
+        height=np.array([checks[i].height for i in keep]),
+        width=np.array([checks[i].width for i in keep]),
+        coverage=np.array([checks[i].coverage for i in keep]),
         mask_rule=tuple(checks[i].mask_rule for i in keep),
     )
     if split_given:
