@@ -41,8 +41,11 @@ def _write_manifest(folder: Path) -> Path:
 
 def _manifest(rows=ROWS) -> Manifest:
     g, split, h, w, cov = zip(*rows, strict=True)
-    images = [f"{x}.png" for x in range(len(rows))]
-    return Manifest(Path("/data"), images, images, g, split, h, w, cov, ["0/255"] * len(rows))
+    images = tuple(f"{x}.png" for x in range(len(rows)))
+    rules = ("0/255",) * len(rows)
+    return Manifest(
+        Path("/data"), images, images, g, split, np.array(h), np.array(w), np.array(cov), rules
+    )
 
 
 def test_exact_values_per_group() -> None:
