@@ -288,7 +288,7 @@ class SamplingPlan:
             where = np.argsort(labels, kind="stable")  # positions grouped by group, in order
             first = np.cumsum(take) - take
             src = np.repeat(seg[:-1] + used - first, take) + np.arange(size)
-            out[lo + where] = streams[src]
+            out[lo : lo + size][where] = streams[src]
             used += take
             left -= take
         return out
@@ -356,6 +356,7 @@ class SamplingPlan:
             )
         return {
             "balance": self.balance,
+            "weights": dict(self.weights),
             "mode": self.mode,
             "seed": self.seed,
             "epoch_length": self.epoch_length,
