@@ -175,3 +175,15 @@ def test_png_writer_round_trips(h: int, w: int, channels: tuple[int, ...], seed:
     with Image.open(io.BytesIO(synth.png_bytes(pixels))) as img:
         assert img.mode == ("RGB" if channels else "L")
         np.testing.assert_array_equal(np.asarray(img), pixels)
+
+
+def test_cli_warns_about_a_manifest_of_the_old_data(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "nails"
+    args = ["synth", str(out), "--scale", "0.001", "--size", "32", "--quiet"]
+    assert main(args) == 0
+    (out / "segbalance").mkdir()
+    (out / "segbalance" / "manifest.csv").write_text("image,mask\n")
+    assert main(args) == 2  # refuses without --overwrite
+    capsys.readouterr()
+    assert main([*args, "--overwrite", "--seed", "1"]) == 0
+    assert "manifest.csv describes the old data" in capsys.readouterr().err

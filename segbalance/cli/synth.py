@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -60,5 +61,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{group:<6} {n:>6}  {STYLES[group].description}")
     total = sum(counts.values())
     print(f"{'total':<6} {total:>6}  written to {args.out} in {seconds:.1f} s")
+    for stale in sorted((args.out / "segbalance").glob("*.csv")):
+        # a manifest of the previous data describes masks that no longer exist
+        print(f"warning: {stale} describes the old data; prepare again", file=sys.stderr)
     print(f"next: segbalance prepare {args.out}")
     return 0
