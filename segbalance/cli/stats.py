@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
         "--plot", type=Path, metavar="FILE.png", help="also draw counts and coverage per group"
     )
     parser.add_argument(
-        "--root", type=Path, default=None, help="data root (default: from the manifest)"
+        "--root", type=Path, default=None, help="data root; None: as recorded with the manifest"
     )
 
 

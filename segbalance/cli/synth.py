@@ -37,7 +37,7 @@ def register(sub: Any) -> None:
         "--overwrite", action="store_true", help="replace a data set already in OUT"
     )
     parser.add_argument(
-        "--workers", type=int, default=None, help="processes drawing images (default: up to 2)"
+        "--workers", type=int, default=0, help="processes drawing images; 0: up to 2 (the cores)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
         overwrite=args.overwrite,
-        workers=args.workers,
+        workers=args.workers or None,
     )
     seconds = time.perf_counter() - start
     print(f"{'group':<6} {'images':>6}  look")
