@@ -39,31 +39,52 @@ def register(sub: Any) -> None:
         run,
     )
     p.add_argument("manifest", help="manifest CSV written by 'segbalance prepare'")
-    p.add_argument("--config", help="YAML config; the flags below override its keys")
+    # SUPPRESS: an option not given is absent, so the config (or its default) decides.
+    p.add_argument(
+        "--config", help="YAML config; the flags below override its keys", default=argparse.SUPPRESS
+    )
     p.add_argument(
         "--balance",
         help="proportional | uniform | power:ALPHA | sqrt | custom | repeat-factor:T "
-        "(default: sampling.balance, i.e. uniform)",
+        "(default: sampling.balance of the config, uniform)",
+        default=argparse.SUPPRESS,
     )
-    p.add_argument("--mode", choices=["exact", "random"], help="default: sampling.mode (exact)")
+    p.add_argument(
+        "--mode",
+        choices=["exact", "random"],
+        help="default: sampling.mode, exact",
+        default=argparse.SUPPRESS,
+    )
     p.add_argument(
         "--weights",
         help="per-group multipliers GROUP=W,... such as 0=1,4=2 (unnamed groups keep 1; "
         "0 leaves a group out); required by --balance custom",
+        default=argparse.SUPPRESS,
     )
     p.add_argument(
         "--epochs",
         type=int,
         help=f"epochs to show (default: train.epochs of --config, else {DEFAULT_EPOCHS})",
+        default=argparse.SUPPRESS,
     )
-    p.add_argument("--batch-size", type=int, help="global batch size (default: train.batch_size)")
-    p.add_argument("--seed", type=int, help="default: train.seed (0)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="global batch size (default: train.batch_size, 8)",
+        default=argparse.SUPPRESS,
+    )
+    p.add_argument("--seed", type=int, help="default: train.seed, 0", default=argparse.SUPPRESS)
     p.add_argument(
         "--epoch-length",
         type=int,
         help="samples per epoch before rounding up to whole batches (default: train images)",
+        default=argparse.SUPPRESS,
     )
-    p.add_argument("--split", help="split to sample from (default: data.train_split, 'train')")
+    p.add_argument(
+        "--split",
+        help="split to sample from (default: data.train_split, train)",
+        default=argparse.SUPPRESS,
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
 
 
@@ -74,24 +95,22 @@ def run(args: argparse.Namespace) -> int:
     from segbalance.errors import UserError
     from segbalance.sampling import SamplingPlan, parse_weights, training_epoch_length
 
-    weights = parse_weights(args.weights) if args.weights is not None else None
+    given = vars(args)  # options not given are absent (argparse.SUPPRESS)
+    weights = parse_weights(given["weights"]) if "weights" in given else None
+    config = given.get("config")
     cfg = load_config(
-        args.config,
+        config,
         {
-            "sampling.balance": args.balance,
-            "sampling.mode": args.mode,
+            "sampling.balance": given.get("balance"),
+            "sampling.mode": given.get("mode"),
             "sampling.weights": weights,
-            "train.batch_size": args.batch_size,
-            "train.seed": args.seed,
-            "data.epoch_length": args.epoch_length,
-            "data.train_split": args.split,
+            "train.batch_size": given.get("batch_size"),
+            "train.seed": given.get("seed"),
+            "data.epoch_length": given.get("epoch_length"),
+            "data.train_split": given.get("split"),
         },
     )
-    epochs = (
-        args.epochs
-        if args.epochs is not None
-        else (cfg.train.epochs if args.config else DEFAULT_EPOCHS)
-    )
+    epochs = given.get("epochs", cfg.train.epochs if config else DEFAULT_EPOCHS)
     batch = cfg.train.batch_size
     for name, value in (("--epochs", epochs), ("--batch-size", batch)):
         if value < 1:
