@@ -270,3 +270,13 @@ def test_quotas_sum_to_epoch_length_and_epochs_hold_them(
     rand = SamplingPlan(ids, names, "custom", w, "random", seed, length)
     got = realised(ids, rand.epoch(epoch), len(sizes))
     assert got.sum() == length and got.tolist() == list(rand.counts(epoch).values())
+
+
+@pytest.mark.parametrize("n", [1, 2, 255, 256, 3000])
+def test_packed_sort_equals_argsort_of_the_keys(n: int) -> None:
+    keys = np.random.default_rng(n).integers(0, 2**63, size=(3, n), dtype=np.uint64) << 1
+    np.testing.assert_array_equal(plan_module._permutations(keys.copy()), np.argsort(keys, axis=1))
+    row = keys[0]
+    for lo, hi in [(0, n), (0, 1), (n // 3, n // 3 + max(1, n // 10)), (n - 1, n)]:
+        got = plan_module._permutations(row.copy(), lo, hi)  # partition path for short slices
+        np.testing.assert_array_equal(got, np.argsort(row)[lo:hi])

@@ -84,12 +84,31 @@ def _rng(*key: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
 
 
-def _ranks(keys: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """``np.argsort(keys)[lo:hi]`` for distinct keys, in O(n) when the slice is short."""
-    if 4 * (hi - lo) >= len(keys) or len(keys) < 256:
-        return np.argsort(keys)[lo:hi]
-    part = np.argpartition(keys, sorted({lo, hi - 1}))[lo:hi]
-    return part[np.argsort(keys[part])]
+def _permutations(keys: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    """Row-wise ``argsort(keys)[..., lo:hi]`` of random uint64 keys (rows = permutations).
+
+    The row index is packed into the low bits of each key, so a plain (SIMD) sort does
+    the work of an argsort and ties cannot make the result depend on the sort algorithm.
+    A short slice of a long row is found by partitioning: O(n) instead of O(n log n).
+
+    Example:
+        >>> _permutations(np.array([[30, 10, 20]], dtype=np.uint64) << np.uint64(8)).tolist()
+        [[1, 2, 0]]
+    """
+    n = keys.shape[-1]
+    hi = n if hi is None else hi
+    mask = np.uint64((1 << max(1, (n - 1).bit_length())) - 1)
+    keys &= ~mask
+    keys |= np.arange(n, dtype=np.uint64)
+    if keys.ndim == 1 and n >= 256 and 4 * (hi - lo) < n:
+        keys.partition(sorted({lo, hi - 1}))
+        keys = keys[lo:hi]
+        keys.sort()
+    else:
+        keys.sort(axis=-1)
+        keys = keys[..., lo:hi]
+    keys &= mask
+    return keys.view(np.int64)
 
 
 class _Keys:
@@ -217,24 +236,22 @@ class SamplingPlan:
 
         Permutation k is the argsort of raw draws ``k*n .. (k+1)*n`` of group g's part of
         the PCG64 stream, reached with ``advance`` (no replay). A permutation only partly
-        used is ranked with ``argpartition``, so a big group with a small quota costs O(n).
+        used is found by partitioning, so a big group with a small quota costs O(n).
         """
         n = int(self._n[g])
         first, last = begin // n, (end - 1) // n
         at = (g << _GROUP_SHIFT) + first * n  # draw index of permutation `first`
         parts = []
-        k = first
-        while k <= last:
-            lo, hi = max(begin - k * n, 0), min(end - k * n, n)
-            if lo > 0 or hi < n:  # an edge permutation, only partly used
-                parts.append(_ranks(keys.take(at, n), lo, hi))
-                k, at = k + 1, at + n
-                continue
-            whole = (end - k * n) // n  # permutations from k on that are used entirely
-            perms = max(1, min(whole, _PIECE // n))
-            block = keys.take(at, perms * n).reshape(perms, n)
-            parts.append(np.argsort(block, axis=1).ravel())
-            k, at = k + perms, at + perms * n
+        k, per_piece = first, max(1, _PIECE // n)
+        while k <= last:  # pieces of whole permutations, trimmed to begin..end
+            m = min(per_piece, last + 1 - k)
+            lo, hi = max(begin - k * n, 0), min(end - k * n, m * n)
+            block = keys.take(at, m * n)
+            if m == 1:
+                parts.append(_permutations(block, lo, hi))
+            else:
+                parts.append(_permutations(block.reshape(m, n)).ravel()[lo:hi])
+            k, at = k + m, at + m * n
         rows = self._rows[self._start[g] : self._start[g + 1]]
         return rows[parts[0] if len(parts) == 1 else np.concatenate(parts)]
 
