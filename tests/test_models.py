@@ -141,7 +141,7 @@ def test_unet_small_weights_file_and_imagenet_warning(tmp_path):
         build_model(cfg(encoder_weights="imagenet"), SIZE)
 
 
-def test_encoder_weights_file_and_freezing(tmp_path):
+def test_encoder_weights_file_safe_mode_and_freezing(tmp_path):
     # mobilenetv3small: the cheapest backbone to build.
     first = build_model(cfg("mobilenetv3small"), SIZE)
     encoder = first.get_layer("encoder")
@@ -156,6 +156,14 @@ def test_encoder_weights_file_and_freezing(tmp_path):
     assert len(got) == len(expected)
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a, b)
+
+    # the nested "encoder" sub-model survives a .keras round trip under safe_mode
+    x = images()
+    expected_out = model(x, training=False)
+    model.save(tmp_path / "enc.keras")
+    loaded = keras.saving.load_model(tmp_path / "enc.keras", safe_mode=True)
+    assert isinstance(loaded.get_layer("encoder"), keras.Model)
+    np.testing.assert_allclose(loaded(x, training=False), expected_out, rtol=1e-4, atol=1e-5)
 
     n_all, n_encoder = len(model.trainable_weights), len(encoder.trainable_weights)
     assert set_encoder_trainable(model, False)
