@@ -211,6 +211,7 @@ def test_shard_rejects_bad_arguments() -> None:
         ({"mode": "shuffled"}, "sampling mode 'shuffled' is unknown"),
         ({"seed": -1}, "seed must be an integer >= 0"),
         ({"epoch_length": 0}, "epoch_length must be a positive integer"),
+        ({"epoch_length": 10**9}, "epoch_length must be below 1,000,000,000"),
         ({"balance": "power:2"}, "must be a number"),
         ({"weights": {"9": 1.0}}, "valid groups: 0, 1, 2, 3, 4"),
     ],

@@ -51,6 +51,8 @@ _PIECE = 1 << 20
 # Group g's random keys start at draw g << _GROUP_SHIFT of one PCG64 stream (2^128 long),
 # so the streams of up to 2^32 groups never overlap.
 _GROUP_SHIFT = 96
+# multivariate_hypergeometric (the interleave) needs fewer than 10^9 items.
+_MAX_EPOCH = 10**9
 
 
 def largest_remainder(p: np.ndarray, total: int) -> np.ndarray:
@@ -171,6 +173,8 @@ class SamplingPlan:
             not isinstance(epoch_length, int | np.integer) or epoch_length < 1
         ):
             raise UserError(f"epoch_length must be a positive integer, got {epoch_length!r}")
+        if int(epoch_length or ids.size) >= _MAX_EPOCH:  # numpy's hypergeometric limit
+            raise UserError(f"epoch_length must be below {_MAX_EPOCH:,}; use shorter epochs")
         self.group_names = names
         self.balance, self.mode, self.seed = balance, str(mode), int(seed)
         self.weights = dict(weights or {})
