@@ -116,6 +116,8 @@ def test_many_epochs_are_summarised_as_min_max(manifest: Path, capsys) -> None:
     ("extra", "message"),
     [
         (["--balance", "balanced"], "unknown balance strategy 'balanced'"),
+        (["--balance", "custom"], "balance 'custom' needs weights"),
+        (["--weights", "0=1,,"], "must look like GROUP=WEIGHT"),
         (["--weights", "9=1"], "group '9', which does not exist; valid groups: 0, 1, 2, 3, 4"),
         (["--weights", "0=-2"], "weight of group '0' is -2.0"),
         (["--weights", "0=0,1=0,2=0,3=0,4=0"], "leaves no group to sample"),

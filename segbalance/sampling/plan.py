@@ -16,7 +16,10 @@ How an epoch is built (see docs/ARCHITECTURE.md, "Sampling"):
   seeded by ``(seed, e)``; inside it each group keeps its stream order.
 
 So ``plan.epoch(7)`` is the same whether epochs 0..6 were built or not (resuming), and
-costs O(E + sizes of the touched groups) time with vectorised numpy.
+costs O(E + sizes of the touched groups) time with vectorised numpy. Plans are identical
+across machines for one numpy version; numpy does not promise that ``shuffle``,
+``multinomial`` and ``multivariate_hypergeometric`` draw the same across versions, so
+resume a run with the numpy it started with.
 
 Example:
     >>> plan = SamplingPlan(np.array([0, 0, 0, 1]), ["a", "b"], balance="uniform")
