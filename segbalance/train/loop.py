@@ -125,6 +125,31 @@ def load_data(cfg: Config) -> tuple[Manifest, Manifest]:
     return train, valid
 
 
+def check_config(cfg: Config) -> None:
+    """Values the config types allow but training cannot use.
+
+    Raises:
+        UserError: naming the key.
+    """
+    from segbalance.models import model_names
+
+    for key, value in (
+        ("train.epochs", cfg.train.epochs),
+        ("train.batch_size", cfg.train.batch_size),
+        ("train.keep_checkpoints", cfg.train.keep_checkpoints),
+    ):
+        if value < 1:
+            raise UserError(f"{key}={value} must be at least 1")
+    if cfg.train.validation_batch_size is not None and cfg.train.validation_batch_size < 1:
+        raise UserError("train.validation_batch_size must be at least 1 (or null: batch_size)")
+    if cfg.train.checkpoint_every_steps is not None and cfg.train.checkpoint_every_steps < 1:
+        raise UserError("train.checkpoint_every_steps must be at least 1 (or null: per epoch)")
+    if cfg.model.name not in model_names():
+        from segbalance.errors import unknown_name_error
+
+        raise unknown_name_error("model", cfg.model.name, model_names())
+
+
 def loss_weights(cfg: Config, train: Manifest) -> tuple[str, np.ndarray | None]:
     """Balance by sampling, or (``sampling.sample_weights``) by per-sample loss weights.
 
@@ -159,6 +184,10 @@ def train(
     Raises:
         UserError: bad config, data or work dir; a batch not divisible by the replicas.
     """
+    check_config(cfg)
+    if resume:  # config mismatches fail before any TensorFlow work starts
+        prepare_work_dir(work_dir, cfg, resume=True, overwrite=overwrite, chief=False)
+    data = load_data(cfg)  # bad data fails before the work dir is touched
     api = _distribute_api()
     strategy = api.make_strategy(cfg.distribute)
     chief = bool(api.is_chief(strategy))
@@ -177,7 +206,7 @@ def train(
         return _complete_result(wd, cfg, chief)
     from segbalance.train.session import Session
 
-    session = Session(cfg, wd, strategy, api, chief=chief, worker=worker)
+    session = Session(cfg, wd, strategy, api, data, chief=chief, worker=worker)
     return session.run(resume=resume)
 
 

@@ -141,7 +141,8 @@ def inner_optimizer(opt: keras.optimizers.Optimizer) -> keras.optimizers.Optimiz
 
 def current_lr(opt: keras.optimizers.Optimizer) -> float:
     """The rate the next step uses (Keras evaluates a schedule at the current step)."""
-    return float(keras.ops.convert_to_numpy(inner_optimizer(opt).learning_rate))
+    rate = keras.ops.convert_to_tensor(inner_optimizer(opt).learning_rate)
+    return float(keras.ops.convert_to_numpy(rate))
 
 
 def set_lr(opt: keras.optimizers.Optimizer, value: float) -> None:

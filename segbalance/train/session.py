@@ -19,6 +19,7 @@ import tensorflow as tf
 from segbalance import __version__
 from segbalance.artifacts import ModelMeta, save_model
 from segbalance.config import Config
+from segbalance.data.manifest import Manifest
 from segbalance.losses import get_loss
 from segbalance.metrics import metrics_from_counts
 from segbalance.models import build_model, set_encoder_trainable
@@ -26,7 +27,7 @@ from segbalance.sampling import SamplingPlan, training_epoch_length
 from segbalance.train import logs as runlog
 from segbalance.train import precision as prec
 from segbalance.train import schedule, steps
-from segbalance.train.loop import TrainResult, load_data, loss_weights, result_from, timer
+from segbalance.train.loop import TrainResult, loss_weights, result_from, timer
 from segbalance.train.state import RunState, WorkDir, make_checkpoint, restore_latest
 
 
@@ -38,6 +39,7 @@ class Session:
         wd: its work dir (already prepared).
         strategy: the tf.distribute strategy.
         api: the distribute module (checkpoint dirs per worker).
+        data: the train and valid rows (:func:`segbalance.train.loop.load_data`).
         chief: whether this process writes files.
         worker: (worker index, number of workers).
     """
@@ -48,13 +50,14 @@ class Session:
         wd: WorkDir,
         strategy: tf.distribute.Strategy,
         api: Any,
+        data: tuple[Manifest, Manifest],
         *,
         chief: bool,
         worker: tuple[int, int],
     ) -> None:
         self.cfg, self.wd, self.strategy, self.api = cfg, wd, strategy, api
         self.chief, self.worker = chief, worker
-        self.train_rows, self.valid_rows = load_data(cfg)
+        self.train_rows, self.valid_rows = data
         self.groups = self.train_rows.groups
         self.batch = cfg.train.batch_size
         self.policy = prec.apply_precision(prec.resolve_precision(cfg.train.precision))

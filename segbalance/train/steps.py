@@ -140,7 +140,7 @@ def make_train_step(
         counts = tf.reduce_sum(confusion_counts(batch["mask"], logits, threshold), axis=0)
         return loss, counts
 
-    @tf.function
+    @tf.function(autograph=False)  # no tensor-dependent Python control flow: faster trace
     def step(batch: Any) -> tuple[tf.Tensor, tf.Tensor]:
         loss, counts = strategy.run(replica_step, args=(batch,))
         return strategy.reduce(SUM, loss, axis=None), strategy.reduce(SUM, counts, axis=None)
@@ -171,7 +171,7 @@ def make_eval_step(
         loss_sum = tf.reduce_sum(tf.where(real, per_sample, 0.0))
         return group_counts[:num_groups], images[:num_groups], loss_sum
 
-    @tf.function
+    @tf.function(autograph=False)  # no tensor-dependent Python control flow: faster trace
     def step(batch: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         counts, images, loss = strategy.run(replica_step, args=(batch,))
         # Counts are summed over replicas before any ratio is taken.
