@@ -163,7 +163,9 @@ class SegmentationLoss(keras.losses.Loss):
         reduction: str = "sum_over_batch_size",
         dtype: Any = "float32",
     ) -> None:
-        super().__init__(name=name or expression.replace(" ", ""), reduction=reduction, dtype=dtype)
+        # tf.name_scope rejects '*' and '+': "0.5*bce+dice" -> "0.5_bce_dice"
+        default = re.sub(r"[^A-Za-z0-9_.-]+", "_", expression.strip())
+        super().__init__(name=name or default, reduction=reduction, dtype=dtype)
         self.expression = expression
         self.terms = parse_loss_expression(expression)
         self.params: Params = {

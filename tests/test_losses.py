@@ -152,6 +152,13 @@ def test_unknown_loss_lists_valid_names():
     assert "focal, lovasz, tversky" in str(info.value)
 
 
+def test_loss_works_in_graph_mode_with_a_valid_name():
+    loss = get_loss(LossConfig(name="0.5*bce+dice"))
+    assert loss.name == "0.5_bce_dice"
+    value = tf.function(lambda y, z: loss(y, z))(tf.constant(Y1), tf.constant(Z0))
+    np.testing.assert_allclose(float(value), 0.5 * LN2 + 0.5, rtol=1e-6)
+
+
 def test_serialization_round_trip():
     loss = get_loss(LossConfig(name="0.5*bce+tversky", tversky_alpha=0.1, tversky_beta=0.9))
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))

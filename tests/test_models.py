@@ -11,6 +11,7 @@ from segbalance.errors import UserError
 from segbalance.models import (
     ENCODERS,
     CaffePreprocess,
+    EncoderSpec,
     build_model,
     get_encoder,
     model_names,
@@ -182,6 +183,17 @@ def test_weights_of_another_network_are_a_user_error(tmp_path):
     other.save_weights(path)
     with pytest.raises(UserError, match="cannot load encoder weights"):
         build_model(cfg("mobilenetv3small", encoder_weights=str(path)), SIZE)
+
+
+def test_imagenet_download_failure_is_a_user_error(monkeypatch):
+    # No network in tests: stand in for keras' download failing, check the wrapping only.
+    def offline(**kwargs):
+        assert kwargs["weights"] == "imagenet" and kwargs["include_top"] is False
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...")
+
+    monkeypatch.setitem(ENCODERS, "efficientnetb4", EncoderSpec(offline, ()))
+    with pytest.raises(UserError, match="imagenet weights of efficientnetb4.*'none'"):
+        build_model(cfg("efficientnetb4", encoder_weights="imagenet"), SIZE)
 
 
 def _check_normalisation(name: str, model: keras.Model) -> None:

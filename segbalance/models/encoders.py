@@ -198,8 +198,14 @@ def build_encoder(
     }
     try:
         backbone = spec.constructor(**kwargs)
-    except (ValueError, OSError) as err:
-        if source not in (None, "imagenet"):
+    except Exception as err:
+        if source == "imagenet":
+            # Keras downloads the file on first use; offline this is the usual failure.
+            raise UserError(
+                f"cannot get the imagenet weights of {name}: {err}. Check the network, or "
+                "set model.encoder_weights to a local weights file or 'none'"
+            ) from err
+        if source is not None:
             raise UserError(
                 f"cannot load encoder weights {source} into {name}: {err}. "
                 f"Use weights saved from a {name} backbone with include_top=False."
