@@ -139,6 +139,12 @@ class GroupMetrics:
         np.add.at(self.counts, ids, counts)
         np.add.at(self.images, ids, 1)
 
+    def add_totals(self, counts: Any, images: Any) -> None:
+        """Add counts already summed per group on the device: ``counts`` [G, 4], ``images`` [G]."""
+        counts = np.asarray(counts, np.float64).reshape(len(self.group_names), 4)
+        self.counts += counts
+        self.images += np.asarray(images).reshape(-1).astype(np.int64)
+
     def merge(self, other: GroupMetrics) -> GroupMetrics:
         """Add another accumulator's counts (same groups) into this one; returns self."""
         if other.group_names != self.group_names:

@@ -113,6 +113,12 @@ def test_group_metrics_equal_direct_numpy_computation():
         stop = start + 5
         target.update(groups[start:stop], confusion_counts(y[start:stop], z[start:stop]).numpy())
     result = first.merge(second).result()
+    # the same numbers when the counts were summed per group on the device
+    totals = GroupMetrics(names)
+    per_group = np.zeros((4, 4))
+    np.add.at(per_group, groups, confusion_counts(y, z).numpy())
+    totals.add_totals(per_group, np.bincount(groups, minlength=4))
+    assert totals.result() == result
 
     pred, true = z > 0, y > 0.5
     expected_ious = []

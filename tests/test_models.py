@@ -63,6 +63,25 @@ def test_unet_small_default_size_and_classes():
     assert 1.5e6 < model.count_params() < 2.5e6
 
 
+def test_batch_norm_switch_and_seeded_initialisation():
+    plain = build_model(cfg(batch_norm=False), SIZE)
+    kinds = {type(layer).__name__ for layer in plain.layers}
+    assert "BatchNormalization" not in kinds and plain.get_layer("dec0_conv1").use_bias
+    with_bn = build_model(cfg(), SIZE)
+    assert isinstance(with_bn.get_layer("dec0_bn1"), keras.layers.BatchNormalization)
+
+    # one seed fixes the initialisation
+    keras.utils.set_random_seed(3)
+    first = [w.copy() for w in build_model(cfg(), SIZE).get_weights()]
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(3)
+    second = build_model(cfg(), SIZE).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    keras.utils.set_random_seed(4)
+    third = build_model(cfg(), SIZE).get_weights()
+    assert not np.array_equal(first[0], third[0])
+
+
 def test_saved_model_loads_with_safe_mode(tmp_path):
     model = build_model(cfg(dropout=0.1), SIZE)
     x = images(2)
