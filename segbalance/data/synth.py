@@ -63,6 +63,7 @@ class GroupStyle:
     skins: tuple[RGB, ...]
     polishes: tuple[RGB, ...]
     background: str  # "light" | "wood" | "fabric" | "dark"
+    free_edge: float = 0.0  # whiteness of the nail tip (natural nails)
 
 
 _LIGHT_SKINS: tuple[RGB, ...] = ((236, 196, 170), (224, 172, 140), (200, 150, 118))
@@ -88,7 +89,7 @@ STYLES: dict[str, GroupStyle] = {
         nails=(2, 5), finger_width=(0.08, 0.12), angle_spread=180,
         brightness=(0.85, 1.0), cast=(0.85, 0.97, 1.18), vignette=0.1, noise=3.0, blur=1.0,
         skins=_LIGHT_SKINS + _DARK_SKINS[2:], background="fabric",
-        polishes=((245, 215, 210), (235, 200, 195)),
+        polishes=((245, 215, 210), (235, 200, 195)), free_edge=0.7,
     ),
     "3": GroupStyle(
         "dim: dark, strong vignette, darker skin, nude polish",
@@ -172,6 +173,7 @@ class _Canvas:
         *,
         power: float = 2.6,
         gloss: float = 0.0,
+        free_edge: float = 0.0,
         opacity: float = 1.0,
         is_nail: bool = False,
     ) -> None:
@@ -195,6 +197,9 @@ class _Canvas:
         if gloss > 0:
             streak = np.exp(-(((v + 0.35) / 0.16) ** 2) - (u / 0.7) ** 4) * gloss
             fill = fill + (255.0 - fill) * streak[..., None]
+        if free_edge > 0:  # u grows towards the finger tip
+            edge = np.clip((u - 0.5) * 6.0, 0.0, 1.0) * free_edge
+            fill = fill + (250.0 - fill) * edge[..., None]
         self.blend(ys, xs, alpha * opacity, fill)
         if is_nail:
             self.mask[ys, xs] |= alpha >= 0.5
@@ -263,7 +268,10 @@ def _draw_hand(rng: np.random.Generator, canvas: _Canvas, style: GroupStyle) -> 
         canvas.ellipse(nail_c, tilt, nail_len * 1.08, nail_wid * 1.1, skin * 0.8)  # cuticle
         colour = polish * rng.uniform(0.9, 1.08)
         gloss = rng.uniform(0.35, 0.6)
-        canvas.ellipse(nail_c, tilt, nail_len, nail_wid, colour, gloss=gloss, is_nail=True)
+        canvas.ellipse(
+            nail_c, tilt, nail_len, nail_wid, colour,
+            gloss=gloss, free_edge=style.free_edge, is_nail=True,
+        )  # fmt: skip
 
 
 def render(group: str, index: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
