@@ -1,0 +1,103 @@
+"""Precision: what ``auto`` picks, explicit policies, and a train step under each policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from segbalance.config import LossConfig, OptimizerConfig
+from segbalance.errors import UserError
+from segbalance.losses import get_loss
+from segbalance.train import precision, schedule, steps
+
+X86 = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse avx2 {extra}\n\n"
+ARM = "processor\t: 0\nFeatures\t: fp asimd {extra}\n"
+
+
+@pytest.mark.parametrize(
+    ("has_gpu", "flags", "expected"),
+    [
+        (True, set(), "mixed_float16"),
+        (True, {"amx_bf16"}, "mixed_float16"),  # a GPU wins over CPU bf16
+        (False, {"avx2", "avx512_bf16"}, "mixed_bfloat16"),
+        (False, {"avx2", "amx_bf16", "amx_tile"}, "mixed_bfloat16"),
+        (False, {"avx2", "avx512f", "avx512_vnni"}, "float32"),  # AVX-512 without bf16
+        (False, set(), "float32"),
+    ],
+)
+def test_auto_follows_the_hardware(has_gpu: bool, flags: set[str], expected: str) -> None:
+    assert precision.resolve_precision("auto", has_gpu=has_gpu, cpu_flags=flags) == expected
+    assert precision.resolve_precision("auto", has_gpu=lambda: has_gpu, cpu_flags=flags) == expected
+
+
+@pytest.mark.parametrize("name", precision.POLICIES)
+def test_an_explicit_policy_overrides_auto(name: str) -> None:
+    probe_called = []
+    got = precision.resolve_precision(name, has_gpu=lambda: probe_called.append(1) or True)
+    assert got == name and not probe_called
+
+
+def test_unknown_precision_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="float8"):
+        precision.resolve_precision("float8")
+    with pytest.raises(UserError, match="bfloat"):
+        precision.apply_precision("bfloat")
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
+    x86, arm = tmp_path / "x86", tmp_path / "arm"
+    x86.write_text(X86.format(extra="amx_bf16") + X86.format(extra=""))
+    arm.write_text(ARM.format(extra="bf16"))
+    assert "amx_bf16" in precision.read_cpu_flags(x86)
+    assert precision.cpu_supports_bf16(precision.read_cpu_flags(x86))
+    assert precision.read_cpu_flags(arm) == {"fp", "asimd", "bf16"}
+    assert precision.read_cpu_flags(tmp_path / "missing") == set()
+    assert not precision.cpu_supports_bf16(set())
+
+
+def test_auto_on_this_machine_matches_its_cpu_flags() -> None:
+    # CUDA_VISIBLE_DEVICES="" (conftest): no GPU, so the CPU decides.
+    flags = precision.read_cpu_flags()
+    has_bf16 = bool(flags & {"avx512_bf16", "amx_bf16"})
+    expected = "mixed_bfloat16" if has_bf16 else "float32"
+    assert precision.resolve_precision("auto", has_gpu=False) == expected
+    assert precision.resolve_precision("auto") == expected
+    assert expected in precision.describe(expected, "auto")
+
+
+@pytest.fixture
+def restore_policy():
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("policy", precision.POLICIES)
+def test_a_train_step_under_each_policy(policy: str, restore_policy) -> None:
+    precision.apply_precision(policy)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="body")(x)
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 3, padding="same", dtype="float32")(x))
+    opt = schedule.build_optimizer(OptimizerConfig(lr=0.01), 10, 1, policy)
+    assert isinstance(opt, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
+    opt.build(model.trainable_variables)
+    steps.own_gradient_reduction(opt)
+    loss_fn = get_loss(LossConfig(name="bce"))
+    step = steps.make_train_step(tf.distribute.get_strategy(), model, opt, loss_fn, 2, 0.5)
+    rng = np.random.default_rng(0)
+    image = tf.constant(rng.uniform(0, 255, (2, 32, 32, 3)), tf.float32)
+    batch = {"image": image, "mask": tf.cast(image[..., :1] > 127, tf.float32)}
+
+    body = model.get_layer("body")
+    compute = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
+    assert body.compute_dtype == compute[policy] and body.kernel.dtype == "float32"
+    assert model(image).dtype == tf.float32  # logits stay float32
+    before = body.kernel.numpy().copy()
+    losses = [float(step(batch)[0]) for _ in range(3)]
+    assert all(np.isfinite(losses))
+    assert not np.allclose(before, body.kernel.numpy())  # loss scaling did not skip every step
