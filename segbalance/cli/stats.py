@@ -20,7 +20,7 @@ def register(sub: Any) -> None:
         sub,
         "stats",
         "Describe a manifest per group: images (per split), mask coverage (mean, median, "
-        "10/90% quantiles), empty masks and image sizes; as a table, JSON and a figure. "
+        "10th/90th percentiles), empty masks and image sizes; as a table, JSON and a figure. "
         "Reads only the manifest CSV, not the images.",
         EXAMPLES,
         run,
