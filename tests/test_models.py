@@ -185,6 +185,18 @@ def test_encoder_weights_file_safe_mode_and_freezing(tmp_path):
     assert isinstance(loaded.get_layer("encoder"), keras.Model)
     np.testing.assert_allclose(loaded(x, training=False), expected_out, rtol=1e-4, atol=1e-5)
 
+    # the legacy .h5 layout of the keras.applications "*_notop.h5" downloads loads too
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    legacy = tmp_path / "mobilenet_v3_small_notop.h5"
+    with h5py.File(legacy, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, encoder)
+    keras.backend.clear_session()
+    again = build_model(cfg("mobilenetv3small", encoder_weights=str(legacy)), SIZE)
+    for a, b in zip(again.get_layer("encoder").get_weights(), expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+
     n_all, n_encoder = len(model.trainable_weights), len(encoder.trainable_weights)
     assert set_encoder_trainable(model, False)
     assert len(model.trainable_weights) == n_all - n_encoder > 0
