@@ -377,3 +377,63 @@ def test_bad_precision_flag_exits_2() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["train", "m.csv", "--precision", "float8"])
     assert exc.value.code == 2
+
+
+MIRROR_SCRIPT = """
+import json, numpy as np, tensorflow as tf, keras
+from segbalance.config import DistributeConfig, LossConfig, OptimizerConfig
+from segbalance.losses import get_loss
+from segbalance.train import schedule, steps
+from segbalance.train.distribute import make_strategy
+
+mirrored = make_strategy(DistributeConfig(devices="cpu:2"))
+rng = np.random.default_rng(0)
+image = rng.uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+mask = (image[..., :1] > 127).astype(np.float32)
+
+def run(strategy, own):
+    with strategy.scope():
+        keras.utils.set_random_seed(1)
+        inputs = keras.Input((32, 32, 3))
+        x = keras.layers.Rescaling(1 / 255)(inputs)
+        x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(x)
+        model = keras.Model(inputs, keras.layers.Conv2D(1, 3, padding="same")(x))
+        cfg = OptimizerConfig(name="sgd", lr=0.5, schedule="constant", clipnorm=0.01)
+        opt = schedule.build_optimizer(cfg, 1, 1, "float32")
+        opt.build(model.trainable_variables)
+    if own:
+        steps.own_gradient_reduction(opt)
+    step = steps.make_train_step(strategy, model, opt, get_loss(LossConfig(name="bce")), 4, 0.5)
+    data = {"image": image, "mask": mask}
+    ds = strategy.distribute_datasets_from_function(
+        lambda ctx: tf.data.Dataset.from_tensor_slices(data).batch(
+            ctx.get_per_replica_batch_size(4)))
+    losses = [float(step(batch)[0]) for batch in ds]
+    return losses, np.concatenate([v.numpy().ravel() for v in model.trainable_variables])
+
+single_loss, single = run(tf.distribute.get_strategy(), True)
+two_loss, two = run(mirrored, True)
+_, keras_reduced = run(mirrored, False)
+out = {"replicas": mirrored.num_replicas_in_sync, "loss": [single_loss, two_loss]}
+out["own"] = float(np.abs(single - two).max())
+out["keras"] = float(np.abs(single - keras_reduced).max())
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.heavy
+def test_two_replicas_take_the_single_device_step_with_clipping() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, "-c", MIRROR_SCRIPT], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["replicas"] == 2
+    assert out["loss"][0] == pytest.approx(out["loss"][1], rel=1e-6)
+    assert out["own"] < 1e-6  # gradients summed over replicas, then clipped: same update
+    assert out["keras"] > 1e-4  # clipping each replica's half-gradient is a different step

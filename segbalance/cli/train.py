@@ -139,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
     from segbalance.train import train
 
     result = train(cfg, args.work_dir, resume=args.resume, overwrite=args.overwrite)
-    if result.best_model is not None and not result.already_complete:
+    done = result.best_model is not None and result.best_score is not None
+    if done and not result.already_complete:
         print(
             f"best {result.monitor} {result.best_score:.4f} at epoch {result.best_epoch}: "
             f"{result.best_model}"
