@@ -66,6 +66,9 @@ class AugmentConfig(_Stage):
     default: list[dict[str, Any]] | Literal["default", "none"] = "default"
     groups: dict[str, list[dict[str, Any]] | Literal["default", "none"]] = {}
     albumentations_file: str | None = None
+    jit: bool = Field(
+        True, description="XLA-compile the augmentation ops: ~2x faster, compiles at 1st batch"
+    )
 
 
 class ModelConfig(_Stage):

@@ -15,10 +15,17 @@ from hypothesis import strategies as st
 
 from segbalance.config import AugmentConfig
 from segbalance.errors import UserError
-from segbalance.pipeline.augment import DEFAULT_OPS, build_augmenter, build_pipeline, get_op
+from segbalance.pipeline.augment import (
+    DEFAULT_OPS,
+    _warp,
+    build_augmenter,
+    build_pipeline,
+    get_op,
+)
 
 GEOMETRIC = [
     {"type": "flip", "p": 0.5},
+    {"type": "affine", "scale": 0.1, "degrees": 20, "translate": 0.05},
     {"type": "scale", "factor": 0.2},
     {"type": "rotate", "degrees": 30},
     {"type": "translate", "fraction": 0.1},
@@ -35,8 +42,11 @@ def _blocky_image(rng: np.random.Generator, size: int = 48, block: int = 8) -> n
     return np.kron(blocks, np.ones((block, block, 1), np.float32))
 
 
-def _run(spec: Any, image: np.ndarray, mask: np.ndarray, seed: tf.Tensor) -> tuple[np.ndarray, ...]:
-    fn = tf.function(build_pipeline(spec))
+def _run(
+    spec: Any, image: np.ndarray, mask: np.ndarray, seed: tf.Tensor, jit: bool = False
+) -> tuple[np.ndarray, ...]:
+    """One eager-built pipeline run; jit=False by default: tests need no XLA compile each."""
+    fn = build_pipeline(spec, jit=jit)
     out_i, out_m = fn(tf.constant(image[None]), tf.constant(mask[None]), seed)
     return out_i.numpy()[0], out_m.numpy()[0]
 
@@ -70,7 +80,7 @@ def test_image_and_mask_are_moved_together() -> None:
     rng = np.random.default_rng(1)
     image = np.where(_blocky_image(rng, 64, 16) > 127, 255.0, 0.0).astype(np.float32)
     mask = (image[..., :1] > 127).astype(np.float32)
-    fn = tf.function(build_pipeline(GEOMETRIC))
+    fn = build_pipeline(GEOMETRIC, jit=False)
     changed = 0
     for s in range(6):
         out_i, out_m = fn(tf.constant(image[None]), tf.constant(mask[None]), _seed(s, 3))
@@ -80,6 +90,34 @@ def test_image_and_mask_are_moved_together() -> None:
         assert np.mean(redrawn != out_m) < 0.03, s
         changed += np.mean(out_m != mask) > 0.1
     assert changed >= 4  # the transforms really moved the content
+
+
+def test_xla_warp_matches_tensorflow_kernel() -> None:
+    """The fused gather warp (XLA) and ImageProjectiveTransformV3 agree for one matrix."""
+    rng = np.random.default_rng(6)
+    image = tf.constant(_blocky_image(rng, 48)[None])
+    mask = tf.cast(image[..., :1] > 127, tf.float32)
+    a, b = np.cos(0.4) / 1.1, np.sin(0.4) / 1.1
+    matrix = [a, b, 3.0, -b, a, -2.0]  # rotate, zoom and shift
+    warp = tf.function(
+        lambda i, m: _warp(i, m, [tf.constant(v, tf.float32) for v in matrix]), jit_compile=True
+    )
+    out_img, out_mask = warp(image, mask)
+    ref = [
+        tf.raw_ops.ImageProjectiveTransformV3(
+            images=x,
+            transforms=tf.constant([[*matrix, 0.0, 0.0]], tf.float32),
+            output_shape=[48, 48],
+            fill_value=0.0,
+            interpolation=method,
+            fill_mode="REFLECT",
+        ).numpy()
+        for x, method in ((image, "BILINEAR"), (mask, "NEAREST"))
+    ]
+    inner = np.s_[:, 6:-6, 6:-6]  # the two reflect conventions differ by a pixel at the edge
+    assert np.abs(out_img.numpy() - ref[0])[inner].max() < 0.05
+    assert np.mean(out_mask.numpy()[inner] != ref[1][inner]) < 0.01
+    assert np.abs(out_img.numpy() - image.numpy()).mean() > 5  # it did move
 
 
 def test_photometric_ops_change_the_image_only() -> None:
@@ -102,12 +140,14 @@ def test_photometric_ops_change_the_image_only() -> None:
 def test_flip_with_p1_always_flips_and_p0_never() -> None:
     image = np.arange(4 * 6 * 3, dtype=np.float32).reshape(4, 6, 3)
     mask = (np.arange(24).reshape(4, 6, 1) % 5 == 0).astype(np.float32)
+    always = tf.function(build_pipeline([{"type": "flip", "p": 1.0}]))  # XLA-compiled
+    never = build_pipeline([{"type": "flip", "p": 0.0}], jit=False)
     for s in range(4):
-        out_i, out_m = _run([{"type": "flip", "p": 1.0}], image, mask, _seed(s))
-        np.testing.assert_array_equal(out_i, image[:, ::-1])
-        np.testing.assert_array_equal(out_m, mask[:, ::-1])
-        out_i, _ = _run([{"type": "flip", "p": 0.0}], image, mask, _seed(s))
-        np.testing.assert_array_equal(out_i, image)
+        out_i, out_m = always(tf.constant(image[None]), tf.constant(mask[None]), _seed(s))
+        np.testing.assert_array_equal(out_i.numpy()[0], image[:, ::-1])
+        np.testing.assert_array_equal(out_m.numpy()[0], mask[:, ::-1])
+        out_i, _ = never(tf.constant(image[None]), tf.constant(mask[None]), _seed(s))
+        np.testing.assert_array_equal(out_i.numpy()[0], image)
 
 
 def test_same_seed_same_result_other_seed_other_result(default_fn: Any) -> None:
@@ -143,8 +183,9 @@ def test_nothing_to_augment_gives_none() -> None:
 
 
 def test_default_covers_the_tutorial_ops() -> None:
-    names = {op["type"] for op in DEFAULT_OPS}
-    assert {"flip", "scale", "rotate", "noise", "blur", "brightness", "contrast", "hue"} <= names
+    ops = {op["type"]: op for op in DEFAULT_OPS}
+    assert {"flip", "affine", "noise", "blur", "brightness", "contrast", "hue"} <= set(ops)
+    assert ops["affine"]["scale"] == 0.2 and ops["affine"]["degrees"] == 30
     assert callable(get_op("rotate"))
 
 

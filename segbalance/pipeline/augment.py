@@ -43,13 +43,12 @@ Augmenter = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tens
 
 DEFAULT_OPS: list[dict[str, Any]] = [
     {"type": "flip", "mode": "horizontal", "p": 0.5},
-    {"type": "scale", "factor": 0.2, "p": 0.5},
-    {"type": "rotate", "degrees": 30.0, "p": 0.5},
+    {"type": "affine", "scale": 0.2, "degrees": 30.0, "p": 0.5},
     {"type": "brightness", "factor": 0.2, "p": 0.5},
     {"type": "contrast", "factor": 0.2, "p": 0.5},
     {"type": "hue", "factor": 0.1, "p": 0.3},
     {"type": "blur", "sigma": (0.1, 1.5), "kernel_size": 5, "p": 0.2},
-    {"type": "noise", "std": 8.0, "p": 0.3},
+    {"type": "noise", "std": 8.0, "p": 0.2},
 ]
 
 
@@ -86,9 +85,98 @@ _F32 = {"dtype": "float32"}
 
 
 def _flip(mode: str = "horizontal") -> OpFn:
-    if mode not in ("horizontal", "vertical", "horizontal_and_vertical"):
-        raise UserError(f"flip mode '{mode}': use horizontal, vertical or horizontal_and_vertical")
-    return _keras_op(keras.layers.RandomFlip(mode, **_F32), True, force="flips")
+    """Mirror image and mask (``p`` decides whether; exact, no resampling)."""
+    axes = {"horizontal": [2], "vertical": [1], "horizontal_and_vertical": [1, 2]}
+    if mode not in axes:
+        raise UserError(f"flip mode '{mode}': use {', '.join(axes)}")
+
+    def apply(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return tf.reverse(image, axes[mode]), tf.reverse(mask, axes[mode])
+
+    return apply
+
+
+def _reflect(v: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
+    """Mirror coordinates outside [0, n-1] back inside (symmetric about the pixel edges)."""
+    period = 2.0 * n
+    v = tf.math.floormod(v + 0.5, period)
+    return tf.clip_by_value(tf.where(v >= n, period - v, v) - 0.5, 0.0, n - 1.0)
+
+
+def _warp(image: tf.Tensor, mask: tf.Tensor, m: Sequence[tf.Tensor]) -> tuple[tf.Tensor, ...]:
+    """Resample [1,H,W,C] image (bilinear) and mask (nearest) at in = M @ out, reflect fill.
+
+    Four gathers and a lerp: XLA compiles this into one loop, about twice as fast on a CPU as
+    ImageProjectiveTransformV3 (same result to 1e-4 on average).
+    """
+    shape = tf.shape(image)
+    hi, wi = shape[1], shape[2]
+    h, w = tf.cast(hi, tf.float32), tf.cast(wi, tf.float32)
+    yy, xx = tf.meshgrid(tf.range(h), tf.range(w), indexing="ij")
+    sx = _reflect(m[0] * xx + m[1] * yy + m[2], w)
+    sy = _reflect(m[3] * xx + m[4] * yy + m[5], h)
+    x0, y0 = tf.floor(sx), tf.floor(sy)
+    fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
+    x0i, y0i = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
+    x1i, y1i = tf.minimum(x0i + 1, wi - 1), tf.minimum(y0i + 1, hi - 1)
+    flat = tf.reshape(image, [hi * wi, -1])
+
+    def at(yi: tf.Tensor, xi: tf.Tensor) -> tf.Tensor:
+        return tf.gather(flat, yi * wi + xi)
+
+    top = at(y0i, x0i) * (1.0 - fx) + at(y0i, x1i) * fx
+    bottom = at(y1i, x0i) * (1.0 - fx) + at(y1i, x1i) * fx
+    out = (top * (1.0 - fy) + bottom * fy)[None]
+    near = tf.cast(tf.round(sy), tf.int32) * wi + tf.cast(tf.round(sx), tf.int32)
+    out_mask = tf.gather(tf.reshape(mask, [hi * wi, -1]), near)[None]
+    return out, out_mask
+
+
+def _affine(
+    scale: float = 0.2, degrees: float = 30.0, translate: float = 0.0, *, _xla: bool = True
+) -> OpFn:
+    """Scale, rotation and shift about the centre, fused into ONE resampling.
+
+    Like albumentations' ShiftScaleRotate: one draw of all three, one warp of the image
+    (bilinear) and the mask (nearest), reflected borders. The separate Keras-layer ops
+    ``scale``/``rotate``/``translate`` resample once each.
+    """
+    if not (0 <= scale < 1 and 0 <= degrees <= 180 and 0 <= translate < 1):
+        raise UserError(
+            f"affine scale={scale}, degrees={degrees}, translate={translate}: "
+            "use 0 <= scale < 1, 0 <= degrees <= 180, 0 <= translate < 1"
+        )
+
+    def apply(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        draws = tf.random.stateless_uniform([4], seed, -1.0, 1.0)
+        zoom = 1.0 + float(scale) * draws[0]
+        angle = float(degrees) * np.pi / 180.0 * draws[1]
+        h = tf.cast(tf.shape(image)[1], tf.float32)
+        w = tf.cast(tf.shape(image)[2], tf.float32)
+        # Output pixel -> input pixel: in = c + R(-angle) (out - c - shift) / zoom.
+        cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+        cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+        ox = cx + float(translate) * w * draws[2]
+        oy = cy + float(translate) * h * draws[3]
+        m = [cos, sin, cx - cos * ox - sin * oy, -sin, cos, cy + sin * ox - cos * oy]
+        if _xla:
+            return _warp(image, mask, m)
+        # Without XLA the gathers are slower than TF's fused kernel: use that.
+        matrix = tf.stack([*m, 0.0, 0.0])[None]
+        out = [
+            tf.raw_ops.ImageProjectiveTransformV3(
+                images=x,
+                transforms=matrix,
+                output_shape=tf.shape(image)[1:3],
+                fill_value=0.0,
+                interpolation=method,
+                fill_mode="REFLECT",
+            )
+            for x, method in ((image, "BILINEAR"), (mask, "NEAREST"))
+        ]
+        return out[0], out[1]
+
+    return apply
 
 
 def _rotate(degrees: float = 30.0, fill_mode: str = "reflect") -> OpFn:
@@ -109,15 +197,34 @@ def _translate(fraction: float = 0.1, fill_mode: str = "reflect") -> OpFn:
 
 
 def _brightness(factor: float = 0.2) -> OpFn:
-    return _keras_op(keras.layers.RandomBrightness(factor, value_range=(0, 255), **_F32), False)
+    """Add a per-sample offset in [-factor, factor] * 255 (as keras.layers.RandomBrightness)."""
+
+    def apply(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        delta = tf.random.stateless_uniform([], seed, -float(factor), float(factor))
+        return image + 255.0 * delta, mask
+
+    return apply
 
 
 def _contrast(factor: float = 0.2) -> OpFn:
-    return _keras_op(keras.layers.RandomContrast(factor, value_range=(0, 255), **_F32), False)
+    """Scale each channel about its mean by [1 - factor, 1 + factor] (as RandomContrast)."""
+
+    def apply(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        c = tf.random.stateless_uniform([], seed, 1.0 - float(factor), 1.0 + float(factor))
+        mean = tf.reduce_mean(image, axis=[1, 2], keepdims=True)
+        return (image - mean) * c + mean, mask
+
+    return apply
 
 
 def _hue(factor: float = 0.1) -> OpFn:
-    return _keras_op(keras.layers.RandomHue(factor, value_range=(0, 255), **_F32), False)
+    """Hue shift by up to ``factor`` of a turn (tf.image.adjust_hue: one fused kernel)."""
+
+    def apply(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        delta = tf.random.stateless_uniform([], seed, -float(factor), float(factor))
+        return tf.image.adjust_hue(image / 255.0, delta) * 255.0, mask
+
+    return apply
 
 
 def _saturation(factor: float = 0.2) -> OpFn:
@@ -126,24 +233,52 @@ def _saturation(factor: float = 0.2) -> OpFn:
 
 
 def _blur(sigma: Sequence[float] = (0.1, 1.5), kernel_size: int = 5) -> OpFn:
-    # factor=(1, 1): the layer always blurs; whether it runs at all is our "p".
-    layer = keras.layers.RandomGaussianBlur(
-        factor=(1.0, 1.0),
-        kernel_size=int(kernel_size),
-        sigma=tuple(float(s) for s in sigma),
-        value_range=(0, 255),
-        **_F32,
-    )
-    return _keras_op(layer, False)
+    """Gaussian blur with a per-sample sigma, as two 1-D passes of shifted slices.
+
+    Plain slices and multiply-adds: several times faster on a CPU than a depthwise
+    convolution of the same kernel (measured 13 vs 36 ms at 384 px).
+    """
+    k = int(kernel_size)
+    if k < 1 or k % 2 == 0:
+        raise UserError(f"blur kernel_size={k}: use an odd size >= 1")
+    lo, hi = (float(sigma[0]), float(sigma[-1]))
+    if not 0 < lo <= hi:
+        raise UserError(f"blur sigma={list(sigma)}: use 0 < low <= high")
+    r = k // 2
+
+    def apply(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        s = tf.random.stateless_uniform([], seed, lo, hi)
+        taps = tf.exp(-(tf.range(-r, r + 1, dtype=tf.float32) ** 2) / (2.0 * s * s))
+        taps = taps / tf.reduce_sum(taps)
+        out = image
+        for axis in (1, 2):
+            pad = [[0, 0], [0, 0], [0, 0], [0, 0]]
+            pad[axis] = [r, r]
+            padded = tf.pad(out, pad, mode="SYMMETRIC")
+            size = tf.shape(out)[axis]
+            parts = [
+                taps[i] * (padded[:, i : i + size] if axis == 1 else padded[:, :, i : i + size])
+                for i in range(k)
+            ]
+            out = tf.add_n(parts)
+        return out, mask
+
+    return apply
 
 
 def _noise(std: float = 8.0) -> OpFn:
-    """Additive Gaussian noise with a per-sample sigma in [0, std] (0..255 units)."""
+    """Additive Gaussian noise, sigma drawn per sample in [0, std] (0..255 units).
+
+    One noise value per pixel, the same on the three channels (luminance noise, like
+    albumentations' ``per_channel=False``): drawing a third of the normals makes it ~5x
+    cheaper on a CPU than per-channel noise.
+    """
 
     def apply(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         fold = tf.random.experimental.stateless_fold_in
         sigma = tf.random.stateless_uniform([], fold(seed, 1), 0.0, float(std))
-        noise = tf.random.stateless_normal(tf.shape(image), fold(seed, 2)) * sigma
+        shape = tf.concat([tf.shape(image)[:-1], [1]], axis=0)
+        noise = tf.random.stateless_normal(shape, fold(seed, 2)) * sigma
         return image + noise, mask
 
     return apply
@@ -151,16 +286,20 @@ def _noise(std: float = 8.0) -> OpFn:
 
 _OPS: dict[str, Callable[..., OpFn]] = {
     "flip": _flip,
-    "rotate": _rotate,
-    "scale": _scale,
-    "translate": _translate,
+    "affine": _affine,
     "brightness": _brightness,
     "contrast": _contrast,
     "hue": _hue,
-    "saturation": _saturation,
     "blur": _blur,
     "noise": _noise,
+    # Keras 3 preprocessing layers (one resampling each; no XLA kernel for their warp).
+    "rotate": _rotate,
+    "scale": _scale,
+    "translate": _translate,
+    "saturation": _saturation,
 }
+# Ops made of plain TF ops that XLA compiles; a pipeline of only these is jit-compiled.
+_XLA_SAFE = {"flip", "affine", "brightness", "contrast", "hue", "blur"}
 
 
 def get_op(name: str) -> Callable[..., OpFn]:
@@ -185,7 +324,7 @@ def _gated(fn: OpFn, p: float) -> OpFn:
     return apply
 
 
-def build_op(spec: dict[str, Any], where: str = "augment") -> OpFn:
+def build_op(spec: dict[str, Any], where: str = "augment", jit: bool = True) -> OpFn:
     """Build one op from a dict such as ``{"type": "rotate", "degrees": 30, "p": 0.5}``."""
     if not isinstance(spec, dict) or "type" not in spec:
         raise UserError(f"{where}: each op needs a 'type' key, got {spec!r}")
@@ -195,13 +334,15 @@ def build_op(spec: dict[str, Any], where: str = "augment") -> OpFn:
     if not 0.0 <= p <= 1.0:
         raise UserError(f"{where}: op '{name}' has p={p}; use a probability in [0, 1]")
     builder = get_op(name)
-    valid = list(inspect.signature(builder).parameters)
+    valid = [k for k in inspect.signature(builder).parameters if not k.startswith("_")]
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise UserError(
             f"{where}: op '{name}' has no parameter(s) {', '.join(unknown)}. "
             f"Valid: p, {', '.join(valid)}"
         )
+    if "_xla" in inspect.signature(builder).parameters:
+        params["_xla"] = jit
     try:
         fn = builder(**params)
     except (ValueError, TypeError) as err:
@@ -220,13 +361,44 @@ def resolve_ops(spec: list[dict[str, Any]] | str) -> list[dict[str, Any]]:
     return list(spec)
 
 
-def build_pipeline(spec: list[dict[str, Any]] | str, where: str = "augment.default") -> OpFn:
-    """Chain ops in order; the mask is re-thresholded so it stays exactly binary."""
-    ops = [build_op(op, f"{where}[{i}]") for i, op in enumerate(resolve_ops(spec))]
+def _chain(ops: list[OpFn], first: int) -> OpFn:
+    """Run ``ops`` in order; op i (counted from ``first``) gets seed fold(seed, i)."""
 
     def apply(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        for i, op in enumerate(ops):
+        for i, op in enumerate(ops, start=first):
             image, mask = op(image, mask, tf.random.experimental.stateless_fold_in(seed, i))
+        return image, mask
+
+    return apply
+
+
+def build_pipeline(
+    spec: list[dict[str, Any]] | str, where: str = "augment.default", jit: bool = True
+) -> OpFn:
+    """Chain ops in order; the mask is re-thresholded so it stays exactly binary.
+
+    Runs of consecutive XLA-safe ops are jit-compiled together (they fuse into a few loops
+    over the pixels); the others (Keras layers, noise: XLA's RNG is ~10x slower on a CPU)
+    run as plain TF ops.
+    """
+    specs = resolve_ops(spec)
+    ops = [build_op(op, f"{where}[{i}]", jit) for i, op in enumerate(specs)]
+    segments: list[OpFn] = []
+    start = 0
+    while start < len(ops):
+        safe = specs[start].get("type") in _XLA_SAFE
+        end = start + 1
+        while end < len(ops) and (specs[end].get("type") in _XLA_SAFE) == safe:
+            end += 1
+        chain = _chain(ops[start:end], start)
+        if safe and jit:
+            chain = tf.function(chain, jit_compile=True, autograph=False, reduce_retracing=True)
+        segments.append(chain)
+        start = end
+
+    def apply(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        for segment in segments:
+            image, mask = segment(image, mask, seed)
         image = tf.clip_by_value(image, 0.0, 255.0)
         mask = tf.cast(mask > 0.5, tf.float32)
         return image, mask
@@ -270,7 +442,7 @@ def build_augmenter(cfg: AugmentConfig, group_names: Sequence[str]) -> Augmenter
         else "augment.default"
         for k in distinct
     }
-    pipelines = [build_pipeline(specs[keys.index(k)], where[k]) for k in distinct]
+    pipelines = [build_pipeline(specs[keys.index(k)], where[k], cfg.jit) for k in distinct]
     branch_of_group = tf.constant([distinct.index(k) for k in keys], tf.int32)
 
     def augment(
