@@ -39,6 +39,12 @@ from segbalance.errors import UserError
 #: Seconds between two connection attempts to a worker that is not up yet.
 PROBE_INTERVAL_S = 0.25
 
+# Strategies made in this process, by devices/cluster. TensorFlow numbers collectives per
+# strategy object from the same base, so a second MirroredStrategy over the same devices
+# collides with the first ("shape mismatch in the collective instance"), and a second
+# MWMS cannot start its server again: one strategy per setting and process is reused.
+_MADE: dict[tuple[Any, ...], Any] = {}
+
 
 def parse_devices(spec: str | None) -> tuple[str, list[int]] | None:
     """Parse ``--devices``: ``"0,1"`` (GPU ids) or ``"cpu:N"`` (N logical CPU devices).
@@ -289,11 +295,18 @@ def make_strategy(dcfg: DistributeConfig) -> Any:
     if cluster is None:
         if devices is None:
             return tf.distribute.get_strategy()
-        names = _configure_devices(*devices)
-        if len(names) == 1:
-            return tf.distribute.get_strategy()
-        return tf.distribute.MirroredStrategy(devices=names)
+        if ("local", dcfg.devices) not in _MADE:
+            names = _configure_devices(*devices)
+            one = len(names) == 1
+            made = tf.distribute.get_strategy() if one else tf.distribute.MirroredStrategy(names)
+            _MADE["local", dcfg.devices] = made
+        return _MADE["local", dcfg.devices]
     workers, index = cluster
+    key = ("cluster", tuple(workers), index, dcfg.devices)
+    if key in _MADE:
+        return _MADE[key]
+    if any(k[0] == "cluster" for k in _MADE):
+        raise UserError("this process already joined another cluster; start a new process")
     if devices is not None and devices[0] == "cpu" and len(devices[1]) > 1:
         raise UserError(
             f"--devices {dcfg.devices} cannot be combined with --workers: every worker "
@@ -306,9 +319,10 @@ def make_strategy(dcfg: DistributeConfig) -> Any:
         os.environ["TF_CONFIG"] = tf_config_for(workers, index)
     timer = _exit_if_stuck(dcfg.connect_timeout_s, workers)
     try:
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        _MADE[key] = tf.distribute.MultiWorkerMirroredStrategy()
     finally:
         timer.cancel()
+    return _MADE[key]
 
 
 def _is_multi_worker(strategy: Any) -> bool:
@@ -368,3 +382,54 @@ def per_replica_batch(strategy: Any, global_batch: int) -> int:
             f"use a multiple of {replicas}, e.g. --batch-size {low} or {low + replicas}"
         )
     return global_batch // replicas
+
+
+def check_same_on_all_workers(strategy: Any, what: str, values: list[int]) -> None:
+    """Fail when the workers disagree on ``values`` (e.g. the epoch and step they restored).
+
+    A worker that cannot see the chief's checkpoints (work dir not on a shared file
+    system) would start from step 0 while the chief resumes: the collectives would then
+    pair different steps. This gathers ``values`` from every worker and compares them.
+
+    Raises:
+        UserError: naming the first worker whose values differ from the chief's.
+    """
+    _, workers = worker_info(strategy)
+    if workers == 1:
+        return
+    import tensorflow as tf
+
+    local = tf.constant([values], dtype=tf.int64)
+    gathered = strategy.gather(strategy.run(lambda: tf.identity(local)), axis=0).numpy()
+    per_worker = gathered.reshape(workers, -1, len(values))[:, 0, :]
+    for index, row in enumerate(per_worker):
+        if list(row) != list(per_worker[0]):
+            raise UserError(
+                f"worker {index} has {what} {list(map(int, row))} but the chief has "
+                f"{list(map(int, per_worker[0]))}; every worker must see the chief's work dir "
+                "(put --work-dir on a shared file system)"
+            )
+
+
+def synchronize_batch_norm(model: Any) -> int:
+    """Make every BatchNormalization layer of ``model`` use the statistics of the global batch.
+
+    Keras 3 creates BN moving statistics with aggregation NONE: under MirroredStrategy or
+    MWMS each replica silently keeps its own moving mean/variance, computed from its share
+    of the batch, so workers end with different weights and the saved model holds only
+    replica 0's statistics. Synchronised BN all-reduces the batch moments: every replica
+    normalises with the global-batch statistics, exactly as one device would, and the moving
+    statistics stay identical everywhere. Call it after building the model, before the
+    first step is traced; nested models (keras.applications encoders) are included.
+
+    Returns:
+        The number of BatchNormalization layers switched.
+    """
+    import keras
+
+    count = 0
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
+            count += 1
+    return count
