@@ -229,6 +229,53 @@ def test_validation_pads_to_whole_batches_and_sums_counts_per_group(manifest: Pa
     assert out["worst_group"] == worst
 
 
+def _bookkeeper(**overrides: object):
+    """A Session with only what best/plateau/early-stopping bookkeeping reads."""
+    from segbalance.train.session import Session
+    from segbalance.train.state import RunState
+
+    session = Session.__new__(Session)
+    session.cfg = load_config(None, overrides)
+    session.state = RunState(session.cfg.optimizer.lr)
+    session.chief = False  # nothing written
+    session.optimizer = None
+    return session
+
+
+def test_early_stopping_counts_epochs_without_improvement() -> None:
+    s = _bookkeeper(**{"train.early_stopping_patience": 2, "train.monitor": "val_loss"})
+    outcomes = []
+    for epoch, val_loss in enumerate([0.9, 0.8, 0.85, 0.7, 0.75, 0.71]):
+        improved = s._track_best(epoch, {"val_loss": val_loss})
+        outcomes.append((improved, s._after_epoch({"val_loss": val_loss})))
+    assert outcomes == [
+        (True, False),
+        (True, False),
+        (False, False),
+        (True, False),
+        (False, False),
+        (False, True),  # two epochs without beating 0.7
+    ]
+    assert s.state.get("best") == pytest.approx(0.7) and s.state.get("best_epoch") == 4
+
+
+def test_plateau_state_lives_in_the_run_state() -> None:
+    s = _bookkeeper(
+        **{
+            "optimizer.schedule": "plateau",
+            "optimizer.lr": 0.1,
+            "optimizer.plateau_patience": 1,
+            "optimizer.plateau_factor": 0.5,
+        }
+    )
+    for epoch, iou in enumerate([0.3, 0.2, 0.25, 0.4]):
+        s._track_best(epoch, {"mean_group_iou": iou})
+        s._after_epoch({"mean_group_iou": iou})
+    assert s.state.get("lr") == pytest.approx(0.025)  # halved after epochs 2 and 3
+    assert s.state.get("plateau_best") == pytest.approx(0.4)
+    assert s.state.get("bad_epochs") == 0  # no early stopping configured
+
+
 # --------------------------------------------------------------------------- schedules
 def test_warmup_cosine_by_hand_and_serializable() -> None:
     s = schedule.WarmupCosine(1e-3, total_steps=110, warmup_steps=10, min_lr=1e-5)
