@@ -147,6 +147,29 @@ def _read_scalars(logdir: Path) -> dict[str, dict[int, float]]:
     return out
 
 
+def test_data_groups_limit_training_to_those_groups(manifest: Path) -> None:
+    from segbalance.train.loop import load_data
+
+    train, valid = load_data(tiny_config(manifest, **{"data.groups": ["4", "0"]}))
+    assert train.groups == ["0", "4"] == valid.groups  # manifest order, ids 0 and 1
+    assert set(train.group) == {"0", "4"} and set(train.group_ids.tolist()) == {0, 1}
+
+
+def test_sample_weights_balance_the_loss_instead_of_the_sampling(manifest: Path) -> None:
+    from segbalance.train.loop import load_data, loss_weights
+
+    cfg = tiny_config(manifest, **{"sampling.sample_weights": True})
+    train, _ = load_data(cfg)
+    balance, weights = loss_weights(cfg, train)
+    counts = train.counts()  # 12, 2, 2, 2, 2
+    assert balance == "proportional"
+    n = len(train)
+    for g, w in zip(train.group, weights, strict=True):
+        assert w == pytest.approx(0.2 / (counts[g] / n))  # uniform target / natural share
+    assert weights.sum() == pytest.approx(n)  # the mean weight is 1
+    assert loss_weights(tiny_config(manifest), train) == ("uniform", None)
+
+
 # --------------------------------------------------------------------------- the step
 def _sgd(lr: float = 0.1, clipnorm: float | None = None) -> keras.optimizers.Optimizer:
     cfg = OptimizerConfig(name="sgd", lr=lr, schedule="constant", clipnorm=clipnorm)
