@@ -82,6 +82,9 @@ class Session:
             # Built on every variable, so unfreezing the encoder later needs no rebuild.
             self.optimizer.build(self.model.trainable_variables)
             self.state = RunState(cfg.optimizer.lr)
+        if strategy.num_replicas_in_sync > 1 and hasattr(api, "synchronize_batch_norm"):
+            # Per-replica BN statistics would make replicas (and workers) diverge.
+            api.synchronize_batch_norm(self.model)
         steps.own_gradient_reduction(self.optimizer)
         self.loss_fn = get_loss(cfg.loss)
         self.checkpoint = make_checkpoint(self.model, self.optimizer, self.state)
