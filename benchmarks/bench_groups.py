@@ -52,7 +52,7 @@ def child(args: argparse.Namespace) -> None:
             positions,
             image_size=(args.size, args.size),
             batch_size=args.batch,
-            augment=AugmentConfig(),
+            augment=AugmentConfig(jit=not args.no_jit),
             seed=0,
             epoch=0,
         )
@@ -76,6 +76,7 @@ def run_child(args: argparse.Namespace, recipe: str, groups: int) -> dict[str, f
     cmd = [sys.executable, __file__, "--child", "--recipe", recipe, "--groups", str(groups)]
     for key in ("data", "scale", "size", "rows", "batch", "batches"):
         cmd += [f"--{key}", str(getattr(args, key))]
+    cmd += ["--no-jit"] if args.no_jit else []
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode or not lines:
@@ -92,6 +93,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--batches", type=int, default=12, help="timed batches per run")
     parser.add_argument("--groups-list", default="5,100,1000")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs; best kept")
+    parser.add_argument("--no-jit", action="store_true", help="augment.jit=False")
     parser.add_argument("--tutorial", action="store_true", help="also the tutorial at 5, 100")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--recipe", default="segbalance", help=argparse.SUPPRESS)
@@ -114,9 +117,23 @@ def main() -> None:
         runs += [("tutorial recipe", g) for g in counts if g <= 100]
     results: dict[tuple[str, int], dict[str, float]] = {}
     print(f"\n{'recipe':<17}{'groups':>7}{'images/s':>10}{'peak RSS MB':>13}{'first batch s':>15}")
-    for recipe, g in runs:
-        r = run_child(args, "segbalance" if recipe == "segbalance" else "tutorial", g)
-        results[(recipe, g)] = r
+    for rep in range(args.repeats):
+        for recipe, g in runs:
+            r = run_child(args, "segbalance" if recipe == "segbalance" else "tutorial", g)
+            print(
+                f"{recipe:<17}{g:>7}{r['ips']:>10.1f}{r['rss_mb']:>13.0f}{r['first_s']:>15.2f}"
+                f"   (run {rep + 1})"
+            )
+            old = results.setdefault((recipe, g), r)
+            # Best throughput and start-up of the runs (a busy neighbour only slows a run
+            # down); the largest peak RSS (memory is not helped by a quiet machine).
+            old.update(
+                ips=max(old["ips"], r["ips"]),
+                first_s=min(old["first_s"], r["first_s"]),
+                rss_mb=max(old["rss_mb"], r["rss_mb"]),
+            )
+    print(f"\nbest of {args.repeats}:")
+    for (recipe, g), r in results.items():
         print(f"{recipe:<17}{g:>7}{r['ips']:>10.1f}{r['rss_mb']:>13.0f}{r['first_s']:>15.2f}")
     lo, hi = results[("segbalance", counts[0])], results[("segbalance", counts[-1])]
     speed, rss = hi["ips"] / lo["ips"], hi["rss_mb"] / lo["rss_mb"]

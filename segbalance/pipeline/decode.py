@@ -1,9 +1,8 @@
 """One decode path for every accepted file: PNG/JPEG/BMP (8/16-bit, gray/RGB/RGBA) and TIFF.
 
 Images come out as float32 RGB in 0..255 (what every model takes), masks as float32 {0, 1}
-with one channel. ``tf.io.decode_image(..., dtype=float32)`` scales 8-bit and 16-bit data
-alike into [0, 1]; rounding at 1/65535 steps then gives 0..255 with 8-bit values exact and
-16-bit precision kept.
+with one channel. 8-bit files decode as uint8 (exact 0..255); 16-bit PNGs, recognised by
+their header, decode as uint16 scaled by 1/257 so they keep their precision.
 TensorFlow has no TIFF decoder: ``.tif``/``.tiff`` paths (and only those) go through PIL in a
 ``tf.numpy_function``, chosen by ``tf.cond`` on the extension, so the common formats never
 leave the graph.
@@ -28,6 +27,7 @@ from PIL import Image
 from segbalance.errors import UserError
 
 _TIFF = r"(?i).*\.tiff?"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _pil_decode(path: bytes | np.ndarray) -> np.ndarray:
@@ -54,10 +54,18 @@ def _decode_unit(path: tf.Tensor) -> tf.Tensor:
 
     def native() -> tf.Tensor:
         data = tf.io.read_file(path)
-        unit = tf.io.decode_image(data, dtype=tf.float32, expand_animations=False)
-        # decode_image gives v/255 (8-bit) or v/65535 (16-bit); both are exact multiples
-        # of 1/65535, so rounding there makes 8-bit values exact integers in 0..255.
-        return tf.round(unit * 65535.0) / 257.0
+        # A 16-bit PNG says so in its header (IHDR bit depth, byte 24): decode it as uint16
+        # and scale 65535 -> 255. Everything else decodes as uint8, cast once: the cheapest
+        # path for the common 8-bit files, and exact integers in 0..255.
+        is_png16 = tf.logical_and(
+            tf.equal(tf.strings.substr(data, 0, 8), _PNG_SIGNATURE),
+            tf.equal(tf.strings.substr(data, 24, 1), b"\x10"),
+        )
+        return tf.cond(
+            is_png16,
+            lambda: tf.cast(tf.io.decode_png(data, dtype=tf.uint16), tf.float32) / 257.0,
+            lambda: tf.cast(tf.io.decode_image(data, expand_animations=False), tf.float32),
+        )
 
     def tiff() -> tf.Tensor:
         out = tf.numpy_function(_pil_decode, [path], tf.float32, stateful=False)
