@@ -61,7 +61,7 @@ class Recorder:
         self.reads_log = reads_log  # one JSON line per shard, written at once (kill -9 safe)
         self.losses: list[float] = []
         self.reads: list[dict[str, Any]] = []
-        self.weights: list[np.ndarray] = []
+        self.weights: dict[str, np.ndarray] = {}
         from segbalance.train import session, steps
 
         make_step, build, run = (
@@ -94,7 +94,7 @@ class Recorder:
 
         def session_run(sess: Any, resume: bool) -> Any:
             result = run(sess, resume)
-            self.weights = [np.asarray(w) for w in sess.model.get_weights()]
+            self.weights = {w.path: np.asarray(w.numpy()) for w in sess.model.weights}
             return result
 
         steps.make_train_step = make_train_step
@@ -103,8 +103,8 @@ class Recorder:
 
     def digest(self) -> str:
         h = hashlib.sha256()
-        for w in self.weights:
-            h.update(np.ascontiguousarray(w).tobytes())
+        for name in sorted(self.weights):
+            h.update(np.ascontiguousarray(self.weights[name]).tobytes())
         return h.hexdigest()
 
 
@@ -176,10 +176,9 @@ def compare(args: argparse.Namespace) -> None:
         out[name] = rec.losses
         out["replicas"][name] = result.metrics["replicas"]
         weights[name] = rec.weights
-    out["max_weight_diff"] = max(
-        float(np.max(np.abs(a - b)))
-        for a, b in zip(weights["single"], weights["mirrored"], strict=True)
-    )
+    single, mirrored = weights["single"], weights["mirrored"]
+    assert sorted(single) == sorted(mirrored)
+    out["max_weight_diff"] = max(float(np.max(np.abs(single[k] - mirrored[k]))) for k in single)
     try:
         bad = load_config(None, {**base, "distribute.devices": "cpu:2", "train.batch_size": 3})
         train(bad, args.root / "bad-batch")
@@ -210,7 +209,7 @@ def worker(args: argparse.Namespace) -> None:
         base, {k: v for k, v in overrides.items() if not args.resume or "distri" in k}
     )
     result = train(cfg, args.work_dir, resume=args.resume)
-    np.savez(args.out.with_suffix(".npz"), *rec.weights)
+    np.savez(args.out.with_suffix(".npz"), **rec.weights)
     summary = {
         "index": args.index,
         "epochs_completed": result.epochs_completed,
