@@ -43,25 +43,27 @@ MARKER = "demo.json"
 class DemoSettings:
     """The knobs of a demo run (the defaults are the full demo)."""
 
-    scale: float = 0.5  # training set: tutorial counts x scale
-    image_size: int = 96  # synthetic images are drawn at this size, the model trains at it
-    epochs: int = 12
+    scale: float = 0.4  # training set: tutorial counts x scale
+    image_size: int = 64  # synthetic images are drawn at this size, the model trains at it
+    epochs: int = 14
+    epoch_length: int = 480  # samples per epoch, the same for both runs
     batch_size: int = 16
     heldout_per_group: int = 40
-    lr: float = 2e-3
+    lr: float = 3e-3
+    loss: str = "bce+dice"  # converges in fewer steps than dice+focal on 2 % foreground
     seed: int = 0
     heldout_seed: int = 1000
-    # A narrow unet-small without batch norm: 4-5x faster than the default widths on a
-    # CPU, and its validation is not hurt by batch-norm statistics that are still far from
-    # the data after the few hundred steps a demo can afford.
+    # A narrow unet-small (widths 8..128): 4-5x faster than the default widths on a CPU.
     decoder_filters: tuple[int, ...] = (128, 64, 32, 16, 8)
-    batch_norm: bool = False
+    batch_norm: bool = True
 
     def overrides(self, manifest: Path, balance: str) -> dict[str, Any]:
         """The config keys of one training run."""
         return {
             "data.manifest": str(manifest),
             "data.image_size": self.image_size,
+            "data.epoch_length": self.epoch_length,
+            "loss.name": self.loss,
             "sampling.balance": balance,
             "model.name": "unet-small",
             "model.encoder_weights": "none",
@@ -76,8 +78,10 @@ class DemoSettings:
 
 
 FULL = DemoSettings()
-QUICK = DemoSettings(scale=0.2, image_size=64, epochs=15, batch_size=16, heldout_per_group=20)
-TINY = DemoSettings(scale=0.02, image_size=32, epochs=1, batch_size=4, heldout_per_group=3)
+QUICK = DemoSettings(scale=0.2, epochs=6, epoch_length=320, heldout_per_group=20)
+TINY = DemoSettings(
+    scale=0.02, image_size=32, epochs=1, epoch_length=8, batch_size=4, heldout_per_group=3
+)
 
 
 def _claim(work_dir: Path) -> None:
@@ -221,7 +225,12 @@ def run_demo(
     runs, results = _train_and_evaluate(work_dir, s, heldout_csv, clock)
     train_counts = train_manifest.select(split="train").counts()
     histories = {b: runs[b].history for b in BALANCES}
-    plot_comparison(results, histories, train_counts, work_dir / "comparison.png")
+    note = (
+        f"same budget for both: unet-small at {s.image_size} px, {s.epochs} epochs x "
+        f"{s.epoch_length} samples, batch {s.batch_size}, seed {s.seed}; held-out: "
+        f"{s.heldout_per_group} new images per group"
+    )
+    plot_comparison(results, histories, train_counts, work_dir / "comparison.png", note)
     clock.lap("comparison.png")
     summary = {
         "settings": asdict(replace(s)),
@@ -248,6 +257,7 @@ def plot_comparison(
     histories: dict[str, list[dict[str, Any]]],
     train_counts: dict[str, int],
     path: Path,
+    note: str = "",
 ) -> Path:
     """Three panels: training mix per group, held-out IoU per group, validation curves."""
     import matplotlib
@@ -296,7 +306,9 @@ def plot_comparison(
         ax.set_xticks(x, labels)
         ax.set_xlabel("group (training images)")
         ax.legend(frameon=False, fontsize=9)
-    curves.set(title="Validation during training", xlabel="epoch", ylabel="IoU")
+    curves.set(
+        title="Validation split during training", xlabel="epoch", ylabel="IoU", ylim=(0, 1.02)
+    )
     curves.legend(frameon=False, fontsize=8)
     for ax in axes:
         ax.spines[["top", "right"]].set_visible(False)
@@ -305,7 +317,8 @@ def plot_comparison(
         f"{b}: mean {results[b]['mean_group_iou']:.3f} / worst {results[b]['worst_group_iou']:.3f}"
         for b in BALANCES
     )
-    fig.suptitle(f"Group balancing on synthetic nails, held-out IoU ({summary})", fontsize=11)
+    title = f"Group balancing on synthetic nails, held-out IoU ({summary})"
+    fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=11)
     fig.tight_layout()
     tmp = atomic_path(path, ".png")
     try:
