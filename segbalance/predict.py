@@ -41,6 +41,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 TINT = np.array([0, 220, 255], np.float32)  # cyan: distinct from skin and common polish
 CONTOUR = np.array([255, 230, 0], np.uint8)  # yellow
 TINT_ALPHA = 0.45
+OUTPUT_DIRS = ("masks", "overlays", "probabilities")
 
 
 @dataclass
@@ -49,6 +50,7 @@ class PredictResult:
 
     written: list[dict[str, str]] = field(default_factory=list)
     failed: list[Problem] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # earlier outputs found under OUT
 
 
 def _is_image(path: Path) -> bool:
@@ -231,13 +233,17 @@ def predict(
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     files, problems = expand_inputs(inputs)
+    # Outputs of an earlier run inside an input folder are not new inputs.
+    inside = tuple(os.path.realpath(Path(out) / d) + os.sep for d in OUTPUT_DIRS)
+    ignored = [str(f) for f in files if os.path.realpath(f).startswith(inside)]
+    files = [f for f in files if not os.path.realpath(f).startswith(inside)]
     if not files:
         detail = "; ".join(f"{p.file}: {p.problem}" for p in problems)
         raise UserError(f"no input images found ({detail})")
     model, meta = load_model(model_path)
     t = float(meta.threshold if threshold is None else threshold)
     predictor = _Predictor(model, (int(meta.image_size[0]), int(meta.image_size[1])), t)
-    result = PredictResult(failed=problems)
+    result = PredictResult(failed=problems, ignored=ignored)
     names = output_names(files)
     out = Path(out)
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress)

@@ -117,6 +117,15 @@ def test_all_good_inputs_exit_zero(model_file, tmp_path) -> None:
     assert not (tmp_path / "overlays").exists()
 
 
+def test_earlier_outputs_inside_an_input_folder_are_not_inputs(model_file, tmp_path, capsys):
+    _image(tmp_path / "one.png", (40, 40), 5)
+    for _ in range(2):  # the second run sees out/masks/one.png inside the input folder
+        code = main(["predict", str(model_file), str(tmp_path), "--out", str(tmp_path / "out")])
+        assert code == 0
+    assert "ignored 1 file(s)" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "out" / "masks").rglob("*.png")) == ["one.png"]
+
+
 def test_no_inputs_is_a_user_error(model_file, tmp_path) -> None:
     assert main(["predict", str(model_file), str(tmp_path / "*.png"), "--out", str(tmp_path)]) == 2
 

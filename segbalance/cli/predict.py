@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     )
     kinds = ["masks"] + ["overlays"] * args.overlay + ["probabilities"] * args.probabilities
     print(f"wrote {len(result.written)} image(s) ({', '.join(kinds)}) under {args.out}")
+    if result.ignored:
+        print(f"ignored {len(result.ignored)} file(s) under --out {args.out} (earlier outputs)")
     if result.failed:
         print(f"skipped {len(result.failed)} input(s):", file=sys.stderr)
         print(format_problems(result.failed), file=sys.stderr)
