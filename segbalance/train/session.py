@@ -172,19 +172,35 @@ class Session:
         verbose = (1 if sys.stdout.isatty() else 2) if self.chief else 0
         bar = keras.utils.Progbar(self.steps, stateful_metrics=["loss", "iou"], verbose=verbose)
         self._say(f"epoch {epoch + 1}/{self.cfg.train.epochs}")
-        loss_sum, counts = float(state.get("run_loss")), np.asarray(state.get("run_counts"))
+        totals: dict[str, Any] = {
+            "loss": float(state.get("run_loss")),
+            "counts": np.asarray(state.get("run_counts"), np.float64),
+        }
+        pending: list[tuple[int, Any]] = []
+
+        def collect() -> None:
+            # Reading a step's results waits for it: done one step late, so the device
+            # already runs the next step while Python updates the bar.
+            for done, (loss, c) in pending:
+                totals["loss"] += float(loss.numpy())
+                totals["counts"] = totals["counts"] + c.numpy()
+                iou = float(metrics_from_counts(*totals["counts"])["iou"])
+                bar.update(done, [("loss", totals["loss"] / done), ("iou", iou)])
+            pending.clear()
+
         iterator, began = iter(data), timer()
         for step in range(start, self.steps):
-            loss, c = step_fn(next(iterator))
-            loss_sum += float(loss.numpy())
-            counts = counts + c.numpy()
-            iou = float(metrics_from_counts(*counts)["iou"])
-            bar.update(step + 1, [("loss", loss_sum / (step + 1)), ("iou", iou)])
+            result = step_fn(next(iterator))
+            collect()
+            pending.append((step + 1, result))
             if every and (step + 1) % every == 0 and step + 1 < self.steps:
-                state.set(step=step + 1, run_loss=loss_sum, run_counts=counts)
+                collect()
+                state.set(step=step + 1, run_loss=totals["loss"], run_counts=totals["counts"])
                 self._save(epoch, step + 1)
+        collect()
         seconds = timer() - began
-        return loss_sum / self.steps, counts, seconds, (self.steps - start) * self.batch
+        seen = (self.steps - start) * self.batch
+        return totals["loss"] / self.steps, totals["counts"], seconds, seen
 
     def _row(
         self,
