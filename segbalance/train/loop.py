@@ -204,10 +204,16 @@ def train(
     wd = prepare_work_dir(work_dir, cfg, resume=resume, overwrite=overwrite, chief=chief)
     if resume and wd.metrics.is_file():
         return _complete_result(wd, cfg, chief)
+    import keras
+
     from segbalance.train.session import Session
 
-    session = Session(cfg, wd, strategy, api, data, chief=chief, worker=worker)
-    return session.run(resume=resume)
+    policy = keras.mixed_precision.global_policy()
+    try:  # the run sets the global dtype policy; callers get theirs back
+        session = Session(cfg, wd, strategy, api, data, chief=chief, worker=worker)
+        return session.run(resume=resume)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
 
 
 def _complete_result(wd: WorkDir, cfg: Config, chief: bool) -> TrainResult:
