@@ -7,7 +7,7 @@ same decode path with augmentation off). The three run in one process, interleav
 ``--repeats`` times; each keeps its best run, so a neighbour's burst of CPU use on a shared
 machine hurts no one config more than another.
 
-Run:  python benchmarks/bench_pipeline.py [--data runs/bench-data] [--scale 0.3] [--batches 16]
+Run:  python benchmarks/bench_pipeline.py [--data runs/bench-data] [--batches 16] [--albumentations]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tensorflow as tf
-from tutorial_recipe import synth_manifest, tutorial_dataset
+from tutorial_recipe import synth_manifest, tutorial_dataset, tutorial_transform
 
 from segbalance.config import AugmentConfig
 from segbalance.data.manifest import Manifest
@@ -50,7 +50,10 @@ def _size(element: object) -> int:
     return int(head.shape[0])
 
 
-def configs(manifest: Manifest, size: int, batch: int) -> dict[str, Callable[[], tf.data.Dataset]]:
+def configs(
+    manifest: Manifest, size: int, batch: int, albumentations_file: Path | None = None
+) -> dict[str, Callable[[], tf.data.Dataset]]:
+    """The pipelines compared; the albumentations engine (same ops) when a file is given."""
     plan = SamplingPlan(manifest.group_ids, manifest.groups, balance="uniform", seed=0)
     positions, indices = plan.shard(0, batch, 1, 0)
 
@@ -66,13 +69,17 @@ def configs(manifest: Manifest, size: int, batch: int) -> dict[str, Callable[[],
             epoch=0,
         )
 
-    return {
+    makers = {
         "segbalance": ours(AugmentConfig()),
         "tutorial recipe": lambda: tutorial_dataset(
             manifest, image_size=size, batch_size=batch, epochs=10
         ),
         "decode+resize bound": ours(AugmentConfig(engine="none")),
     }
+    if albumentations_file is not None:
+        alb = AugmentConfig(engine="albumentations", albumentations_file=str(albumentations_file))
+        makers["segbalance+albument."] = ours(alb)
+    return makers
 
 
 def main() -> None:
@@ -82,7 +89,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--batches", type=int, default=16, help="timed batches per run")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--albumentations",
+        action="store_true",
+        help="also segbalance with augment.engine=albumentations (the tutorial's ops)",
+    )
     args = parser.parse_args()
 
     manifest = synth_manifest(args.data, args.scale, args.size)
@@ -94,12 +106,18 @@ def main() -> None:
         f"batch {args.batch}, {args.batches} timed batches, best of {args.repeats}, "
         f"{os.cpu_count()} CPUs"
     )
-    makers = configs(manifest, args.size, args.batch)
+    alb_file = None
+    if args.albumentations:
+        import albumentations as A
+
+        alb_file = args.data / "tutorial_augment.json"
+        A.save(tutorial_transform(), str(alb_file))
+    makers = configs(manifest, args.size, args.batch, alb_file)
     best: dict[str, tuple[float, float]] = {}
     for rep in range(args.repeats):
         for name, make in makers.items():
             first, ips = images_per_second(make, args.batches)
-            print(f"  run {rep + 1}  {name:<20} {ips:7.1f} images/s  (first batch {first:.2f} s)")
+            print(f"  run {rep + 1}  {name:<21} {ips:7.1f} images/s  (first batch {first:.2f} s)")
             if name not in best or ips > best[name][1]:
                 best[name] = (first, ips)
     ours, tutorial = best["segbalance"][1], best["tutorial recipe"][1]
