@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from segbalance.cli import main
@@ -152,3 +153,27 @@ def test_resume_and_overwrite_together_is_an_error(tmp_path: Path, manifest: Pat
     code = main(["train", "--work-dir", str(work), "--resume", "--overwrite"])
     assert code == 2
     assert "exclude each other" in capsys.readouterr().err
+
+
+def test_checkpoints_hold_the_dropout_seed_state(tmp_path: Path) -> None:
+    import keras
+    import tensorflow as tf
+
+    from segbalance.train.state import RunState, make_checkpoint, restore_latest
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dropout(0.5)(keras.layers.Dense(4)(inputs)))
+    opt = keras.optimizers.SGD(0.1)
+    opt.build(model.trainable_variables)
+    state = RunState(0.1)
+    checkpoint = make_checkpoint(model, opt, state)
+    x = tf.ones((8, 4))
+    model(x, training=True)
+    state.set(epoch=3, step=5)
+    checkpoint.save(str(tmp_path / "ckpt"))
+    expected = model(x, training=True).numpy()  # the next dropout mask after the save
+    model(x, training=True)
+    state.set(epoch=0, step=0)
+    assert restore_latest(checkpoint, tmp_path) is not None
+    assert (state.get("epoch"), state.get("step")) == (3, 5)
+    np.testing.assert_array_equal(model(x, training=True).numpy(), expected)

@@ -206,10 +206,18 @@ class RunState:
 
 
 def make_checkpoint(model: Any, optimizer: Any, state: RunState) -> Any:
-    """A ``tf.train.Checkpoint`` of everything a resume needs."""
+    """A ``tf.train.Checkpoint`` of everything a resume needs.
+
+    Besides weights, optimiser and counters it holds the state of the model's Keras
+    seed generators (dropout), which the model's own checkpoint leaves out, so a resumed
+    run draws the same dropout masks as an uninterrupted one.
+    """
     import tensorflow as tf
 
-    return tf.train.Checkpoint(model=model, optimizer=optimizer, **state.trackables())
+    seeds = [v for v in model.variables if "seed_generator_state" in v.path]
+    return tf.train.Checkpoint(
+        model=model, optimizer=optimizer, seed_generators=seeds, **state.trackables()
+    )
 
 
 def restore_latest(checkpoint: Any, directory: Path) -> str | None:
