@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -177,6 +178,24 @@ def test_a_worker_that_never_starts_fails_within_the_timeout(
     assert f"worker 1 at 127.0.0.1:{missing} did not answer within 3 s" in done.stderr
     assert took < 60  # start-up (TensorFlow import) + 3 s, not a hang
     assert not work.exists()  # nothing half-written
+
+
+@pytest.mark.heavy
+def test_a_port_that_answers_without_a_worker_behind_it_ends_the_wait(
+    manifest: Path, tmp_path: Path
+) -> None:
+    """The probe passes (something listens) but TensorFlow never forms the cluster."""
+    chief, impostor = free_ports(2)
+    cmd = [sys.executable, "-m", "segbalance", "train", str(manifest)]
+    cmd += ["--work-dir", str(tmp_path / "run")]
+    cmd += ["--workers", f"127.0.0.1:{chief},127.0.0.1:{impostor}", "--worker-index", "0"]
+    cmd += ["--set", "distribute.connect_timeout_s=4"]
+    with socket.create_server(("127.0.0.1", impostor)):
+        done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+    # Killed by its watchdog: TensorFlow holds the process in C++ and ignores SIGTERM.
+    assert done.returncode == -9, done.stdout + done.stderr
+    assert f"127.0.0.1:{impostor}" in done.stderr
+    assert "did not form within 4 s although every port answered" in done.stderr
 
 
 def test_worker_index_out_of_range_is_a_user_error(

@@ -26,8 +26,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -174,9 +174,7 @@ def _listen(address: str) -> socket.socket:
     return sock
 
 
-def check_cluster(
-    workers: list[str], worker_index: int, timeout_s: float, *, listen: bool = True
-) -> None:
+def check_cluster(workers: list[str], worker_index: int, timeout_s: float) -> None:
     """Validate the cluster and wait until every other worker's port accepts a connection.
 
     This worker listens on its own port meanwhile, so workers started in any order find
@@ -186,7 +184,6 @@ def check_cluster(
         workers: ``host:port`` of every worker; index 0 is the chief.
         worker_index: this worker's position in ``workers``.
         timeout_s: how long to wait for the others in total.
-        listen: open this worker's own port while waiting (False: its server runs already).
 
     Raises:
         UserError: bad index or address, duplicate addresses, a port already taken, or the
@@ -203,7 +200,7 @@ def check_cluster(
     if len(set(parsed)) != len(parsed):
         raise UserError(f"--workers {list(workers)} lists an address twice")
     pending = {i: parsed[i] for i in range(len(parsed)) if i != worker_index}
-    own = _listen(workers[worker_index]) if listen and pending else None
+    own = _listen(workers[worker_index]) if pending else None
     deadline = time.monotonic() + timeout_s
     try:
         while pending:
@@ -226,26 +223,33 @@ def check_cluster(
             own.close()
 
 
-def _exit_if_stuck(timeout_s: float, workers: list[str]) -> threading.Timer:
-    """A timer that ends the process when TensorFlow keeps waiting for the cluster.
+# Runs in a separate process: TensorFlow holds the GIL while it waits for the cluster,
+# so no Python thread (or signal handler) of the waiting process would ever run.
+_WATCHDOG = """
+import os, select, signal, sys
+parent, timeout, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+ready, _, _ = select.select([sys.stdin], [], [], timeout)
+if not ready:  # no word from the parent in time: it is stuck inside TensorFlow
+    sys.stderr.write(message)
+    sys.stderr.flush()
+    os.kill(parent, signal.SIGKILL)
+"""
 
-    MWMS blocks in C++ while a worker that answered the probe is gone again; nothing in
-    Python can interrupt that, so the only way to avoid a silent hang is to exit.
+
+def _watchdog(timeout_s: float, workers: list[str]) -> subprocess.Popen[bytes]:
+    """A process that kills this one if the cluster has not formed after ``timeout_s``.
+
+    MWMS blocks in C++ when a worker that answered the probe is gone again (or another
+    program holds its port) and SIGTERM is caught by TensorFlow, so SIGKILL after a
+    message is the only way to avoid a silent hang. Close its stdin to disarm it.
     """
-
-    def fire() -> None:
-        sys.stderr.write(
-            f"segbalance train: error: the cluster {workers} did not form within "
-            f"{timeout_s:g} s after every worker answered; a worker stopped or listens on "
-            "another address; restart all workers\n"
-        )
-        sys.stderr.flush()
-        os._exit(2)
-
-    timer = threading.Timer(timeout_s, fire)
-    timer.daemon = True
-    timer.start()
-    return timer
+    message = (
+        f"segbalance train: error: the cluster {workers} did not form within {timeout_s:g} s "
+        "although every port answered: a worker stopped meanwhile, or another program "
+        "listens on a worker's port; restart all workers\n"
+    )
+    cmd = [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout_s), message]
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE)
 
 
 def _configure_devices(kind: str, ids: list[int]) -> list[str]:
@@ -317,17 +321,14 @@ def make_strategy(dcfg: DistributeConfig) -> Any:
         _configure_devices(*devices)
     if not os.environ.get("TF_CONFIG"):
         os.environ["TF_CONFIG"] = tf_config_for(workers, index)
-    timer = _exit_if_stuck(dcfg.connect_timeout_s, workers)
+    watchdog = _watchdog(dcfg.connect_timeout_s, workers)
     try:
         _MADE[key] = tf.distribute.MultiWorkerMirroredStrategy()
     finally:
-        timer.cancel()
+        assert watchdog.stdin is not None
+        watchdog.stdin.close()  # EOF: the watchdog ends quietly
+        watchdog.wait()
     return _MADE[key]
-
-
-def _is_multi_worker(strategy: Any) -> bool:
-    extended = getattr(strategy, "extended", None)
-    return bool(extended is not None and getattr(extended, "_in_multi_worker_mode", bool)())
 
 
 def worker_info(strategy: Any) -> tuple[int, int]:
@@ -335,7 +336,8 @@ def worker_info(strategy: Any) -> tuple[int, int]:
 
     The index counts the chief first, as in ``--workers``.
     """
-    if not _is_multi_worker(strategy):
+    extended = getattr(strategy, "extended", None)
+    if not getattr(extended, "_in_multi_worker_mode", bool)():
         return 0, 1
     resolver = strategy.cluster_resolver
     spec = resolver.cluster_spec().as_dict()
