@@ -404,10 +404,13 @@ def test_flags_override_the_config_file(tmp_path: Path, capsys) -> None:
     path = tmp_path / "run.yaml"
     path.write_text("train:\n  epochs: 7\n  batch_size: 4\nmodel:\n  name: resnet50\n")
     argv = ["train", "--config", str(path), "--epochs", "3", "--weights", "0=1,4=2"]
+    argv += ["--workers", "h1:2222, h2:2222", "--worker-index", "1", "--devices", "0,1"]
     assert main([*argv, "--set", "train.monitor=val_loss", "--print-config"]) == 0
     cfg = load_config(None, _flatten(capsys.readouterr().out))
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.model.name) == (3, 4, "resnet50")
     assert cfg.sampling.weights == {"0": 1.0, "4": 2.0} and cfg.train.monitor == "val_loss"
+    assert cfg.distribute.workers == ["h1:2222", "h2:2222"] and cfg.distribute.worker_index == 1
+    assert cfg.distribute.devices == "0,1"
 
 
 def _flatten(text: str) -> dict[str, object]:

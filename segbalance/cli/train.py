@@ -52,20 +52,30 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--config", type=Path, default=None, help="YAML config (any subset)")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/train"), help="run folder")
-    parser.add_argument("--model", default=None, help="model name, e.g. unet-small")
-    parser.add_argument("--image-size", type=int, default=None, help="square input size")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None, help="global batch size")
-    parser.add_argument("--balance", default=None, help="proportional|uniform|power:A|...")
-    parser.add_argument("--mode", default=None, choices=["exact", "random"])
-    parser.add_argument("--weights", default=None, help="per-group weights, e.g. 0=1,4=2")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    parser.add_argument(
+    overrides = parser.add_argument_group(
+        "config overrides", "each flag sets one config key (default: the config's value)"
+    )
+
+    def override(flag: str, help: str, **kw: Any) -> None:
+        dest = flag.lstrip("-").replace("-", "_")
+        extra = {"weights": "sampling.weights", "workers": "distribute.workers"}
+        key = FLAG_KEYS.get(dest, extra.get(dest, ""))
+        overrides.add_argument(flag, default=argparse.SUPPRESS, help=f"{help} [{key}]", **kw)
+
+    override("--model", "model name, e.g. unet-small, efficientnetb4")
+    override("--image-size", "square input size, a multiple of 32", type=int)
+    override("--epochs", "epochs to train", type=int)
+    override("--batch-size", "global batch size (split over replicas)", type=int)
+    override("--balance", "proportional | uniform | power:A | custom | repeat-factor:T")
+    override("--mode", "exact quotas or random draws", choices=["exact", "random"])
+    override("--weights", "per-group weights, e.g. 0=1,4=2")
+    override("--lr", "peak learning rate", type=float)
+    override(
         "--precision",
-        default=None,
+        "auto: float16 on GPUs, bfloat16 on CPUs that have it, else float32",
         choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"],
     )
-    parser.add_argument("--seed", type=int, default=None)
+    override("--seed", "fixes plan, augmentation and initialisation", type=int)
     parser.add_argument(
         "--set",
         action="append",
@@ -75,9 +85,9 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--resume", action="store_true", help="continue the run in --work-dir")
     parser.add_argument("--overwrite", action="store_true", help="delete --work-dir's run first")
-    parser.add_argument("--devices", default=None, help="GPU ids, e.g. 0,1 (cpu:2 for tests)")
-    parser.add_argument("--workers", default=None, help="host:port of every worker, in order")
-    parser.add_argument("--worker-index", type=int, default=None, help="this machine's index")
+    override("--devices", "GPU ids, e.g. 0,1 (cpu:2: two logical CPUs, for tests)")
+    override("--workers", "host:port of every worker, in order (comma-separated)")
+    override("--worker-index", "this machine's index in --workers", type=int)
     parser.add_argument(
         "--print-config", action="store_true", help="print the full config and exit"
     )
@@ -102,12 +112,12 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     from segbalance.sampling import parse_weights
 
     out = parse_set(args.set)
-    out.update({key: getattr(args, flag) for flag, key in FLAG_KEYS.items()})
+    out.update({key: getattr(args, flag, None) for flag, key in FLAG_KEYS.items()})
     if args.manifest is not None:
         out["data.manifest"] = str(Path(args.manifest).resolve())
-    if args.weights is not None:
+    if getattr(args, "weights", None) is not None:
         out["sampling.weights"] = parse_weights(args.weights)
-    if args.workers is not None:
+    if getattr(args, "workers", None) is not None:
         out["distribute.workers"] = [w.strip() for w in args.workers.split(",") if w.strip()]
     return out
 
