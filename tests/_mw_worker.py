@@ -176,9 +176,9 @@ def compare(args: argparse.Namespace) -> None:
         out[name] = rec.losses
         out["replicas"][name] = result.metrics["replicas"]
         weights[name] = rec.weights
-    single, mirrored = weights["single"], weights["mirrored"]
-    assert sorted(single) == sorted(mirrored)
-    out["max_weight_diff"] = max(float(np.max(np.abs(single[k] - mirrored[k]))) for k in single)
+    one, two = weights["single"], weights["mirrored"]
+    assert sorted(one) == sorted(two)
+    out["max_weight_diff"] = max(float(np.max(np.abs(one[k] - two[k]))) for k in one)
     try:
         bad = load_config(None, {**base, "distribute.devices": "cpu:2", "train.batch_size": 3})
         train(bad, args.root / "bad-batch")
