@@ -126,11 +126,11 @@ class _Clock:
         self.steps: dict[str, float] = {}
         self._last = self.start
 
-    def lap(self, name: str) -> None:
+    def lap(self, key: str, message: str = "") -> None:
         now = time.perf_counter()
-        self.steps[name] = round(now - self._last, 1)
+        self.steps[key] = round(now - self._last, 1)
         self._last = now
-        print(f"[demo] {name}: {self.steps[name]:.1f} s", flush=True)
+        print(f"[demo] {message or key}: {self.steps[key]:.1f} s", flush=True)
 
     def total(self) -> float:
         return round(time.perf_counter() - self.start, 1)
@@ -145,15 +145,15 @@ def _prepare_data(work_dir: Path, s: DemoSettings, clock: _Clock) -> tuple[Any, 
     data, heldout = work_dir / "data", work_dir / "heldout"
     counts = generate(data, scale=s.scale, size=s.image_size, seed=s.seed, progress=False)
     write_heldout(heldout, s.heldout_per_group, s.image_size, s.heldout_seed)
-    clock.lap(f"synth: {sum(counts.values())} training images {counts}, held-out set")
+    clock.lap("synth", f"synth: {sum(counts.values())} training images {counts}, held-out set")
     train = prepare_dataset(data, seed=s.seed, progress=False).manifest
     test = prepare_dataset(heldout, seed=s.seed, progress=False).manifest
-    clock.lap("prepare: both sets checked, manifests written")
+    clock.lap("prepare", "prepare: both sets checked, manifests written")
     stats = compute_stats(train)
     write_text_atomic(work_dir / "stats.json", json.dumps(stats, indent=2) + "\n")
     plot_stats(stats, work_dir / "stats.png")
     print(format_stats_table(stats))
-    clock.lap("stats: stats.json, stats.png")
+    clock.lap("stats", "stats: stats.json, stats.png")
     return train, test
 
 
@@ -174,12 +174,12 @@ def _train_and_evaluate(
         run = train(cfg, work_dir / "runs" / balance, overwrite=True)
         if run.best_model is None:
             raise RuntimeError(f"the {balance} run wrote no best.keras")
-        clock.lap(f"train {balance}: {run.epochs_completed} epochs")
+        clock.lap(f"train_{balance}", f"train {balance}: {run.epochs_completed} epochs")
         runs[balance] = run
         result = evaluate(run.best_model, heldout_csv, batch_size=max(8, s.batch_size))
         write_json(result, work_dir / "runs" / balance / "heldout.json")
         results[balance] = result
-    clock.lap("evaluate both on the held-out set")
+    clock.lap("evaluate", "evaluate both on the held-out set")
     return runs, results
 
 
@@ -231,7 +231,7 @@ def run_demo(
         f"{s.heldout_per_group} new images per group"
     )
     plot_comparison(results, histories, train_counts, work_dir / "comparison.png", note)
-    clock.lap("comparison.png")
+    clock.lap("figure", "comparison.png")
     summary = {
         "settings": asdict(replace(s)),
         "seconds": {**clock.steps, "total": clock.total()},

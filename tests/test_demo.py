@@ -46,6 +46,8 @@ def test_demo_smoke_on_tiny_settings(tmp_path, monkeypatch, capsys) -> None:
     for name in ("comparison.png", "stats.png"):
         with Image.open(work / name) as img:
             assert img.format == "PNG" and img.size[0] > 800
+    steps = ["synth", "prepare", "stats", "train_proportional", "train_uniform", "evaluate"]
+    assert list(summary["seconds"]) == [*steps, "figure", "total"]
     assert summary["seconds"]["total"] > 0
 
 
