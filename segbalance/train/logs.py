@@ -1,7 +1,7 @@
 """What a run reports: history.csv, TensorBoard, metrics.json and the console.
 
 Only the chief writes files; the other workers get a :class:`RunLog` with ``chief=False``
-whose methods do nothing (so the loop has no ``if chief`` around each call).
+whose methods write nothing but keep the rows (so the loop has no ``if chief`` around calls).
 
 ``history.csv`` has one row per finished epoch. A resumed run first drops rows of epochs
 it will run again (a kill between the row and the checkpoint), so every epoch appears
@@ -115,9 +115,9 @@ class RunLog:
 
     def epoch_end(self, row: dict[str, Any], mix: Mapping[str, int]) -> None:
         """Append a history row, write it atomically, log scalars and the group mix."""
+        self.rows.append(row)  # every worker keeps the rows: its result reports them
         if not self.chief:
             return
-        self.rows.append(row)
         write_text_atomic(self.root / "history.csv", history_text(self.rows, self.groups))
         total = max(sum(mix.values()), 1)
         scalars = {f"epoch/{k}": row[k] for k in ("loss", "iou", "val_loss", "val_iou")}

@@ -292,7 +292,7 @@ class Session:
         if not state.get("done"):
             state.set(done=True)
             self._save(state.get("epoch"), 0)
-        rows = self.log.rows if self.chief else runlog.read_history(self.wd.history)
+        rows = self.log.rows
         # Epoch 1 includes tracing the steps: the steady speed is that of later epochs.
         speeds = [float(r["images_per_s"]) for r in rows if runlog._finite(r["images_per_s"])]
         speeds = speeds[1:] or speeds
