@@ -78,7 +78,7 @@ class DemoSettings:
 
 
 FULL = DemoSettings()
-QUICK = DemoSettings(scale=0.2, epochs=6, epoch_length=320, heldout_per_group=20)
+QUICK = DemoSettings(scale=0.2, epochs=4, epoch_length=480, heldout_per_group=20)
 TINY = DemoSettings(
     scale=0.02, image_size=32, epochs=1, epoch_length=8, batch_size=4, heldout_per_group=3
 )
@@ -209,7 +209,7 @@ def run_demo(
 
     Args:
         work_dir: folder for everything (empty, new, or an earlier demo's).
-        quick: the smaller settings (:data:`QUICK`, about 2 minutes on 2 cores).
+        quick: the smaller settings (:data:`QUICK`: 3 minutes measured on a shared 2-core CPU).
         settings: explicit settings (tests use :data:`TINY`); overrides ``quick``.
 
     Returns:
