@@ -166,7 +166,6 @@ def compare(args: argparse.Namespace) -> None:
     manifest = make_data(args.root / "data")
     rec = Recorder()
     base = {**TINY, "data.manifest": str(manifest), "train.epochs": 1, "data.epoch_length": 16}
-    base["model.batch_norm"] = False  # per-replica batch statistics would differ by design
     out: dict[str, Any] = {"replicas": {}}
     weights = {}
     for name, devices in (("single", None), ("mirrored", "cpu:2")):
@@ -192,7 +191,8 @@ def compare(args: argparse.Namespace) -> None:
 
 def worker(args: argparse.Namespace) -> None:
     from segbalance.config import load_config
-    from segbalance.train import train
+    from segbalance.errors import UserError
+    from segbalance.train import distribute, train
 
     rec = Recorder(args.out.with_suffix(".reads.jsonl"))
     overrides = {
@@ -210,6 +210,14 @@ def worker(args: argparse.Namespace) -> None:
     )
     result = train(cfg, args.work_dir, resume=args.resume)
     np.savez(args.out.with_suffix(".npz"), **rec.weights)
+    # The strategy train() used (one per process): workers compare values collectively.
+    strategy = distribute.make_strategy(cfg.distribute)
+    distribute.check_same_on_all_workers(strategy, "epoch and step", [2, 0])
+    try:
+        distribute.check_same_on_all_workers(strategy, "epoch and step", [2, args.index])
+        disagreement = None
+    except UserError as err:
+        disagreement = str(err)
     summary = {
         "index": args.index,
         "epochs_completed": result.epochs_completed,
@@ -218,6 +226,7 @@ def worker(args: argparse.Namespace) -> None:
         "reads": rec.reads,
         "losses": rec.losses,
         "digest": rec.digest(),
+        "disagreement": disagreement,
     }
     args.out.write_text(json.dumps(summary))
 

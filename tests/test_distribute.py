@@ -233,7 +233,7 @@ def test_worker_paths_follow_the_multi_worker_rules(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- MirroredStrategy
 @pytest.mark.heavy
 def test_mirrored_on_two_cpus_matches_single_device(tmp_path: Path) -> None:
-    """Same seed, data and global batch: 2 replicas give the single-device losses."""
+    """Same seed, data and global batch: 2 replicas give the single-device step losses."""
     out = tmp_path / "compare.json"
     cmd = [sys.executable, str(HERE / "_mw_worker.py"), "compare", "--root", str(tmp_path)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
@@ -245,8 +245,10 @@ def test_mirrored_on_two_cpus_matches_single_device(tmp_path: Path) -> None:
     assert result["replicas"] == {"single": 1, "mirrored": 2}
     single, mirrored = result["single"], result["mirrored"]
     assert len(single) == len(mirrored) >= 3
+    # Default model (BN synchronised over the 2 replicas: E[x^2]-E[x]^2 in float32).
     assert mirrored == pytest.approx(single, rel=1e-4, abs=1e-5)
-    assert result["max_weight_diff"] < 1e-4
+    # AdamW moves every weight by up to lr=1e-3 per step whatever the gradient's size.
+    assert result["max_weight_diff"] < 1e-3
     assert "batch_size=3 is not divisible by the 2 replicas" in result["bad_batch_error"]
     # Keras 3 BN keeps moving statistics per replica unless synchronised (2 nested layers).
     assert result["bn_plain"] == [0, False]

@@ -147,10 +147,12 @@ def test_two_workers_share_the_plan_agree_and_resume_after_kill9(
     chief_w, worker_w = (np.load(out.with_suffix(".npz")) for out in outs)
     assert len(chief_w.files) == len(worker_w.files) > 10
     differ = [k for k in chief_w.files if not np.array_equal(chief_w[k], worker_w[k])]
-    # Keras 3 BN keeps moving statistics per replica unless the loop synchronises BN
-    # (segbalance.train.distribute.synchronize_batch_norm); every other weight is all-reduced.
+    # BN statistics included: the loop synchronises BN over replicas (Keras 3 would not).
     assert not differ, f"weights {differ} differ between the workers"
     assert results[0]["digest"] == results[1]["digest"]
+    # A worker that restored another step than the chief is named (shared work dir check).
+    for r in results:
+        assert r["disagreement"].startswith("worker 1 has epoch and step [2, 1] but the chief")
 
     # Only the chief wrote artifacts; the worker's temporary checkpoints are gone.
     assert {p.name for p in work.iterdir()} == RUN_FILES
