@@ -35,7 +35,9 @@ class DataConfig(_Stage):
     train_split: str = "train"
     valid_split: str = "valid"
     epoch_length: int | None = Field(None, description="samples per epoch; default: #train images")
-    cache_decoded: bool = Field(False, description="keep decoded, resized images in memory")
+    cache_decoded: bool = Field(
+        False, description="decode+resize train images once and keep them in memory (uint8)"
+    )
 
     @field_validator("image_size", mode="before")
     @classmethod

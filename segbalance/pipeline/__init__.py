@@ -4,6 +4,7 @@ Every model takes float32 RGB in 0..255; masks are float32 {0, 1} with one chann
 """
 
 from segbalance.pipeline.augment import DEFAULT_OPS, build_augmenter, get_op
+from segbalance.pipeline.cache import DecodedCache
 from segbalance.pipeline.dataset import (
     as_keras_tuples,
     build_eval_dataset,
@@ -14,6 +15,7 @@ from segbalance.pipeline.decode import decode_pair, load_image, preprocess_for_m
 
 __all__ = [
     "DEFAULT_OPS",
+    "DecodedCache",
     "as_keras_tuples",
     "build_augmenter",
     "build_eval_dataset",

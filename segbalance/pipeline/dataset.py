@@ -32,6 +32,7 @@ from segbalance.config import AugmentConfig
 from segbalance.data.manifest import Manifest
 from segbalance.errors import UserError
 from segbalance.pipeline.augment import build_augmenter
+from segbalance.pipeline.cache import DecodedCache
 from segbalance.pipeline.decode import decode_pair
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -118,6 +119,30 @@ def _sample_loader(augment_json: str, groups: tuple[str, ...], size: tuple[int, 
     return load
 
 
+_CACHED_SIGNATURE = [
+    tf.TensorSpec([], tf.int64),
+    tf.TensorSpec([], tf.int32),
+    tf.TensorSpec([2], tf.int64),
+]
+
+
+def _cached_loader(cache: DecodedCache, augment_json: str, groups: tuple[str, ...]) -> Any:
+    """Like :func:`_sample_loader`, reading decoded rows from ``cache`` instead of files."""
+    key = (augment_json, groups)
+    if key not in cache.loaders:
+        augmenter = build_augmenter(AugmentConfig.model_validate_json(augment_json), groups)
+
+        @tf.function(input_signature=_CACHED_SIGNATURE, autograph=False)
+        def load(index: tf.Tensor, group: tf.Tensor, seed: tf.Tensor) -> tuple[Any, Any]:
+            image, mask = cache.gather(index)
+            if augmenter is not None:
+                image, mask = augmenter(image, mask, group, seed)
+            return image, mask
+
+        cache.loaders[key] = load
+    return cache.loaders[key]
+
+
 def build_train_dataset(
     manifest: Manifest,
     indices: Sequence[int] | np.ndarray,
@@ -129,6 +154,7 @@ def build_train_dataset(
     seed: int,
     epoch: int,
     sample_weights: Sequence[float] | np.ndarray | None = None,
+    cache: DecodedCache | None = None,
 ) -> tf.data.Dataset:
     """One epoch (or one replica's share of it) of training batches, in plan order.
 
@@ -142,6 +168,7 @@ def build_train_dataset(
         seed: the run's seed.
         epoch: the epoch number.
         sample_weights: optional weight per manifest row; adds ``"weight"`` to elements.
+        cache: decoded rows of ``manifest`` (:class:`DecodedCache`) to read instead of files.
 
     Raises:
         UserError: mismatched lengths, rows outside the manifest, bad weights, bad augment
@@ -156,12 +183,24 @@ def build_train_dataset(
     table["position"] = pos
     if sample_weights is not None:
         table["weight"] = _weights_for(manifest, sample_weights, idx)
-    loader = _sample_loader(augment.model_dump_json(), tuple(manifest.groups), _size(image_size))
+    size, groups = _size(image_size), tuple(manifest.groups)
+    if cache is not None and (cache.size != size or len(cache.images) != len(manifest)):
+        raise UserError(
+            f"decoded cache holds {len(cache.images)} rows at {cache.size}, but the dataset "
+            f"needs {len(manifest)} rows at {size}: build the cache from the same manifest"
+        )
+    if cache is None:
+        loader = _sample_loader(augment.model_dump_json(), groups, size)
+    else:
+        cached = _cached_loader(cache, augment.model_dump_json(), groups)
 
     @tf.autograph.experimental.do_not_convert
     def load(row: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         key = sample_seed(seed, epoch, row["position"])
-        image, mask = loader(row["image_path"], row["mask_path"], row["group"], key)
+        if cache is None:
+            image, mask = loader(row["image_path"], row["mask_path"], row["group"], key)
+        else:
+            image, mask = cached(row["index"], row["group"], key)
         out = {"image": image, "mask": mask, "group": row["group"], "index": row["index"]}
         if "weight" in row:
             out["weight"] = row["weight"]

@@ -23,6 +23,7 @@ from segbalance.data.manifest import Manifest
 from segbalance.losses import get_loss
 from segbalance.metrics import metrics_from_counts
 from segbalance.models import build_model, set_encoder_trainable
+from segbalance.pipeline.cache import DecodedCache
 from segbalance.sampling import SamplingPlan, training_epoch_length
 from segbalance.train import logs as runlog
 from segbalance.train import precision as prec
@@ -58,6 +59,7 @@ class Session:
         self.cfg, self.wd, self.strategy, self.api = cfg, wd, strategy, api
         self.chief, self.worker = chief, worker
         self.train_rows, self.valid_rows = data
+        self._cache: DecodedCache | None = None
         self.groups = self.train_rows.groups
         self.batch = cfg.train.batch_size
         self.policy = prec.apply_precision(prec.resolve_precision(cfg.train.precision))
@@ -160,13 +162,34 @@ class Session:
             )
         return self._train_steps[frozen]
 
+    def decoded_cache(self) -> DecodedCache | None:
+        """The train rows decoded once (``data.cache_decoded``), built on first use."""
+        if not self.cfg.data.cache_decoded:
+            return None
+        if self._cache is None:
+            self._cache = DecodedCache.build(self.train_rows, self.cfg.data.image_size)
+            if self.chief:
+                print(
+                    f"cached {len(self.train_rows)} decoded train images "
+                    f"({self._cache.nbytes / 2**20:.0f} MiB)",
+                    flush=True,
+                )
+        return self._cache
+
     def _train_epoch(self, epoch: int) -> tuple[float, np.ndarray, float, int]:
         """Steps of one epoch from the checkpointed step on; mean loss, counts, time."""
         state, every = self.state, self.cfg.train.checkpoint_every_steps
         step_fn = self._train_step(epoch)
         start = state.get("step")
         data = steps.train_dataset(
-            self.strategy, self.cfg, self.train_rows, self.plan, epoch, start, self.sample_weights
+            self.strategy,
+            self.cfg,
+            self.train_rows,
+            self.plan,
+            epoch,
+            start,
+            self.sample_weights,
+            self.decoded_cache(),
         )
         # A live bar on a terminal; one line per epoch in a log file.
         verbose = (1 if sys.stdout.isatty() else 2) if self.chief else 0

@@ -25,6 +25,7 @@ import tensorflow as tf
 from segbalance.config import Config
 from segbalance.data.manifest import Manifest
 from segbalance.metrics import confusion_counts
+from segbalance.pipeline.cache import DecodedCache
 from segbalance.pipeline.dataset import build_eval_dataset, build_train_dataset
 from segbalance.sampling import SamplingPlan
 
@@ -46,6 +47,7 @@ def train_dataset(
     epoch: int,
     skip_steps: int,
     sample_weights: np.ndarray | None,
+    cache: DecodedCache | None = None,
 ) -> Any:
     """Epoch ``epoch`` of the plan, from step ``skip_steps`` on, as a distributed dataset.
 
@@ -69,6 +71,7 @@ def train_dataset(
             seed=cfg.train.seed,
             epoch=epoch,
             sample_weights=sample_weights,
+            cache=cache,
         )
 
     return strategy.distribute_datasets_from_function(dataset_fn)
