@@ -168,11 +168,16 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
+def load_config(
+    path: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+    drop: tuple[str, ...] = (),
+) -> Config:
     """Read an optional YAML file, apply ``section.key`` overrides, validate once.
 
     Args:
         path: YAML file or None for the defaults.
+        drop: top-level sections of the file to ignore (their defaults apply, then overrides).
         overrides: dotted keys to values, e.g. ``{"train.epochs": 3}``; None values are ignored.
 
     Raises:
@@ -188,6 +193,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise UserError(
                 f"config {path} must be a mapping of sections, got {type(raw).__name__}"
             )
+    for section in drop:
+        raw.pop(section, None)
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(raw, key, value)

@@ -510,3 +510,23 @@ def test_two_replicas_take_the_single_device_step_with_clipping() -> None:
     assert out["loss"][0] == pytest.approx(out["loss"][1], rel=1e-6)
     assert out["own"] < 1e-6  # gradients summed over replicas, then clipped: same update
     assert out["keras"] > 1e-4  # clipping each replica's half-gradient is a different step
+
+
+def test_resume_takes_the_cluster_from_the_command_line_not_the_saved_run(tmp_path: Path) -> None:
+    from segbalance.cli import build_parser
+    from segbalance.cli.train import build_config
+    from segbalance.config import config_to_yaml
+
+    saved = load_config(
+        None,
+        {"distribute.workers": ["h1:1", "h2:2"], "distribute.worker_index": 0, "train.epochs": 7},
+    )
+    (tmp_path / "config.yaml").write_text(config_to_yaml(saved))
+    args = build_parser().parse_args(["train", "--work-dir", str(tmp_path), "--resume"])
+    cfg = build_config(args)
+    assert cfg.train.epochs == 7  # the run's own settings come back
+    assert cfg.distribute.workers is None and cfg.distribute.worker_index is None
+    args = build_parser().parse_args(
+        ["train", "--work-dir", str(tmp_path), "--resume", "--devices", "cpu:2"]
+    )
+    assert build_config(args).distribute.devices == "cpu:2"

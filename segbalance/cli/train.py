@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,10 @@ def build_config(args: argparse.Namespace) -> Any:
                 f"nothing to resume in {args.work_dir}: it has no config.yaml. "
                 "Start a new run without --resume"
             )
-    return load_config(base, overrides_from(args))
+    # The cluster belongs to this invocation, not to the run: a resumed run gets the devices
+    # and workers given now (none: one device), never the old cluster's addresses.
+    drop = ("distribute",) if args.resume and args.config is None else ()
+    return load_config(base, overrides_from(args), drop=drop)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,9 +150,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if cfg.data.manifest is None:
         raise UserError("give the MANIFEST to train on (from 'segbalance prepare')")
+    import tensorflow as tf
+
     from segbalance.train import train
 
-    result = train(cfg, args.work_dir, resume=args.resume, overwrite=args.overwrite)
+    try:
+        result = train(cfg, args.work_dir, resume=args.resume, overwrite=args.overwrite)
+    except tf.errors.UnavailableError as err:  # a peer died: say what to do, not a traceback
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(
+            f"segbalance train: a worker stopped or became unreachable ({first}). "
+            f"Restart every worker with --resume --work-dir {args.work_dir}",
+            file=sys.stderr,
+        )
+        return 1
     done = result.best_model is not None and result.best_score is not None
     if done and not result.already_complete:
         print(

@@ -61,46 +61,6 @@ class TrainResult:
     already_complete: bool = False
 
 
-def _distribute_api() -> Any:
-    """segbalance.train.distribute, or a single-device stand-in while it is absent."""
-    import importlib
-
-    try:
-        return importlib.import_module("segbalance.train.distribute")
-    except ModuleNotFoundError as err:
-        if err.name != "segbalance.train.distribute":
-            raise
-        return _SingleDevice
-
-
-class _SingleDevice:
-    """The default strategy behind the names of segbalance.train.distribute."""
-
-    @staticmethod
-    def make_strategy(dcfg: Any) -> Any:
-        import tensorflow as tf
-
-        if dcfg.devices or dcfg.workers:
-            raise UserError("--devices/--workers need segbalance.train.distribute")
-        return tf.distribute.get_strategy()
-
-    @staticmethod
-    def is_chief(strategy: Any) -> bool:
-        return True
-
-    @staticmethod
-    def worker_info(strategy: Any) -> tuple[int, int]:
-        return 0, 1
-
-    @staticmethod
-    def checkpoint_dir_for(strategy: Any, base: Path) -> Path:
-        return Path(base)
-
-    @staticmethod
-    def cleanup_checkpoint_dir(strategy: Any, path: Path) -> None:
-        return None
-
-
 def load_data(cfg: Config) -> tuple[Manifest, Manifest]:
     """The train and valid rows of the manifest, limited to ``data.groups``.
 
@@ -188,10 +148,11 @@ def train(
     if resume:  # config mismatches fail before any TensorFlow work starts
         prepare_work_dir(work_dir, cfg, resume=True, overwrite=overwrite, chief=False)
     data = load_data(cfg)  # bad data fails before the work dir is touched
-    api = _distribute_api()
+    from segbalance.train import distribute as api
+
     strategy = api.make_strategy(cfg.distribute)
     chief = bool(api.is_chief(strategy))
-    worker = tuple(api.worker_info(strategy))
+    worker = api.worker_info(strategy)
     replicas = strategy.num_replicas_in_sync
     batch = cfg.train.batch_size
     valid_batch = cfg.train.validation_batch_size or batch

@@ -102,6 +102,10 @@ class Session:
         state = self.state
         if resume:
             found = restore_latest(self.checkpoint, self.wd.checkpoints)
+            # A worker that cannot see the chief's checkpoints would pair other steps.
+            self.api.check_same_on_all_workers(
+                self.strategy, "epoch and step", [state.get("epoch"), state.get("step")]
+            )
             where = f"epoch {state.get('epoch') + 1} step {state.get('step')}"
             self._say(f"resuming from {found} ({where})" if found else "no checkpoint: from 0")
         self.log = runlog.RunLog(
