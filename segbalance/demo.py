@@ -64,6 +64,8 @@ class DemoSettings:
             "data.image_size": self.image_size,
             "data.epoch_length": self.epoch_length,
             "data.cache_decoded": True,  # a few MiB at 64 px; decoding once saves CPU per epoch
+            # At 64 px augmenting is cheap; XLA-compiling it costs more than it saves.
+            "augment.jit": False,
             "loss.name": self.loss,
             "sampling.balance": balance,
             "model.name": "unet-small",
