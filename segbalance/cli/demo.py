@@ -20,7 +20,7 @@ def register(sub: Any) -> None:
         "demo",
         "Show what group balancing does on built-in synthetic data: train unet-small with "
         "'proportional' and with 'uniform' sampling on the same budget, and compare them per "
-        "group on a separate held-out set (measured on a busy 2-core CPU: 10 minutes; --quick 3).",
+        "group on a separate held-out set (measured on a quiet 2-core CPU: 5 minutes; --quick 2).",
         EXAMPLES,
         run,
     )
