@@ -212,19 +212,11 @@ def group_probabilities(
 def _warn_left_out(names: list[str], n: np.ndarray, mult: np.ndarray) -> None:
     empty = [g for g, c in zip(names, n, strict=True) if c == 0]
     zero = [g for g, c, m in zip(names, n, mult, strict=True) if c > 0 and m == 0]
-    if empty:
-        warnings.warn(
-            f"{len(empty)} group(s) have no images and are left out of sampling: "
-            + ", ".join(empty[:20])
-            + (" ..." if len(empty) > 20 else ""),
-            SamplingWarning,
-            stacklevel=3,
-        )
-    if zero:
-        warnings.warn(
-            f"{len(zero)} group(s) have weight 0 and are left out of sampling: "
-            + ", ".join(zero[:20])
-            + (" ..." if len(zero) > 20 else ""),
-            SamplingWarning,
-            stacklevel=3,
-        )
+    for groups, why in ((empty, "have no images"), (zero, "have weight 0")):
+        if groups:
+            shown = ", ".join(groups[:20]) + (" ..." if len(groups) > 20 else "")
+            warnings.warn(
+                f"{len(groups)} group(s) {why} and are left out of sampling: {shown}",
+                SamplingWarning,
+                stacklevel=3,
+            )
