@@ -39,6 +39,17 @@ TINY = {
 }
 
 
+def latest_checkpoint(work: Path) -> int | None:
+    """Number of the newest checkpoint a run's CheckpointManager recorded, if any."""
+    index = work / "checkpoints" / "checkpoint"
+    if not index.is_file():
+        return None
+    for line in index.read_text().splitlines():
+        if line.startswith("model_checkpoint_path:"):
+            return int(line.split("ckpt-")[-1].strip().strip('"'))
+    return None
+
+
 def free_ports(n: int) -> list[int]:
     """n distinct ports that were free a moment ago (the OS picks them)."""
     socks = [socket.socket() for _ in range(n)]

@@ -22,7 +22,7 @@ from segbalance.cli import main
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from _mw_worker import free_ports  # noqa: E402
+from _mw_worker import free_ports, latest_checkpoint  # noqa: E402
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 BATCH, EVERY = 4, 2  # as in _mw_worker.TINY / --every
@@ -49,16 +49,6 @@ def _start(manifest: Path, work: Path, workers: str, index: int, out: Path, *ext
 
 def _cluster(tmp_path: Path) -> str:
     return ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
-
-
-def _latest_checkpoint(work: Path) -> int | None:
-    index = work / "checkpoints" / "checkpoint"
-    if not index.is_file():
-        return None
-    for line in index.read_text().splitlines():
-        if line.startswith("model_checkpoint_path:"):
-            return int(line.split("ckpt-")[-1].strip().strip('"'))
-    return None
 
 
 def _wait_all(procs: list[subprocess.Popen], outs: list[Path], timeout: float) -> None:
@@ -117,7 +107,7 @@ def test_two_workers_share_the_plan_agree_and_resume_after_kill9(
     deadline, latest = time.monotonic() + 240, None
     try:
         while time.monotonic() < deadline and all(p.poll() is None for p in procs):
-            latest = _latest_checkpoint(work)
+            latest = latest_checkpoint(work)
             if latest is not None and latest > steps:
                 break
             time.sleep(0.02)

@@ -15,6 +15,9 @@ import pytest
 
 from segbalance.cli import main
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _mw_worker import latest_checkpoint
+
 STEPS = 10  # 20 train images, batch 2
 EVERY = 4  # mid-epoch checkpoints at steps 4 and 8 of each epoch
 
@@ -56,16 +59,6 @@ def _train_cmd(manifest: Path, work: Path, *extra: str) -> list[str]:
     ]
 
 
-def _latest_checkpoint(work: Path) -> int | None:
-    index = work / "checkpoints" / "checkpoint"
-    if not index.is_file():
-        return None
-    for line in index.read_text().splitlines():
-        if line.startswith("model_checkpoint_path:"):
-            return int(line.split("ckpt-")[-1].strip().strip('"'))
-    return None
-
-
 def _epochs_in_history(work: Path) -> list[int]:
     with (work / "history.csv").open() as fh:
         return [int(row["epoch"]) for row in csv.DictReader(fh)]
@@ -88,7 +81,7 @@ def test_kill9_during_epoch2_then_resume_finishes_every_epoch_once(
     deadline = time.monotonic() + 240
     latest = None
     while time.monotonic() < deadline and proc.poll() is None:
-        latest = _latest_checkpoint(work)
+        latest = latest_checkpoint(work)
         if latest is not None and latest > STEPS:
             break
         time.sleep(0.02)
