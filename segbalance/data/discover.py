@@ -20,62 +20,33 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import os
-import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from segbalance.data.manifest import natural_key
+from segbalance.data.pairing import (
+    SINGLE_GROUP,
+    SPLIT_ALIASES,
+    SPLIT_CSV,
+    Discovery,
+    Pair,
+    Reject,
+    Walker,
+    index_by_key,
+    mask_lookup,
+    pair_key,
+    read_csv,
+)
+from segbalance.data.tutorial import discover_tutorial
 from segbalance.errors import Problem, UserError
 
-IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+# Pair, Reject, Discovery and SINGLE_GROUP live in pairing; callers may take them from here.
+__all__ = ["SINGLE_GROUP", "Discovery", "Pair", "Reject", "discover"]
+
 IMAGE_DIRS = ("images", "image", "imgs")
 MASK_DIRS = ("masks", "mask", "labels")
 CSV_DIRS = ("csv_file", "csv_files", "csv")
-SPLIT_ALIASES = {
-    "train": "train",
-    "valid": "valid",
-    "val": "valid",
-    "validation": "valid",
-    "test": "test",
-}
-MASK_SUFFIXES = ("_mask", "-mask", "_gt", "_label")
-SINGLE_GROUP = "all"
-_SPLIT_CSV = re.compile(r"^(train|valid|val|validation|test)[_-]?(.*)\.csv$", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class Pair:
-    """An image and its mask (absolute paths), group, and split when the layout gives it."""
-
-    image: Path
-    mask: Path
-    group: str
-    split: str | None = None
-
-
-@dataclass(frozen=True)
-class Reject:
-    """Something left out (or fatal without --skip-invalid), with the problem row."""
-
-    image: str
-    mask: str
-    group: str
-    problem: Problem
-
-
-@dataclass
-class Discovery:
-    """What :func:`discover` found under a data root."""
-
-    root: Path
-    layout: str
-    pairs: list[Pair] = field(default_factory=list)
-    rejects: list[Reject] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
 
 def _child_dir(parent: Path, names: Iterable[str]) -> Path | None:
@@ -96,76 +67,6 @@ def _child_dir(parent: Path, names: Iterable[str]) -> Path | None:
         if hits:
             return hits[0]
     return None
-
-
-def _utf8(text: str) -> bool:
-    """Whether a path can go into a UTF-8 CSV (Linux names may hold arbitrary bytes)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-class _Walker:
-    """Lists files under folders, following symlinks but each real folder only once."""
-
-    def __init__(self, root: Path, found: Discovery) -> None:
-        self.root, self.found = root, found
-
-    def rel(self, path: str | Path) -> str:
-        return Path(os.path.relpath(path, self.root)).as_posix()
-
-    def images(self, top: Path) -> list[str]:
-        """Image files under ``top`` as POSIX paths relative to ``top``, natural order."""
-        out: list[str] = []
-        seen: set[str] = set()
-        for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-            real = os.path.realpath(dirpath)
-            if real in seen:  # a symlink loop or a second link to the same folder
-                self.found.notes.append(f"{self.rel(dirpath)}: folder already scanned, skipped")
-                dirnames[:] = []
-                continue
-            seen.add(real)
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for name in filenames:
-                path = os.path.join(dirpath, name)
-                if not _utf8(path):
-                    shown = (
-                        self.rel(path).encode("utf-8", "surrogateescape").decode(errors="replace")
-                    )
-                    problem = Problem(shown, "file name is not valid UTF-8", "rename the file")
-                    self.found.rejects.append(Reject(shown, "", "", problem))
-                elif Path(name).suffix.lower() in IMAGE_EXTS and not name.startswith("._"):
-                    out.append(Path(os.path.relpath(path, top)).as_posix())
-                else:
-                    self.found.ignored.append(self.rel(path))
-        return sorted(out, key=natural_key)
-
-
-def _key(rel: str) -> str:
-    """Relative path without the extension: the pairing key."""
-    p = PurePosixPath(rel)
-    return str(p.with_suffix("")) if p.suffix else rel
-
-
-def _index(rels: list[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """key -> relative path, and the keys shared by several files (which one is meant?)."""
-    by_key: dict[str, list[str]] = {}
-    for rel in rels:
-        by_key.setdefault(_key(rel), []).append(rel)
-    index = {k: v[0] for k, v in by_key.items() if len(v) == 1}
-    return index, {k: v for k, v in by_key.items() if len(v) > 1}
-
-
-def _mask_lookup(masks: dict[str, str]) -> dict[str, str]:
-    """Masks by key, plus by key without a common suffix ("a_mask" also answers "a")."""
-    lookup = dict(masks)
-    for key, rel in masks.items():
-        for suffix in MASK_SUFFIXES:
-            if key.lower().endswith(suffix) and key[: -len(suffix)] not in masks:
-                lookup.setdefault(key[: -len(suffix)], rel)
-    return lookup
 
 
 def _place(
@@ -196,7 +97,7 @@ def _place(
 
 
 def _pair_folders(
-    walker: _Walker,
+    walker: Walker,
     img_dir: Path,
     msk_dir: Path,
     *,
@@ -207,9 +108,9 @@ def _pair_folders(
 ) -> None:
     """Pair ``img_dir`` with ``msk_dir`` by key; append pairs and rejects to the discovery."""
     found = walker.found
-    images, image_dups = _index(walker.images(img_dir))
-    masks, mask_dups = _index(walker.images(msk_dir))
-    lookup = _mask_lookup(masks)
+    images, image_dups = index_by_key(walker.images(img_dir))
+    masks, mask_dups = index_by_key(walker.images(msk_dir))
+    lookup = mask_lookup(masks)
     used: set[str] = set()
     busy: set[str] = set()  # group folders holding at least one file
 
@@ -253,7 +154,7 @@ def _pair_folders(
     orphans = [*masks.values(), *(r for rels in mask_dups.values() for r in rels)]
     for rel in sorted(set(orphans) - used, key=natural_key):
         shown = walker.rel(msk_dir / rel)
-        place = _place(_key(rel), group_mode, split, split_folders, None)
+        place = _place(pair_key(rel), group_mode, split, split_folders, None)
         group = "" if isinstance(place, Problem) else place[1]
         busy.add(group)
         problem = Problem(shown, "mask without an image", "add its image or remove the mask")
@@ -262,7 +163,7 @@ def _pair_folders(
         _report_empty_groups(walker, img_dir, msk_dir, busy)
 
 
-def _report_empty_groups(walker: _Walker, img_dir: Path, msk_dir: Path, busy: set[str]) -> None:
+def _report_empty_groups(walker: Walker, img_dir: Path, msk_dir: Path, busy: set[str]) -> None:
     """Group folders holding no image or mask at all are rejects too (a likely mistake)."""
     names: dict[str, Path] = {}
     for top in (msk_dir, img_dir):
@@ -289,36 +190,19 @@ def _is_group_tree(img_dir: Path, msk_dir: Path) -> bool:
 
 def _read_groups_csv(path: Path) -> dict[str, str]:
     """``image,group`` rows -> {key or file stem: group}."""
-    rows = _read_csv(path, ("image", "images"))
+    rows = read_csv(path, ("image", "images"))
     out: dict[str, str] = {}
     for line, row in enumerate(rows, start=2):
         image, group = row.get("image") or row.get("images"), (row.get("group") or "").strip()
         if not image or not group:
             raise UserError(f"{path}:{line}: needs an image and a group value")
-        key = _key(image.strip().replace("\\", "/"))
+        key = pair_key(image.strip().replace("\\", "/"))
         out[key] = group
         out.setdefault(PurePosixPath(key).name, group)
     return out
 
 
-def _read_csv(path: Path, need: tuple[str, ...]) -> list[dict[str, str]]:
-    """Rows with lower-cased column names; the first of ``need`` must be a column."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            rows = [{(k or "").strip().lower(): (v or "") for k, v in r.items()} for r in reader]
-            columns = [(c or "").strip().lower() for c in reader.fieldnames or []]
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise UserError(f"cannot read {path}: {err}") from err
-    if not any(c in columns for c in need):
-        raise UserError(
-            f"{path} has no '{need[0]}' column (columns: {', '.join(columns) or 'none'}); "
-            f"add a header line with '{need[0]}'"
-        )
-    return rows
-
-
-def _split_tree(walker: _Walker, splits: dict[str, Path]) -> None:
+def _split_tree(walker: Walker, splits: dict[str, Path]) -> None:
     """Layout (b): ``train|valid/images|masks/[<group>/]...``."""
     walker.found.layout = "b: train|valid/images|masks/[<group>]"
     dirs: dict[str, tuple[Path, Path]] = {}
@@ -333,7 +217,7 @@ def _split_tree(walker: _Walker, splits: dict[str, Path]) -> None:
 
 
 def _image_mask_tree(
-    walker: _Walker, img_dir: Path, msk_dir: Path, groups_csv: str | Path | None
+    walker: Walker, img_dir: Path, msk_dir: Path, groups_csv: str | Path | None
 ) -> None:
     """Layouts (a), (c) and ``Images/train|valid/...``: decided by the subfolders."""
     found = walker.found
@@ -376,13 +260,11 @@ def discover(
         raise UserError(f"data root {root} is not a folder; pass the folder holding Images/Masks")
     csv_dir = _child_dir(root, CSV_DIRS)
     img_dir, msk_dir = _child_dir(root, IMAGE_DIRS), _child_dir(root, MASK_DIRS)
-    if csv_dir and img_dir and msk_dir and any(_SPLIT_CSV.match(p.name) for p in csv_dir.iterdir()):
+    if csv_dir and img_dir and msk_dir and any(SPLIT_CSV.match(p.name) for p in csv_dir.iterdir()):
         if groups_csv:
             raise UserError("--groups is for layout (c); the tutorial CSVs already give groups")
-        from segbalance.data.tutorial import discover_tutorial  # it builds on this module
-
         return discover_tutorial(root, csv_dir, img_dir, msk_dir, allow_outside_root)
-    walker = _Walker(root, Discovery(root, ""))
+    walker = Walker(root, Discovery(root, ""))
     splits = {
         SPLIT_ALIASES[e.name.lower()]: Path(e.path)
         for e in os.scandir(root)

@@ -16,20 +16,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from segbalance.data.discover import (
-    _SPLIT_CSV,
+from segbalance.data.manifest import natural_key
+from segbalance.data.pairing import (
     SINGLE_GROUP,
     SPLIT_ALIASES,
+    SPLIT_CSV,
     Discovery,
     Pair,
     Reject,
-    _index,
-    _key,
-    _mask_lookup,
-    _read_csv,
-    _Walker,
+    Walker,
+    index_by_key,
+    mask_lookup,
+    pair_key,
+    read_csv,
 )
-from segbalance.data.manifest import natural_key
 from segbalance.errors import Problem
 
 _OUTSIDE_FIX = "write the path relative to the {kind} folder, or pass --allow-outside-root"
@@ -59,10 +59,10 @@ class _Tutorial:
     ) -> None:
         self.root, self.img_dir, self.msk_dir = root, img_dir, msk_dir
         self.allow_outside, self.found = allow_outside, found
-        self.walker = _Walker(root, found)
+        self.walker = Walker(root, found)
         # exact paths from the CSV need no index; stems shared by two files match nothing
-        self.images = _index(self.walker.images(img_dir))[0]
-        self.masks = _mask_lookup(_index(self.walker.images(msk_dir))[0])
+        self.images = index_by_key(self.walker.images(img_dir))[0]
+        self.masks = mask_lookup(index_by_key(self.walker.images(msk_dir))[0])
         # image path -> [split, group, group priority, mask, where first listed]
         self.rows: dict[Path, list] = {}
         self.bad: set[Path] = set()
@@ -78,7 +78,7 @@ class _Tutorial:
         if path.is_file():
             return path
         rel = os.path.relpath(path, self.img_dir)
-        hit = self.images.get(_key(Path(rel).as_posix()))  # same stem, other extension
+        hit = self.images.get(pair_key(Path(rel).as_posix()))  # same stem, other extension
         if hit is None:
             self.reject(
                 where,
@@ -108,9 +108,9 @@ class _Tutorial:
             )
             return None
         rel = Path(os.path.relpath(image, self.img_dir)).as_posix()
-        hit = None if rel.startswith("../") else self.masks.get(_key(rel))
+        hit = None if rel.startswith("../") else self.masks.get(pair_key(rel))
         if hit is None:
-            expected = self.walker.rel(self.msk_dir / _key(rel))
+            expected = self.walker.rel(self.msk_dir / pair_key(rel))
             self.reject(where, shown, "", "no mask for this image", f"add a mask {expected}.png")
             return None
         return self.msk_dir / hit
@@ -161,12 +161,12 @@ def discover_tutorial(
     found = Discovery(root, f"d: tutorial CSVs ({csv_dir.name}/*.csv)")
     tut = _Tutorial(root, img_dir, msk_dir, allow_outside_root, found)
     for path in sorted(csv_dir.iterdir(), key=lambda p: natural_key(p.name)):
-        match = _SPLIT_CSV.match(path.name)
+        match = SPLIT_CSV.match(path.name)
         if not match:
             found.ignored.append(tut.walker.rel(path))
             continue
         split, file_group = SPLIT_ALIASES[match[1].lower()], match[2]
-        for line, row in enumerate(_read_csv(path, ("images", "image")), start=2):
+        for line, row in enumerate(read_csv(path, ("images", "image")), start=2):
             tut.add(row, split, file_group, f"{tut.walker.rel(path)}:{line}")
     for image, (split, group, _prio, mask, _where) in tut.rows.items():
         if image not in tut.bad:
