@@ -5,18 +5,12 @@ Every model takes float32 RGB in 0..255; masks are float32 {0, 1} with one chann
 
 from segbalance.pipeline.augment import DEFAULT_OPS, build_augmenter, get_op
 from segbalance.pipeline.cache import DecodedCache
-from segbalance.pipeline.dataset import (
-    as_keras_tuples,
-    build_eval_dataset,
-    build_train_dataset,
-    sample_seed,
-)
+from segbalance.pipeline.dataset import build_eval_dataset, build_train_dataset, sample_seed
 from segbalance.pipeline.decode import decode_pair, load_image, preprocess_for_model
 
 __all__ = [
     "DEFAULT_OPS",
     "DecodedCache",
-    "as_keras_tuples",
     "build_augmenter",
     "build_eval_dataset",
     "build_train_dataset",

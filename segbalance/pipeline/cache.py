@@ -25,6 +25,9 @@ import numpy as np
 import tensorflow as tf
 
 from segbalance.data.manifest import Manifest
+from segbalance.pipeline.decode import decode_pair
+
+AUTOTUNE = tf.data.AUTOTUNE
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,18 +52,15 @@ class DecodedCache:
         cls, manifest: Manifest, image_size: Sequence[int], batch_size: int = 32
     ) -> DecodedCache:
         """Decode every row of ``manifest`` once (parallel, in row order)."""
-        from segbalance.pipeline.dataset import build_eval_dataset
-
         size = (int(image_size[0]), int(image_size[1]))
         n = len(manifest)
         images = np.empty((n, *size, 3), np.uint8)
         masks = np.empty((n, *size, 1), np.uint8)
-        ds = build_eval_dataset(manifest, image_size=size, batch_size=batch_size)
         start = 0
-        for batch in ds.as_numpy_iterator():
-            stop = start + len(batch["index"])
-            images[start:stop] = np.clip(np.rint(batch["image"]), 0, 255)
-            masks[start:stop] = batch["mask"] > 0.5
+        for image, mask in _decoded_rows(manifest, size, batch_size).as_numpy_iterator():
+            stop = start + len(image)
+            images[start:stop] = np.clip(np.rint(image), 0, 255)
+            masks[start:stop] = mask > 0.5
             start = stop
         return cls(images, masks, size)
 
@@ -80,3 +80,23 @@ class DecodedCache:
         image.set_shape((*self.size, 3))
         mask.set_shape((*self.size, 1))
         return tf.cast(image, tf.float32), tf.cast(mask, tf.float32)
+
+
+def _decoded_rows(manifest: Manifest, size: tuple[int, int], batch_size: int) -> tf.data.Dataset:
+    """(image, mask) batches of every row in row order, decoded as evaluation decodes them.
+
+    Built here from :func:`decode_pair` rather than through the dataset module, which
+    imports this one for the cache it reads.
+    """
+    paths = (
+        np.asarray(manifest.image_paths(), dtype=object).astype(str),
+        np.asarray(manifest.mask_paths(), dtype=object).astype(str),
+    )
+
+    @tf.autograph.experimental.do_not_convert
+    def load(image_path: tf.Tensor, mask_path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return decode_pair(image_path, mask_path, size)
+
+    ds = tf.data.Dataset.from_tensor_slices(paths)
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(int(batch_size)).prefetch(AUTOTUNE)

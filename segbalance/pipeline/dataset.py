@@ -226,10 +226,3 @@ def build_eval_dataset(
     ds = tf.data.Dataset.from_tensor_slices(_row_table(manifest, idx))
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.batch(int(batch_size)).prefetch(AUTOTUNE).with_options(_options())
-
-
-def as_keras_tuples(ds: tf.data.Dataset) -> tf.data.Dataset:
-    """Map dict elements to ``(image, mask)`` or ``(image, mask, weight)`` for ``model.fit``."""
-    if "weight" in ds.element_spec:
-        return ds.map(lambda d: (d["image"], d["mask"], d["weight"]))
-    return ds.map(lambda d: (d["image"], d["mask"]))
