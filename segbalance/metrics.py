@@ -22,7 +22,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -115,7 +114,7 @@ def reduce_metrics(counts: Any, reduction: str = "micro") -> dict[str, float]:
 
 
 class GroupMetrics:
-    """Accumulates per-image counts by group; numpy only, mergeable across workers.
+    """Accumulates per-image counts by group; numpy only, exact sums across workers.
 
     Example:
         >>> gm = GroupMetrics(["0", "1"])
@@ -145,14 +144,6 @@ class GroupMetrics:
         self.counts += counts
         self.images += np.asarray(images).reshape(-1).astype(np.int64)
 
-    def merge(self, other: GroupMetrics) -> GroupMetrics:
-        """Add another accumulator's counts (same groups) into this one; returns self."""
-        if other.group_names != self.group_names:
-            raise ValueError(f"groups differ: {self.group_names} vs {other.group_names}")
-        self.counts += other.counts
-        self.images += other.images
-        return self
-
     def result(self) -> dict[str, Any]:
         """The evaluate JSON shape (without ``threshold``).
 
@@ -176,51 +167,3 @@ class GroupMetrics:
             "worst_group_iou": float(np.min(ious)) if ious else None,
             "overall_iou": overall if self.images.sum() > 0 else None,
         }
-
-
-class _CountMetric(keras.metrics.Metric):
-    """Accumulates micro confusion counts over batches; subclasses pick the ratio."""
-
-    metric = "iou"
-
-    def __init__(self, threshold: float = 0.5, name: str | None = None, **kwargs: Any) -> None:
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(name=name or self.metric, **kwargs)
-        logit_threshold(threshold)
-        self.threshold = float(threshold)
-        self.totals = self.add_variable(
-            shape=(4,), initializer="zeros", dtype="float32", name="totals"
-        )
-
-    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
-        """``y_pred`` are logits; ``sample_weight`` [B] scales each image's counts."""
-        counts = confusion_counts(y_true, y_pred, self.threshold)
-        if sample_weight is not None:
-            counts = counts * tf.reshape(tf.cast(sample_weight, tf.float32), [-1, 1])
-        self.totals.assign_add(tf.reduce_sum(counts, axis=0))
-
-    def result(self) -> tf.Tensor:
-        tp, fp, fn = self.totals[0], self.totals[1], self.totals[2]
-        num = tp if self.metric == "iou" else 2.0 * tp
-        den = tp + fp + fn if self.metric == "iou" else 2.0 * tp + fp + fn
-        return tf.where(den > 0, tf.math.divide_no_nan(num, den), 1.0)
-
-    def reset_state(self) -> None:
-        self.totals.assign(tf.zeros((4,)))
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "threshold": self.threshold}
-
-
-@keras.saving.register_keras_serializable(package="segbalance")
-class IoUScore(_CountMetric):
-    """Micro IoU over everything seen, from logits (empty -> 1.0)."""
-
-    metric = "iou"
-
-
-@keras.saving.register_keras_serializable(package="segbalance")
-class F1Score(_CountMetric):
-    """Micro Dice/F1 over everything seen, from logits (empty -> 1.0)."""
-
-    metric = "dice"

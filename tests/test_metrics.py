@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from segbalance.errors import UserError
-from segbalance.metrics import (
-    F1Score,
-    GroupMetrics,
-    IoUScore,
-    confusion_counts,
-    metrics_from_counts,
-    reduce_metrics,
-)
+from segbalance.metrics import GroupMetrics, confusion_counts, metrics_from_counts, reduce_metrics
 
 
 def mask(*values: float) -> np.ndarray:
@@ -106,13 +98,15 @@ def test_group_metrics_equal_direct_numpy_computation():
     y[3] = 0  # an empty mask
     z = rng.normal(size=(n, 8, 8, 1)).astype(np.float32) + 2.0 * (y - 0.5)
 
-    # batches of 5 in two accumulators merged, as two workers would
+    # batches of 5 in two accumulators, the second's totals added to the first's, as the
+    # per-group sums of two workers are
     first, second = GroupMetrics(names), GroupMetrics(names)
     for start in range(0, n, 5):
         target = first if start < 10 else second
         stop = start + 5
         target.update(groups[start:stop], confusion_counts(y[start:stop], z[start:stop]).numpy())
-    result = first.merge(second).result()
+    first.add_totals(second.counts, second.images)
+    result = first.result()
     # the same numbers when the counts were summed per group on the device
     totals = GroupMetrics(names)
     per_group = np.zeros((4, 4))
@@ -154,22 +148,4 @@ def test_group_metrics_rejects_bad_input():
         gm.update([2], [[1, 0, 0, 0]])
     with pytest.raises(ValueError, match="group ids"):
         gm.update([0, 1], [[1, 0, 0, 0]])
-    with pytest.raises(ValueError, match="groups differ"):
-        gm.merge(GroupMetrics(["a"]))
     assert gm.result()["mean_group_iou"] is None
-
-
-def test_keras_metrics_accumulate_micro_counts_and_serialize():
-    iou, f1 = IoUScore(), F1Score(threshold=0.5)
-    # batch 1: tp 1, fp 1, fn 1; batch 2: tp 2, fp 0, fn 0 -> totals tp 3, fp 1, fn 1
-    for metric in (iou, f1):
-        metric.update_state(mask(1, 1, 0, 0), mask(3.0, -1.0, 0.5, -2.0))
-        metric.update_state(mask(1, 0, 1, 0), mask(1.0, -1.0, 1.0, -1.0))
-    assert float(iou.result()) == pytest.approx(3 / 5)
-    assert float(f1.result()) == pytest.approx(6 / 8)
-    iou.reset_state()
-    assert float(iou.result()) == 1.0  # nothing seen: empty convention
-    again = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(IoUScore(threshold=0.3, name="iou_03"))
-    )
-    assert isinstance(again, IoUScore) and again.threshold == 0.3 and again.name == "iou_03"
