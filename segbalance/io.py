@@ -1,0 +1,149 @@
+"""Atomic file and folder writes: a temp beside the target, then one rename."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+# Text and binary writes only: reading or appending through a rename makes no sense.
+WRITE_MODES = ("w", "wb")
+
+
+def _create_temp(final: Path, suffix: str) -> tuple[int, Path]:
+    """Create an empty temp file beside ``final``; its mode is what a plain ``open`` gives.
+
+    ``tempfile.mkstemp`` would make it 0600, and the rename keeps that mode; opening with
+    0o666 lets the kernel apply the umask (and any default ACL) exactly as for ``open``.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}{suffix or final.suffix}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp name beside {final}")
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file another writer has closed to disk before it is renamed into place."""
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_write(
+    path: str | Path, mode: str = "w", *, encoding: str | None = None, newline: str | None = None
+) -> Iterator[IO[Any]]:
+    """Open ``path`` for writing so that it appears only complete, or not at all.
+
+    The data goes to a temp file in the same folder, is fsynced and renamed over ``path``
+    when the block ends; an exception removes the temp file and leaves ``path`` as it was.
+    Nesting two of these renames the inner file first (a sidecar before its CSV).
+
+    Example:
+        >>> with atomic_write("out/report.txt") as fh:
+        ...     fh.write("done\\n")
+    """
+    if mode not in WRITE_MODES:
+        raise ValueError(f"atomic_write mode must be one of {WRITE_MODES}, got {mode!r}")
+    final = Path(path)
+    fd, tmp = _create_temp(final, "")
+    try:
+        if mode == "wb":
+            fh: IO[Any] = os.fdopen(fd, "wb")
+        else:
+            fh = os.fdopen(fd, "w", encoding=encoding, newline=newline)
+        with fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str, encoding: str | None = None) -> None:
+    """Write a text file atomically (the same encoding and newlines as ``Path.write_text``)."""
+    with atomic_write(path, "w", encoding=encoding) as fh:
+        fh.write(text)
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """A temp path for a writer that wants a file name (``model.save``, ``savefig``, PIL).
+
+    The temp file lies beside ``path`` and ends in ``suffix`` (default ``path``'s own, for
+    writers that pick the format from it). When the block ends it gets the umask's mode,
+    is fsynced and renamed over ``path``; an exception removes it instead.
+
+    Example:
+        >>> with atomic_path("plots/stats.png") as tmp:
+        ...     fig.savefig(tmp)  # doctest: +SKIP
+    """
+    final = Path(path)
+    fd, tmp = _create_temp(final, suffix)
+    try:
+        try:
+            mode = os.fstat(fd).st_mode & 0o7777
+        finally:
+            os.close(fd)
+        yield tmp
+        os.chmod(tmp, mode)  # a writer that re-created the file may have set its own
+        _fsync(tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def replace_dir(new: str | Path, out: str | Path) -> None:
+    """Move the finished folder ``new`` to ``out``, replacing an old ``out`` only then.
+
+    The old folder is moved aside first and deleted once the new one is in place; if the
+    move fails, the old one is put back.
+    """
+    new, out = Path(new), Path(out)
+    if not out.exists():
+        os.replace(new, out)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    try:
+        os.replace(out, aside / "old")
+        try:
+            os.replace(new, out)
+        except BaseException:
+            os.replace(aside / "old", out)
+            raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """A not yet existing temp folder path beside ``path``; swapped in when the block ends.
+
+    Write the whole folder at the yielded path; an exception removes it and leaves an old
+    ``path`` untouched.
+
+    Example:
+        >>> with atomic_dir("serving/nails/1") as tmp:
+        ...     archive.write_out(str(tmp))  # doctest: +SKIP
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    holder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield holder / final.name
+        replace_dir(holder / final.name, final)
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)
