@@ -112,6 +112,22 @@ def tflite_bytes(model: Any, meta: ModelMeta, threshold: float) -> bytes:
         return bytes(converter.convert())
 
 
+def _patch_tf2onnx_for_numpy2() -> None:
+    """Apply Keras' numpy-2 shim to tf2onnx, if this Keras still ships it.
+
+    tf2onnx predates numpy 2 (``np.object``, constant folding); Keras patches it the same way
+    before its own ONNX export. The shim is only in the private ``keras.src`` tree (no public
+    name exposes it), so this is the package's one ``keras.src`` import, kept here alone and
+    optional: without it ONNX export runs unpatched, as on a numpy 1 install.
+    """
+    try:  # the shim imports onnx itself: an ImportError there also means "go unpatched"
+        from keras.src.export.tf2onnx_lib import patch_tf2onnx
+
+        patch_tf2onnx()
+    except ImportError:
+        pass
+
+
 def write_onnx(model: Any, meta: ModelMeta, path: Path, threshold: float) -> None:
     """ONNX through tf2onnx (an optional dependency)."""
     try:
@@ -123,12 +139,7 @@ def write_onnx(model: Any, meta: ModelMeta, path: Path, threshold: float) -> Non
         ) from err
     import tensorflow as tf
 
-    try:  # tf2onnx predates numpy 2; Keras ships the shim it uses for its own ONNX export
-        from keras.src.export.tf2onnx_lib import patch_tf2onnx
-
-        patch_tf2onnx()
-    except ImportError:
-        pass
+    _patch_tf2onnx_for_numpy2()
     float_spec, _ = _specs(meta)
     fn = tf.function(serving_function(model, threshold), input_signature=[float_spec])
     tf2onnx.convert.from_function(fn, input_signature=[float_spec], output_path=str(path))
