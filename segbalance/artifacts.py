@@ -14,14 +14,16 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from segbalance.errors import UserError
+from segbalance.io import atomic_path
+
+# kept for train/ until it moves to segbalance.io
+from segbalance.io import write_text as write_text_atomic  # noqa: F401
 
 META_MEMBER = "segbalance.json"
 
@@ -59,40 +61,15 @@ class ModelMeta:
         return cls(**raw)
 
 
-def atomic_path(final: str | Path, suffix: str = "") -> Path:
-    """A temp path in the same folder as ``final`` (so ``os.replace`` is atomic)."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{final.name}.", suffix=suffix or final.suffix, dir=final.parent
-    )
-    os.close(fd)
-    return Path(tmp)
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a text file through a temp file and a rename."""
-    tmp = atomic_path(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_model(model: Any, path: str | Path, meta: ModelMeta) -> Path:
     """Save a Keras model plus its metadata atomically as one ``.keras`` file."""
     path = Path(path)
     if path.suffix != ".keras":
         raise UserError(f"model path {path} must end in .keras")
-    tmp = atomic_path(path, ".keras")
-    try:
+    with atomic_path(path, ".keras") as tmp:
         model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(META_MEMBER, meta.to_json())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from segbalance.artifacts import write_text_atomic
 from segbalance.errors import UserError
+from segbalance.io import atomic_path, write_text
 
 BALANCES = ("proportional", "uniform")
 MARKER = "demo.json"
@@ -103,7 +103,7 @@ def _claim(work_dir: Path) -> None:
         elif target.exists():
             target.unlink()
     work_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(work_dir / MARKER, json.dumps({"status": "running"}) + "\n")
+    write_text(work_dir / MARKER, json.dumps({"status": "running"}) + "\n")
 
 
 def write_heldout(out: Path, per_group: int, size: int, seed: int) -> dict[str, int]:
@@ -153,7 +153,7 @@ def _prepare_data(work_dir: Path, s: DemoSettings, clock: _Clock) -> tuple[Any, 
     test = prepare_dataset(heldout, seed=s.seed, progress=False).manifest
     clock.lap("prepare", "prepare: both sets checked, manifests written")
     stats = compute_stats(train)
-    write_text_atomic(work_dir / "stats.json", json.dumps(stats, indent=2) + "\n")
+    write_text(work_dir / "stats.json", json.dumps(stats, indent=2) + "\n")
     plot_stats(stats, work_dir / "stats.png")
     print(format_stats_table(stats))
     clock.lap("stats", "stats: stats.json, stats.png")
@@ -248,7 +248,7 @@ def run_demo(
         },
     }
     summary["table"] = comparison_table(results, train_counts)
-    write_text_atomic(work_dir / MARKER, json.dumps(summary, indent=2) + "\n")
+    write_text(work_dir / MARKER, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -269,7 +269,6 @@ def plot_comparison(
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from segbalance.artifacts import atomic_path
     from segbalance.sampling import group_probabilities
 
     groups = list(results[BALANCES[0]]["groups"])
@@ -323,13 +322,11 @@ def plot_comparison(
     title = f"Group balancing on synthetic nails, held-out IoU ({summary})"
     fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=11)
     fig.tight_layout()
-    tmp = atomic_path(path, ".png")
     try:
-        fig.savefig(tmp, dpi=110, format="png")
-        tmp.replace(path)
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -13,6 +13,8 @@ import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from segbalance.text import table_lines
+
 
 class UserError(Exception):
     """Bad input: the message names the file or value and how to fix it (exit code 2)."""
@@ -46,11 +48,9 @@ def format_problems(problems: Iterable[Problem], max_rows: int = 200) -> str:
         file   problem     fix
         a.png  empty file  re-export it
     """
-    rows = [("file", "problem", "fix")]
     problems = list(problems)
-    rows += [(p.file, p.problem, p.fix) for p in problems[:max_rows]]
-    widths = [max(len(r[i]) for r in rows) for i in range(2)]
-    lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}".rstrip() for r in rows]
+    rows = [(p.file, p.problem, p.fix) for p in problems[:max_rows]]
+    lines = table_lines(("file", "problem", "fix"), rows, align="l")
     if len(problems) > max_rows:
         lines.append(f"... and {len(problems) - max_rows} more")
     return "\n".join(lines)

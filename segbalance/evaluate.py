@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from segbalance.artifacts import write_text_atomic
 from segbalance.errors import UserError
+from segbalance.io import write_text
+from segbalance.text import table_lines
 
 SPLITS = ("train", "valid", "test", "all")
 JSON_KEYS = ("groups", "mean_group_iou", "worst_group_iou", "overall_iou", "threshold")
@@ -169,7 +170,7 @@ def json_view(result: dict[str, Any]) -> dict[str, Any]:
 
 def write_json(result: dict[str, Any], path: str | Path) -> None:
     """Write the evaluation JSON atomically."""
-    write_text_atomic(path, json.dumps(json_view(result), indent=2) + "\n")
+    write_text(path, json.dumps(json_view(result), indent=2) + "\n")
 
 
 def _fmt(value: float | None) -> str:
@@ -187,18 +188,11 @@ def format_evaluation(result: dict[str, Any]) -> str:
     """
     unknown = set(result.get("unknown_groups", []))
     header = ("group", "images", "iou", "dice", "precision", "recall")
-    rows: list[tuple[str, ...]] = [header]
+    rows: list[tuple[str, ...]] = []
     for name, g in result["groups"].items():
         label = f"{name}*" if name in unknown else name
         rows.append((label, str(g["images"]), *(_fmt(g[k]) for k in header[2:])))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in rows
-    ]
+    lines = table_lines(header, rows)
     lines.append("")
     lines.append(f"mean_group_iou   {_fmt(result['mean_group_iou'])}")
     lines.append(f"worst_group_iou  {_fmt(result['worst_group_iou'])}")

@@ -20,15 +20,14 @@ Example:
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from segbalance.artifacts import META_MEMBER, ModelMeta, atomic_path
+from segbalance.artifacts import META_MEMBER, ModelMeta
 from segbalance.errors import UserError, unknown_name_error
+from segbalance.io import atomic_dir, atomic_path, atomic_write, replace_dir
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 SUFFIX = {"tflite": ".tflite", "onnx": ".onnx"}
@@ -154,15 +153,8 @@ def _check_out(fmt: str, out: Path, overwrite: bool) -> None:
         raise UserError(f"{out} is a file; a SavedModel is a folder")
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished folder into place, replacing an old one only once the new one exists."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        os.replace(out, old / "x")
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old)
+# tests/test_export.py imports this name; the folder swap itself lives in segbalance.io.
+_replace_dir = replace_dir
 
 
 def export_model(
@@ -194,22 +186,13 @@ def export_model(
     keras_model, meta = load_model(model_path)
     model = float32_model(keras_model)
     t = float(meta.threshold if threshold is None else threshold)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "savedmodel":
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
-            write_savedmodel(model, meta, tmp / "sm", t)
-            _replace_dir(tmp / "sm", out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return out
-    tmp_file = atomic_path(out)
-    try:
-        if fmt == "tflite":
-            tmp_file.write_bytes(tflite_bytes(model, meta, t))
-        else:
-            write_onnx(model, meta, tmp_file, t)
-        os.replace(tmp_file, out)
-    finally:
-        tmp_file.unlink(missing_ok=True)
+        with atomic_dir(out) as tmp:
+            write_savedmodel(model, meta, tmp, t)
+    elif fmt == "tflite":
+        with atomic_write(out, "wb") as fh:
+            fh.write(tflite_bytes(model, meta, t))
+    else:
+        with atomic_path(out) as tmp:
+            write_onnx(model, meta, tmp, t)
     return out

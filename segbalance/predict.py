@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from segbalance.artifacts import atomic_path
 from segbalance.errors import Problem, UserError
+from segbalance.io import atomic_path
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 TINT = np.array([0, 220, 255], np.float32)  # cyan: distinct from skin and common polish
@@ -121,15 +121,11 @@ def output_names(files: Sequence[Path]) -> list[Path]:
 
 
 def save_png(array: np.ndarray, path: Path) -> None:
-    """Write a uint8 array as PNG through a temp file and a rename."""
+    """Write a uint8 array as PNG atomically."""
     from PIL import Image
 
-    tmp = atomic_path(path, ".png")
-    try:
+    with atomic_path(path, ".png") as tmp:
         Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:

@@ -156,14 +156,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for r in rows:
-        cells = [r[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
+    from segbalance.text import format_table
+
+    return format_table(rows[0], rows[1:])
 
 
 def format_report(report: dict[str, Any]) -> str:

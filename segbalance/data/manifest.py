@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from segbalance import __version__
-from segbalance.artifacts import atomic_path
 from segbalance.errors import InvalidDataError, Problem, UserError
+from segbalance.io import atomic_write
 
 COLUMNS = ("image", "mask", "group", "split", "height", "width", "coverage", "mask_rule")
 SPLITS = ("train", "valid", "test")
@@ -230,16 +230,14 @@ def write_manifest(
     meta["groups"] = manifest.groups
     meta["rows"] = len(manifest)
     meta["tool"] = f"segbalance {__version__}"
-    tmp_csv = atomic_path(path)
-    tmp_json = atomic_path(side)
-    try:
-        tmp_csv.write_text(manifest_csv_text(manifest), encoding="utf-8")
-        tmp_json.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp_json, side)
-        os.replace(tmp_csv, path)
-    finally:
-        tmp_csv.unlink(missing_ok=True)
-        tmp_json.unlink(missing_ok=True)
+    # The inner file is renamed first: the sidecar is in place before a reader sees the CSV,
+    # and a failure before that leaves both old files as they were.
+    with (
+        atomic_write(path, encoding="utf-8") as csv_file,
+        atomic_write(side, encoding="utf-8") as json_file,
+    ):
+        csv_file.write(manifest_csv_text(manifest))
+        json_file.write(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return path
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from segbalance.artifacts import write_text_atomic
 from segbalance.data.check import DEFAULT_MAX_PIXELS, check_pairs
 from segbalance.data.discover import Discovery, Reject, discover
 from segbalance.data.manifest import (
@@ -33,6 +32,8 @@ from segbalance.data.manifest import (
     write_manifest,
 )
 from segbalance.errors import InvalidDataError, UserError
+from segbalance.io import write_text
+from segbalance.text import table_lines
 
 REJECT_COLUMNS = ("image", "mask", "group", "problem", "fix")
 
@@ -79,14 +80,7 @@ class PrepareResult:
         rows = [tuple(map(str, r)) for r in self.group_rows()]
         totals = [sum(int(r[i]) for r in rows) for i in range(1, 5)]
         rows.append(("total", *map(str, totals)))
-        width = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
-        lines = [
-            "  ".join(
-                c.rjust(w) if i else c.ljust(w)
-                for i, (c, w) in enumerate(zip(r, width, strict=True))
-            )
-            for r in [head, *rows]
-        ]
+        lines = table_lines(head, rows)
         rules = ", ".join(f"{k} x{v}" for k, v in sorted(self.mask_rules.items()))
         lines += ["", f"layout: {self.layout}", f"mask rules applied: {rules or 'none'}"]
         if self.ignored:
@@ -251,7 +245,7 @@ def prepare_dataset(
     )
     rejects_path = rejects_path_for(out_path)
     if done.rejects:
-        write_text_atomic(rejects_path, _rejects_csv(done.rejects))
+        write_text(rejects_path, _rejects_csv(done.rejects))
     else:
         rejects_path.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
     info = {

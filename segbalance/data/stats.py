@@ -13,16 +13,16 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from segbalance.artifacts import atomic_path, write_text_atomic
 from segbalance.data.manifest import SPLITS, Manifest
 from segbalance.errors import UserError
+from segbalance.io import atomic_path, write_text
+from segbalance.text import table_lines
 
 QUANTILES = {"q10": 0.10, "q25": 0.25, "median": 0.50, "q75": 0.75, "q90": 0.90}
 SPLIT_COLOURS = {"train": "#4C72B0", "valid": "#DD8452", "test": "#55A868"}
@@ -144,14 +144,9 @@ def format_stats_table(stats: dict[str, Any]) -> str:
                 _size_text(block["sizes"]),
             ]
         )
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-
-    def line(cells: list[str]) -> str:
-        first = f"{cells[0]:<{widths[0]}}"
-        rest = [f"{c:>{w}}" for c, w in zip(cells[1:-1], widths[1:-1], strict=True)]
-        return "  ".join([first, *rest, cells[-1]]).rstrip()
-
-    lines = [line(head), *(line(r) for r in rows[:-1]), "-" * len(line(head)), line(rows[-1])]
+    # group name left, numbers right, the size text (last) left; a rule above the total
+    body = table_lines(head, rows, align="l" + "r" * (len(head) - 2) + "l")
+    lines = [*body[:-1], "-" * len(body[0]), body[-1]]
     if stats["imbalance"] is not None:
         lines.append(f"largest / smallest group: {stats['imbalance']:.1f}x")
     return "\n".join(lines)
@@ -159,7 +154,7 @@ def format_stats_table(stats: dict[str, Any]) -> str:
 
 def write_stats_json(stats: dict[str, Any], path: str | Path) -> Path:
     """Write the statistics as indented JSON, atomically."""
-    write_text_atomic(path, json.dumps(stats, indent=2) + "\n")
+    write_text(path, json.dumps(stats, indent=2) + "\n")
     return Path(path)
 
 
@@ -293,10 +288,6 @@ def plot_stats(stats: dict[str, Any], path: str | Path) -> Path:
     if stats["imbalance"] is not None:
         title += f", largest group {stats['imbalance']:.1f}x the smallest"
     fig.suptitle(title, fontsize=13, fontweight="bold")
-    tmp = atomic_path(path)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lower()[1:])
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
