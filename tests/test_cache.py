@@ -1,4 +1,7 @@
-"""data.cache_decoded: decoded rows in memory give the batches the file path gives."""
+"""data.cache_decoded: decoded rows in memory give the batches the file path gives.
+
+``synth_manifest`` is the shared synthetic data set of conftest.py.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +13,7 @@ import pytest
 from segbalance.config import AugmentConfig, load_config
 from segbalance.data.manifest import Manifest, read_manifest
 from segbalance.errors import UserError
-from segbalance.pipeline import DecodedCache, build_train_dataset
-
-
-@pytest.fixture(scope="module")
-def manifest_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from segbalance.data.prepare import prepare_dataset
-    from segbalance.data.synth import generate
-
-    root = tmp_path_factory.mktemp("synth")
-    generate(root, scale=0.01, size=64, seed=3, progress=False, workers=1)
-    return prepare_dataset(root, progress=False, workers=1).manifest_path
+from segbalance.pipeline import DecodedCache, build_eval_dataset, build_train_dataset
 
 
 def _batches(rows: Manifest, cache: DecodedCache | None, augment: AugmentConfig) -> list:
@@ -48,8 +41,8 @@ OPS = [
 
 
 @pytest.mark.parametrize("augment", ["none", OPS])
-def test_cached_batches_equal_decoded_batches(manifest_path: Path, augment) -> None:
-    rows = read_manifest(manifest_path)
+def test_cached_batches_equal_decoded_batches(synth_manifest: Path, augment) -> None:
+    rows = read_manifest(synth_manifest)
     cfg = AugmentConfig(default=augment, jit=False)
     cache = DecodedCache.build(rows, (64, 64))
     assert cache.images.dtype == np.uint8 and cache.images.shape == (len(rows), 64, 64, 3)
@@ -65,20 +58,30 @@ def test_cached_batches_equal_decoded_batches(manifest_path: Path, augment) -> N
         assert np.mean(a["mask"] != b["mask"]) < 0.01
 
 
-def test_cache_of_another_manifest_is_refused(manifest_path: Path) -> None:
-    rows = read_manifest(manifest_path)
+def test_cache_holds_the_evaluation_decode_rounded(synth_manifest: Path) -> None:
+    rows = read_manifest(synth_manifest).select(split="valid")
+    cache = DecodedCache.build(rows, (64, 64), batch_size=3)
+    batches = list(build_eval_dataset(rows, image_size=(64, 64), batch_size=4))
+    images = np.concatenate([b["image"].numpy() for b in batches])
+    masks = np.concatenate([b["mask"].numpy() for b in batches])
+    np.testing.assert_array_equal(cache.images, np.clip(np.rint(images), 0, 255))
+    np.testing.assert_array_equal(cache.masks, masks > 0.5)
+
+
+def test_cache_of_another_manifest_is_refused(synth_manifest: Path) -> None:
+    rows = read_manifest(synth_manifest)
     cache = DecodedCache.build(rows.select(split="valid"), (64, 64))
     with pytest.raises(UserError, match="build the cache from the same manifest"):
         _batches(rows, cache, AugmentConfig(default="none"))
 
 
-def test_training_with_cache_decoded(manifest_path: Path, tmp_path: Path, capsys) -> None:
+def test_training_with_cache_decoded(synth_manifest: Path, tmp_path: Path, capsys) -> None:
     from segbalance.train import train
 
     cfg = load_config(
         None,
         {
-            "data.manifest": str(manifest_path),
+            "data.manifest": str(synth_manifest),
             "data.image_size": 64,
             "data.epoch_length": 6,
             "data.cache_decoded": True,

@@ -1,4 +1,7 @@
-"""segbalance evaluate: per-group metrics at the original mask size, JSON shape, data roots."""
+"""segbalance evaluate: per-group metrics at the original mask size, JSON shape, data roots.
+
+``model_file`` is the shared random model of conftest.py (groups "0" and "1", threshold 0.5).
+"""
 
 from __future__ import annotations
 
@@ -9,30 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segbalance.artifacts import ModelMeta, save_model
 from segbalance.cli import main
-from segbalance.config import ModelConfig
 from segbalance.data.manifest import Manifest, write_manifest
 from segbalance.errors import UserError
 
 SIZES = {"0": [(48, 80), (64, 64), (70, 50)], "1": [(64, 64), (40, 96)], "9": [(64, 64)]}
-
-
-def make_model_file(path: Path, groups: list[str], threshold: float = 0.5) -> Path:
-    """A random unet-small at 64 px saved with its meta (no training)."""
-    import keras
-
-    from segbalance.models import build_model
-
-    keras.utils.set_random_seed(1)
-    model = build_model(ModelConfig(name="unet-small", encoder_weights="none"), (64, 64))
-    # Spread the logits so that a good share of pixels falls on each side of 0.
-    head = model.layers[-1]
-    kernel, *rest = head.get_weights()
-    head.set_weights([kernel * 50.0, *rest])
-    return save_model(
-        model, path, ModelMeta(image_size=(64, 64), groups=groups, threshold=threshold)
-    )
 
 
 def write_pair(root: Path, group: str, i: int, hw: tuple[int, int], rng) -> tuple[str, str]:
@@ -65,11 +49,6 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
     manifest = Manifest(root=root, coverage=np.zeros(n), mask_rule=("0/255",) * n, **rows)
     csv = write_manifest(manifest, root / "segbalance" / "manifest.csv")
     return root, Path(csv)
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    return make_model_file(tmp_path_factory.mktemp("model") / "m.keras", ["0", "1"], 0.5)
 
 
 def numpy_reference(model_file: Path, root: Path, rows: list[tuple[str, str, str]], batch: int):

@@ -8,25 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segbalance.artifacts import ModelMeta, save_model
 from segbalance.cli import main
 from segbalance.config import ModelConfig
 from segbalance.errors import UserError
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    import keras
-
-    from segbalance.models import build_model
-
-    keras.utils.set_random_seed(3)
-    model = build_model(ModelConfig(name="unet-small", encoder_weights="none"), (64, 64))
-    head = model.layers[-1]
-    kernel, *rest = head.get_weights()
-    head.set_weights([kernel * 50.0, *rest])
-    path = tmp_path_factory.mktemp("model") / "m.keras"
-    return save_model(model, path, ModelMeta(image_size=(64, 64), groups=["0"], threshold=0.4))
+def model_file(make_model_file) -> Path:
+    """A model whose own threshold (0.4) is not the default: exports must carry it."""
+    return make_model_file(["0"], threshold=0.4, seed=3)
 
 
 @pytest.fixture(scope="module")

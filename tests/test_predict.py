@@ -1,4 +1,7 @@
-"""segbalance predict: files/folders/globs, original sizes, bad files skipped, overlays."""
+"""segbalance predict: files/folders/globs, original sizes, bad files skipped, overlays.
+
+``model_file`` is the shared random model of conftest.py.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segbalance.artifacts import ModelMeta, save_model
 from segbalance.cli import main
-from segbalance.config import ModelConfig
 from segbalance.predict import expand_inputs, output_names, overlay_image
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    """A random unet-small at 64 px with spread-out logits, saved with its meta."""
-    import keras
-
-    from segbalance.models import build_model
-
-    keras.utils.set_random_seed(2)
-    model = build_model(ModelConfig(name="unet-small", encoder_weights="none"), (64, 64))
-    head = model.layers[-1]
-    kernel, *rest = head.get_weights()
-    head.set_weights([kernel * 50.0, *rest])
-    path = tmp_path_factory.mktemp("model") / "m.keras"
-    return save_model(model, path, ModelMeta(image_size=(64, 64), groups=["0"]))
 
 
 def _image(path: Path, hw: tuple[int, int], seed: int, mode: str = "RGB") -> None:
