@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-test demo demo-quick test lint bench clean
+.PHONY: install install-test demo demo-quick test test-fast lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 
 test: lint
 	$(VENV)/bin/pytest -q
+
+# Everything but the tests marked heavy (large encoders, multi-process training).
+test-fast: lint
+	$(VENV)/bin/pytest -q -m "not heavy"
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
