@@ -238,3 +238,13 @@ def test_no_keras_src_imports() -> None:
                 where = module.path.relative_to(ROOT.parent)
                 found.append(f"{where}:{node.lineno}: {full}")
     assert not found, "keras.src imports (use the public keras API):\n  " + "\n  ".join(found)
+
+
+def test_every_module_starts_with_a_docstring() -> None:
+    """Its first line says what the module holds: the index a reader scans first."""
+    bare = [
+        str(module.path.relative_to(ROOT.parent))
+        for module in parse_package().values()
+        if not (ast.get_docstring(module.tree) or "").strip()
+    ]
+    assert not bare, "modules without a docstring: " + ", ".join(bare)
