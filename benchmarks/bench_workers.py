@@ -46,11 +46,12 @@ def free_ports(n: int) -> list[int]:
 def worker(args: argparse.Namespace) -> None:
     """One process: build the strategy, time ``args.steps`` steps, print JSON."""
     from segbalance.config import DistributeConfig, LossConfig, ModelConfig, OptimizerConfig
-    from segbalance.train.distribute import make_strategy, per_replica_batch
+    from segbalance.train.runtime import make_runtime
 
     workers = args.workers.split(",") if args.workers else None
     dcfg = DistributeConfig(workers=workers, worker_index=args.index if workers else None)
-    strategy = make_strategy(dcfg)
+    runtime = make_runtime(dcfg)
+    strategy = runtime.strategy
     import keras
     import tensorflow as tf
 
@@ -59,7 +60,7 @@ def worker(args: argparse.Namespace) -> None:
     from segbalance.train import schedule, steps
 
     size, batch = (args.size, args.size), args.batch
-    per_replica_batch(strategy, batch)
+    runtime.check_batch("--batch", batch)
     keras.utils.set_random_seed(0)
     with strategy.scope():
         model = build_model(ModelConfig(name="unet-small", encoder_weights="none"), size)

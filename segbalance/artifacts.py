@@ -22,9 +22,6 @@ from typing import Any
 from segbalance.errors import UserError
 from segbalance.io import atomic_path
 
-# kept for train/ until it moves to segbalance.io
-from segbalance.io import write_text as write_text_atomic  # noqa: F401
-
 META_MEMBER = "segbalance.json"
 
 

@@ -17,9 +17,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from segbalance.errors import UserError
+from segbalance.sampling.weights import parse_balance, parse_weights
 
 
 class _Stage(BaseModel):
@@ -39,6 +47,14 @@ class DataConfig(_Stage):
         False, description="decode+resize train images once and keep them in memory (uint8)"
     )
 
+    @field_validator("groups", mode="before")
+    @classmethod
+    def _group_names(cls, v: Any) -> Any:
+        # Group names are strings; YAML reads `groups: [0, 4]` as numbers.
+        if isinstance(v, list):
+            return [str(g) if isinstance(g, int) and not isinstance(g, bool) else g for g in v]
+        return v
+
     @field_validator("image_size", mode="before")
     @classmethod
     def _square(cls, v: Any) -> Any:
@@ -55,10 +71,44 @@ class DataConfig(_Stage):
 class SamplingConfig(_Stage):
     """How groups are balanced (see segbalance.sampling)."""
 
-    balance: str = "uniform"
+    balance: str = Field(
+        "uniform", description="proportional | uniform | power:A | sqrt | custom | repeat-factor:T"
+    )
     mode: Literal["exact", "random"] = "exact"
     weights: dict[str, float] | None = None
     sample_weights: bool = Field(False, description="also emit per-sample loss weights")
+
+    @field_validator("balance")
+    @classmethod
+    def _known_strategy(cls, v: str) -> str:
+        # Parsed here so a typo fails at load, naming the key, before any work starts.
+        try:
+            parse_balance(v)
+        except UserError as err:
+            raise ValueError(str(err)) from None
+        return v
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _weights_text(cls, v: Any) -> Any:
+        # "0=1,4=2" as the --weights flag writes it; group names are strings (0 means "0").
+        if isinstance(v, str):
+            try:
+                return parse_weights(v)
+            except UserError as err:
+                raise ValueError(str(err)) from None
+        if isinstance(v, dict):
+            return {str(k): w for k, w in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _custom_needs_weights(self) -> SamplingConfig:
+        if parse_balance(self.balance)[0] == "custom" and not self.weights:
+            raise ValueError(
+                "balance 'custom' needs weights: pass --weights GROUP=WEIGHT,... (e.g. "
+                "'0=1,4=2') or set sampling.weights"
+            )
+        return self
 
 
 class AugmentConfig(_Stage):
@@ -77,7 +127,10 @@ class ModelConfig(_Stage):
     """Which network to build (see segbalance.models)."""
 
     name: str = "unet-small"
-    encoder_weights: str = Field("imagenet", description="imagenet | none | path to weights")
+    encoder_weights: str = Field(
+        "default",
+        description="default (imagenet; none for unet-small) | imagenet | none | weights file",
+    )
     decoder_filters: tuple[int, ...] = (256, 128, 64, 32, 16)
     batch_norm: bool = True
     classes: int = 1
@@ -112,16 +165,18 @@ class OptimizerConfig(_Stage):
 class TrainConfig(_Stage):
     """The training loop."""
 
-    epochs: int = 20
-    batch_size: int = 8
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(8, ge=1, description="global batch, split over the replicas")
     precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "auto"
     seed: int = 0
     monitor: Literal["mean_group_iou", "worst_group_iou", "val_loss", "iou"] = "mean_group_iou"
-    early_stopping_patience: int | None = None
-    threshold: float = 0.5
-    keep_checkpoints: int = 3
-    checkpoint_every_steps: int | None = Field(None, description="also checkpoint mid-epoch")
-    validation_batch_size: int | None = None
+    early_stopping_patience: int | None = Field(None, ge=1)
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    keep_checkpoints: int = Field(3, ge=1)
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="also checkpoint mid-epoch (null: once per epoch)"
+    )
+    validation_batch_size: int | None = Field(None, ge=1, description="null: batch_size")
 
 
 class DistributeConfig(_Stage):
@@ -168,6 +223,15 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _error_line(error: Any) -> str:
+    """``key=value: message`` for a scalar value the user gave, else ``key: message``."""
+    key = ".".join(map(str, error["loc"]))
+    value = error.get("input")
+    if isinstance(value, bool | int | float | str) and error["type"] != "missing":
+        return f"{key}={value!r}: {error['msg']}"
+    return f"{key}: {error['msg']}"
+
+
 def load_config(
     path: str | Path | None,
     overrides: dict[str, Any] | None = None,
@@ -202,7 +266,7 @@ def load_config(
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
-        lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]
+        lines = [_error_line(e) for e in err.errors()]
         source = f" in {path}" if path else ""
         raise UserError(f"invalid config{source}:\n  " + "\n  ".join(lines)) from err
 

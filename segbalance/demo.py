@@ -166,7 +166,7 @@ def _train_and_evaluate(
     """Train both runs, then evaluate each best.keras on the held-out set."""
     from segbalance.config import load_config
     from segbalance.evaluate import evaluate, write_json
-    from segbalance.train.loop import train
+    from segbalance.train import train
 
     manifest = work_dir / "data" / "segbalance" / "manifest.csv"
     runs: dict[str, Any] = {}

@@ -1,12 +1,12 @@
 """Subprocess helper of tests/test_distribute.py and tests/test_multiworker.py.
 
-Runs the real training loop (``segbalance.train.train``) and records, without changing
-what it computes, what a test needs to see from outside:
+Runs the real training loop (``segbalance.train.train``) and records, through a callback,
+what a test needs to see from outside:
 
-* the loss returned by every train step (wrapping ``steps.make_train_step``),
-* what this worker's input pipeline was asked to read (``steps.build_train_dataset``:
+* the loss returned by every train step (``on_train_batch_end``),
+* what this worker's input pipeline reads (``Trainer.epoch_reads`` at ``on_epoch_begin``:
   epoch, plan positions and manifest rows),
-* the final weights of the model (wrapping ``Session.run``), as an ``.npz`` and a digest.
+* the final weights of the model (``on_train_end``), as an ``.npz`` and a digest.
 
 Modes:
     compare --root DIR --out FILE.json
@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 
 TINY = {
@@ -61,56 +62,42 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-class Recorder:
-    """Wraps the loop's seams; every recorded value comes from the real computation.
+class Recorder(keras.callbacks.Callback):
+    """A training callback; every recorded value comes from the real computation.
 
     Args:
         reads_log: also append each shard read to this JSON-lines file as it is built.
     """
 
     def __init__(self, reads_log: Path | None = None) -> None:
+        super().__init__()
         self.reads_log = reads_log  # one JSON line per shard, written at once (kill -9 safe)
         self.losses: list[float] = []
         self.reads: list[dict[str, Any]] = []
         self.weights: dict[str, np.ndarray] = {}
-        from segbalance.train import session, steps
 
-        make_step, build, run = (
-            steps.make_train_step,
-            steps.build_train_dataset,
-            session.Session.run,
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        # What this worker's input pipeline reads: the trainer's own shard of the plan.
+        trainer = self.params["trainer"]
+        runtime = trainer.runtime
+        positions, indices = trainer.epoch_reads(
+            epoch, trainer.state.get("step"), runtime.num_workers, runtime.worker_index
         )
+        entry = {
+            "epoch": int(epoch),
+            "indices": np.asarray(indices).tolist(),
+            "positions": np.asarray(positions).tolist(),
+        }
+        self.reads.append(entry)
+        if self.reads_log is not None:
+            with self.reads_log.open("a") as fh:
+                fh.write(json.dumps(entry) + "\n")
 
-        def make_train_step(*args: Any, **kwargs: Any) -> Any:
-            step = make_step(*args, **kwargs)
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        self.losses.append(float(logs["step_loss"]))
 
-            def recorded(batch: Any) -> Any:
-                loss, counts = step(batch)
-                self.losses.append(float(loss.numpy()))
-                return loss, counts
-
-            return recorded
-
-        def build_train_dataset(manifest: Any, indices: Any, positions: Any, **kw: Any) -> Any:
-            entry = {
-                "epoch": int(kw["epoch"]),
-                "indices": np.asarray(indices).tolist(),
-                "positions": np.asarray(positions).tolist(),
-            }
-            self.reads.append(entry)
-            if self.reads_log is not None:
-                with self.reads_log.open("a") as fh:
-                    fh.write(json.dumps(entry) + "\n")
-            return build(manifest, indices, positions, **kw)
-
-        def session_run(sess: Any, resume: bool) -> Any:
-            result = run(sess, resume)
-            self.weights = {w.path: np.asarray(w.numpy()) for w in sess.model.weights}
-            return result
-
-        steps.make_train_step = make_train_step
-        steps.build_train_dataset = build_train_dataset
-        session.Session.run = session_run
+    def on_train_end(self, logs: Any = None) -> None:
+        self.weights = {w.path: np.asarray(w.numpy()) for w in self.model.weights}
 
     def digest(self) -> str:
         h = hashlib.sha256()
@@ -132,7 +119,7 @@ def bn_replicas_agree(strategy: Any, synchronize: bool) -> tuple[int, bool]:
     import keras
     import tensorflow as tf
 
-    from segbalance.train.distribute import synchronize_batch_norm
+    from segbalance.train.runtime import synchronize_batch_norm
 
     with strategy.scope():
         keras.utils.set_random_seed(0)
@@ -170,10 +157,10 @@ def bn_replicas_agree(strategy: Any, synchronize: bool) -> tuple[int, bool]:
 def compare(args: argparse.Namespace) -> None:
     from segbalance.config import DistributeConfig, load_config
     from segbalance.errors import UserError
-    from segbalance.train import distribute, train
+    from segbalance.train import runtime, train
 
     # Split the CPU before anything initialises TensorFlow's devices.
-    mirrored = distribute.make_strategy(DistributeConfig(devices="cpu:2"))
+    mirrored = runtime.make_strategy(DistributeConfig(devices="cpu:2"))
     manifest = make_data(args.root / "data")
     rec = Recorder()
     base = {**TINY, "data.manifest": str(manifest), "train.epochs": 1, "data.epoch_length": 16}
@@ -182,7 +169,7 @@ def compare(args: argparse.Namespace) -> None:
     for name, devices in (("single", None), ("mirrored", "cpu:2")):
         cfg = load_config(None, {**base, "distribute.devices": devices})
         rec.losses = []
-        result = train(cfg, args.root / name)
+        result = train(cfg, args.root / name, callbacks=[rec])
         out[name] = rec.losses
         out["replicas"][name] = result.metrics["replicas"]
         weights[name] = rec.weights
@@ -191,7 +178,7 @@ def compare(args: argparse.Namespace) -> None:
     out["max_weight_diff"] = max(float(np.max(np.abs(one[k] - two[k]))) for k in one)
     try:
         bad = load_config(None, {**base, "distribute.devices": "cpu:2", "train.batch_size": 3})
-        train(bad, args.root / "bad-batch")
+        train(bad, args.root / "bad-batch", callbacks=[rec])
         out["bad_batch_error"] = None
     except UserError as err:
         out["bad_batch_error"] = str(err)
@@ -203,7 +190,7 @@ def compare(args: argparse.Namespace) -> None:
 def worker(args: argparse.Namespace) -> None:
     from segbalance.config import load_config
     from segbalance.errors import UserError
-    from segbalance.train import distribute, train
+    from segbalance.train import runtime, train
 
     rec = Recorder(args.out.with_suffix(".reads.jsonl"))
     overrides = {
@@ -219,13 +206,13 @@ def worker(args: argparse.Namespace) -> None:
     cfg = load_config(
         base, {k: v for k, v in overrides.items() if not args.resume or "distri" in k}
     )
-    result = train(cfg, args.work_dir, resume=args.resume)
+    result = train(cfg, args.work_dir, resume=args.resume, callbacks=[rec])
     np.savez(args.out.with_suffix(".npz"), **rec.weights)
     # The strategy train() used (one per process): workers compare values collectively.
-    strategy = distribute.make_strategy(cfg.distribute)
-    distribute.check_same_on_all_workers(strategy, "epoch and step", [2, 0])
+    strategy = runtime.make_strategy(cfg.distribute)
+    runtime.check_same_on_all_workers(strategy, "epoch and step", [2, 0])
     try:
-        distribute.check_same_on_all_workers(strategy, "epoch and step", [2, args.index])
+        runtime.check_same_on_all_workers(strategy, "epoch and step", [2, args.index])
         disagreement = None
     except UserError as err:
         disagreement = str(err)

@@ -1,4 +1,4 @@
-"""segbalance.train.distribute: devices, TF_CONFIG, cluster checks, MirroredStrategy on CPUs."""
+"""segbalance.train.cluster and .runtime: devices, TF_CONFIG, cluster checks, MirroredStrategy on CPUs."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from segbalance.config import DistributeConfig
 from segbalance.errors import UserError
-from segbalance.train import distribute as D
+from segbalance.train import cluster as D
+from segbalance.train import runtime as R
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _mw_worker import free_ports
@@ -28,18 +29,18 @@ HERE = Path(__file__).parent
 
 # --------------------------------------------------------------------------- parsing
 def test_parse_devices() -> None:
-    assert D.parse_devices(None) is None
-    assert D.parse_devices(" ") is None
-    assert D.parse_devices("0,1") == ("gpu", [0, 1])
-    assert D.parse_devices("3") == ("gpu", [3])
-    assert D.parse_devices("cpu:2") == ("cpu", [0, 1])
-    assert D.parse_devices("CPU:3") == ("cpu", [0, 1, 2])
+    assert R.parse_devices(None) is None
+    assert R.parse_devices(" ") is None
+    assert R.parse_devices("0,1") == ("gpu", [0, 1])
+    assert R.parse_devices("3") == ("gpu", [3])
+    assert R.parse_devices("cpu:2") == ("cpu", [0, 1])
+    assert R.parse_devices("CPU:3") == ("cpu", [0, 1, 2])
 
 
 @pytest.mark.parametrize("bad", ["cpu:0", "cpu:x", "gpu0", "0,,1", "0,0", "-1"])
 def test_bad_devices_name_the_value(bad: str) -> None:
     with pytest.raises(UserError, match=bad.replace("-", r"\-") if bad != "0,0" else "twice"):
-        D.parse_devices(bad)
+        R.parse_devices(bad)
 
 
 def test_parse_address() -> None:
@@ -102,7 +103,7 @@ def test_resolve_cluster_sources_and_disagreement() -> None:
 def test_make_strategy_refuses_disagreeing_tf_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TF_CONFIG", D.tf_config_for(["a:1", "b:2"], 0))
     with pytest.raises(UserError, match="disagrees"):
-        D.make_strategy(DistributeConfig(workers=["a:1", "b:3"], worker_index=0))
+        R.make_strategy(DistributeConfig(workers=["a:1", "b:3"], worker_index=0))
 
 
 # --------------------------------------------------------------------------- cluster check
@@ -176,13 +177,14 @@ def test_workers_started_in_any_order_find_each_other() -> None:
 
 # --------------------------------------------------------------------------- strategy facts
 def test_default_strategy_is_single_worker_chief(tmp_path: Path) -> None:
-    strategy = D.make_strategy(DistributeConfig())
-    assert strategy.num_replicas_in_sync == 1
-    assert D.worker_info(strategy) == (0, 1) and D.is_chief(strategy)
-    assert D.checkpoint_dir_for(strategy, tmp_path) == tmp_path
-    D.cleanup_checkpoint_dir(strategy, tmp_path)  # the chief's dir is kept
+    runtime = R.make_runtime(DistributeConfig())
+    assert runtime.replicas == 1 and runtime.chief
+    assert (runtime.worker_index, runtime.num_workers) == (0, 1)
+    assert R.worker_info(runtime.strategy) == (0, 1)
+    assert runtime.checkpoint_dir(tmp_path) == tmp_path
+    runtime.cleanup_checkpoint_dir(tmp_path)  # the chief's dir is kept
     assert tmp_path.is_dir()
-    D.check_same_on_all_workers(strategy, "epoch and step", [1, 2])  # one worker: no-op
+    runtime.check_same_on_all_workers("epoch and step", [1, 2])  # one worker: no-op
 
 
 def test_missing_gpu_lists_visible_gpus() -> None:
@@ -190,24 +192,22 @@ def test_missing_gpu_lists_visible_gpus() -> None:
 
     count = len(tf.config.list_physical_devices("GPU"))
     with pytest.raises(UserError, match=rf"asks for GPU {count} but the visible GPUs are"):
-        D.make_strategy(DistributeConfig(devices=f"{count}"))
+        R.make_strategy(DistributeConfig(devices=f"{count}"))
 
 
 def test_cpu_devices_cannot_be_combined_with_workers() -> None:
     with pytest.raises(UserError, match="cannot be combined with --workers"):
-        D.make_strategy(DistributeConfig(devices="cpu:2", workers=["a:1", "b:2"], worker_index=0))
+        R.make_strategy(DistributeConfig(devices="cpu:2", workers=["a:1", "b:2"], worker_index=0))
 
 
 @given(replicas=st.integers(1, 16), batch=st.integers(1, 256))
-def test_per_replica_batch_divides_or_names_a_fix(replicas: int, batch: int) -> None:
-    strategy = SimpleNamespace(num_replicas_in_sync=replicas)
+def test_a_batch_must_split_evenly_over_the_replicas(replicas: int, batch: int) -> None:
+    runtime = R.Runtime(SimpleNamespace(num_replicas_in_sync=replicas))
     if batch % replicas == 0:
-        assert D.per_replica_batch(strategy, batch) * replicas == batch
+        runtime.check_batch("train.batch_size", batch)
     else:
-        with pytest.raises(UserError, match=f"batch size {batch} does not divide over") as err:
-            D.per_replica_batch(strategy, batch)
-        suggested = int(str(err.value).split("--batch-size ")[1].split()[0])
-        assert suggested % replicas == 0 and suggested > 0
+        with pytest.raises(UserError, match=f"train.batch_size={batch} is not divisible by"):
+            runtime.check_batch("train.batch_size", batch)
 
 
 def test_worker_paths_follow_the_multi_worker_rules(tmp_path: Path) -> None:
@@ -221,35 +221,14 @@ def test_worker_paths_follow_the_multi_worker_rules(tmp_path: Path) -> None:
 
     extended = SimpleNamespace(_in_multi_worker_mode=lambda: True)
     worker = SimpleNamespace(extended=extended, cluster_resolver=Resolver())
-    assert D.worker_info(worker) == (1, 2) and not D.is_chief(worker)
-    path = D.checkpoint_dir_for(worker, tmp_path)
+    assert R.worker_info(worker) == (1, 2)
+    runtime = R.Runtime(worker, 1, 2)
+    assert not runtime.chief
+    path = runtime.checkpoint_dir(tmp_path)
     assert path == tmp_path / ".worker-1-tmp"
     path.mkdir()
     (path / "ckpt-1.index").write_text("x")
-    D.cleanup_checkpoint_dir(worker, path)
+    runtime.cleanup_checkpoint_dir(path)
     assert not path.exists() and tmp_path.is_dir()
-
-
-# --------------------------------------------------------------------------- MirroredStrategy
-@pytest.mark.heavy
-def test_mirrored_on_two_cpus_matches_single_device(tmp_path: Path) -> None:
-    """Same seed, data and global batch: 2 replicas give the single-device step losses."""
-    out = tmp_path / "compare.json"
-    cmd = [sys.executable, str(HERE / "_mw_worker.py"), "compare", "--root", str(tmp_path)]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run(
-        [*cmd, "--out", str(out)], env=env, capture_output=True, text=True, timeout=240
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads(out.read_text())
-    assert result["replicas"] == {"single": 1, "mirrored": 2}
-    single, mirrored = result["single"], result["mirrored"]
-    assert len(single) == len(mirrored) >= 3
-    # Default model (BN synchronised over the 2 replicas: E[x^2]-E[x]^2 in float32).
-    assert mirrored == pytest.approx(single, rel=1e-4, abs=1e-5)
-    # AdamW moves every weight by up to lr=1e-3 per step whatever the gradient's size.
-    assert result["max_weight_diff"] < 1e-3
-    assert "batch_size=3 is not divisible by the 2 replicas" in result["bad_batch_error"]
-    # Keras 3 BN keeps moving statistics per replica unless synchronised (2 nested layers).
-    assert result["bn_plain"] == [0, False]
-    assert result["bn_synchronized"] == [2, True]
+    runtime.cleanup_checkpoint_dir(tmp_path)  # never the shared dir itself
+    assert tmp_path.is_dir()

@@ -152,7 +152,7 @@ def test_checkpoints_hold_the_dropout_seed_state(tmp_path: Path) -> None:
     import keras
     import tensorflow as tf
 
-    from segbalance.train.state import RunState, make_checkpoint, restore_latest
+    from segbalance.train.checkpoint import RunState, make_checkpoint, restore_latest
 
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dropout(0.5)(keras.layers.Dense(4)(inputs)))

@@ -18,7 +18,7 @@ from segbalance.errors import UserError
 from segbalance.losses import get_loss
 from segbalance.train import logs as runlog
 from segbalance.train import schedule, steps
-from segbalance.train.state import config_diff, prepare_work_dir
+from segbalance.train.workdir import WorkDir, config_diff, prepare_work_dir
 
 GROUPS = ["0", "1", "2", "3", "4"]
 
@@ -148,7 +148,7 @@ def _read_scalars(logdir: Path) -> dict[str, dict[int, float]]:
 
 
 def test_data_groups_limit_training_to_those_groups(manifest: Path) -> None:
-    from segbalance.train.loop import load_data
+    from segbalance.train.plan import load_data
 
     train, valid = load_data(tiny_config(manifest, **{"data.groups": ["4", "0"]}))
     assert train.groups == ["0", "4"] == valid.groups  # manifest order, ids 0 and 1
@@ -156,7 +156,7 @@ def test_data_groups_limit_training_to_those_groups(manifest: Path) -> None:
 
 
 def test_sample_weights_balance_the_loss_instead_of_the_sampling(manifest: Path) -> None:
-    from segbalance.train.loop import load_data, loss_weights
+    from segbalance.train.plan import load_data, loss_weights
 
     cfg = tiny_config(manifest, **{"sampling.sample_weights": True})
     train, _ = load_data(cfg)
@@ -253,24 +253,20 @@ def test_validation_pads_to_whole_batches_and_sums_counts_per_group(manifest: Pa
 
 
 def _bookkeeper(**overrides: object):
-    """A Session with only what best/plateau/early-stopping bookkeeping reads."""
-    from segbalance.train.session import Session
-    from segbalance.train.state import RunState
+    """The Monitor of a run with these config overrides (nothing written)."""
+    from segbalance.train.checkpoint import RunState
+    from segbalance.train.monitor import Monitor
 
-    session = Session.__new__(Session)
-    session.cfg = load_config(None, overrides)
-    session.state = RunState(session.cfg.optimizer.lr)
-    session.chief = False  # nothing written
-    session.optimizer = None
-    return session
+    cfg = load_config(None, overrides)
+    return Monitor(cfg, RunState(cfg.optimizer.lr), say=lambda text: None)
 
 
 def test_early_stopping_counts_epochs_without_improvement() -> None:
     s = _bookkeeper(**{"train.early_stopping_patience": 2, "train.monitor": "val_loss"})
     outcomes = []
     for epoch, val_loss in enumerate([0.9, 0.8, 0.85, 0.7, 0.75, 0.71]):
-        improved = s._track_best(epoch, {"val_loss": val_loss})
-        outcomes.append((improved, s._after_epoch({"val_loss": val_loss})))
+        improved = s.improved(epoch, {"val_loss": val_loss})
+        outcomes.append((improved, s.should_stop({"val_loss": val_loss})))
     assert outcomes == [
         (True, False),
         (True, False),
@@ -292,8 +288,8 @@ def test_plateau_state_lives_in_the_run_state() -> None:
         }
     )
     for epoch, iou in enumerate([0.3, 0.2, 0.25, 0.4]):
-        s._track_best(epoch, {"mean_group_iou": iou})
-        s._after_epoch({"mean_group_iou": iou})
+        s.improved(epoch, {"mean_group_iou": iou})
+        s.should_stop({"mean_group_iou": iou})
     assert s.state.get("lr") == pytest.approx(0.025)  # halved after epochs 2 and 3
     assert s.state.get("plateau_best") == pytest.approx(0.4)
     assert s.state.get("bad_epochs") == 0  # no early stopping configured
@@ -341,7 +337,7 @@ def test_optimizers_by_name_and_loss_scaling_for_float16() -> None:
 def test_history_drops_epochs_that_a_resume_runs_again(tmp_path: Path) -> None:
     rows = [{"epoch": e, "loss": 1.0 / e, "mean_group_iou": 0.1 * e} for e in (1, 2, 3)]
     (tmp_path / "history.csv").write_text(runlog.history_text(rows, ["a"]))
-    log = runlog.RunLog(tmp_path, ["a"], chief=True, done_epochs=2)
+    log = runlog.RunLog(WorkDir(tmp_path), ["a"], chief=True, done_epochs=2)
     log.close()
     assert [r["epoch"] for r in runlog.read_history(tmp_path / "history.csv")] == [1, 2]
 
@@ -428,7 +424,12 @@ def _flatten(text: str) -> dict[str, object]:
         (["--image-size", "50"], "multiples of 32"),
         (["--weights", "0=abc"], "0=abc"),
         (["--set", "train.monitor=dice"], "train.monitor"),
-        (["--batch-size", "0"], "train.batch_size=0 must be at least 1"),
+        (["--batch-size", "0"], "train.batch_size=0: Input should be greater than or equal"),
+        (["--epochs", "0"], "train.epochs=0: Input should be greater than or equal to 1"),
+        (["--balance", "foo"], "sampling.balance='foo': Value error, unknown balance"),
+        (["--balance", "power:7"], "number in [0, 1]"),
+        (["--balance", "custom"], "balance 'custom' needs weights"),
+        (["--set", "train.checkpoint_every_steps=0"], "train.checkpoint_every_steps=0"),
         (["--model", "unet-smal"], "did you mean 'unet-small'"),
     ],
 )
@@ -436,6 +437,7 @@ def test_config_errors_exit_2(argv: list[str], message: str, tmp_path: Path, cap
     code = main(["train", str(tmp_path / "m.csv"), "--work-dir", str(tmp_path / "w"), *argv])
     assert code == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()  # refused before anything was written
 
 
 def test_missing_manifest_exits_2(tmp_path: Path, capsys) -> None:
@@ -457,7 +459,7 @@ import json, numpy as np, tensorflow as tf, keras
 from segbalance.config import DistributeConfig, LossConfig, OptimizerConfig
 from segbalance.losses import get_loss
 from segbalance.train import schedule, steps
-from segbalance.train.distribute import make_strategy
+from segbalance.train.runtime import make_strategy
 
 mirrored = make_strategy(DistributeConfig(devices="cpu:2"))
 rng = np.random.default_rng(0)

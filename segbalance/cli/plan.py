@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     from segbalance.config import load_config
     from segbalance.data.manifest import read_manifest
     from segbalance.errors import UserError
-    from segbalance.sampling import SamplingPlan, parse_weights, training_epoch_length
+    from segbalance.sampling import parse_weights
+    from segbalance.train.plan import training_plan, training_rows
 
     given = vars(args)  # options not given are absent (argparse.SUPPRESS)
     weights = parse_weights(given["weights"]) if "weights" in given else None
@@ -111,13 +112,12 @@ def run(args: argparse.Namespace) -> int:
         },
     )
     epochs = given.get("epochs", cfg.train.epochs if config else DEFAULT_EPOCHS)
-    batch = cfg.train.batch_size
-    for name, value in (("--epochs", epochs), ("--batch-size", batch)):
-        if value < 1:
-            raise UserError(f"{name} must be >= 1, got {value}")
+    if epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {epochs}")
     full = read_manifest(args.manifest, check_files=False)
     split = cfg.data.train_split
-    rows = full.select(split=split, groups=cfg.data.groups)
+    # The same rows and plan as 'segbalance train' (data.groups, sample weights included).
+    rows = training_rows(cfg, full)
     if len(rows) == 0:
         present = sorted(set(full.split))
         raise UserError(
@@ -125,18 +125,10 @@ def run(args: argparse.Namespace) -> int:
             + (f" for groups {cfg.data.groups}" if cfg.data.groups else "")
             + f"; splits present: {', '.join(present)} (choose one with --split)"
         )
-    length = training_epoch_length(len(rows), cfg.data.epoch_length, batch)
+    batch = cfg.train.batch_size
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        plan = SamplingPlan(
-            rows.group_ids,
-            rows.groups,
-            balance=cfg.sampling.balance,
-            weights=cfg.sampling.weights,
-            mode=cfg.sampling.mode,
-            seed=cfg.train.seed,
-            epoch_length=length,
-        )
+        plan, _ = training_plan(cfg, rows)
         report = plan.report(epochs)
     notes = [str(w.message) for w in caught] + report["warnings"]
     report.update(

@@ -98,9 +98,16 @@ def build_unet_small(cfg: ModelConfig, image_size: tuple[int, int]) -> keras.Mod
     return keras.Model(inputs, _head(x, cfg), name="unet_small")
 
 
-def build_unet(cfg: ModelConfig, image_size: tuple[int, int]) -> keras.Model:
+def encoder_weights(cfg: ModelConfig) -> str:
+    """``model.encoder_weights`` with ``"default"`` resolved for the model it names."""
+    if cfg.encoder_weights != "default":
+        return cfg.encoder_weights
+    return "none" if cfg.name == SMALL else "imagenet"
+
+
+def build_unet(cfg: ModelConfig, image_size: tuple[int, int], weights: str) -> keras.Model:
     """U-Net on a keras.applications encoder (nested sub-model ``"encoder"``)."""
-    encoder, normalize = build_encoder(cfg.name, image_size, cfg.encoder_weights)
+    encoder, normalize = build_encoder(cfg.name, image_size, weights)
     inputs = keras.Input((*image_size, 3), name="image")
     x = normalize(inputs) if normalize is not None else inputs
     features = encoder(x)
@@ -132,18 +139,19 @@ def build_model(cfg: ModelConfig, image_size: Sequence[int]) -> keras.Model:
         UserError: unknown name (listing valid ones), bad decoder_filters, missing
             weights file.
 
-    ``unet-small`` has no pretrained weights: ``encoder_weights="imagenet"`` (the default
-    for the other models) is ignored for it with a warning; a file path is loaded into
-    the whole model.
+    ``encoder_weights="default"`` is the model's own default: ImageNet for keras.applications
+    encoders, none for ``unet-small``, which has no pretrained weights (an explicit
+    ``"imagenet"`` is ignored for it with a warning); a file path is loaded into the whole
+    model.
     """
     size = (int(image_size[0]), int(image_size[1]))
     if cfg.name != SMALL and cfg.name not in ENCODERS:
         raise unknown_name_error("model", cfg.name, model_names())
     _check(cfg, size)
+    weights = encoder_weights(cfg)
     if cfg.name != SMALL:
-        return build_unet(cfg, size)
+        return build_unet(cfg, size, weights)
     model = build_unet_small(cfg, size)
-    weights = cfg.encoder_weights
     if weights == "imagenet":
         import warnings
 

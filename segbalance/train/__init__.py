@@ -1,4 +1,4 @@
-"""Training: the one tf.distribute loop, precision, schedules, work dir and logs.
+"""Training: the entry, the trainer and its callbacks, plan, runtime, checkpoints and logs.
 
 Example:
     >>> from segbalance.config import load_config
@@ -7,6 +7,7 @@ Example:
     >>> result = train(cfg, "runs/first")  # doctest: +SKIP
 """
 
-from segbalance.train.loop import TrainResult, train
+from segbalance.train.result import TrainResult
+from segbalance.train.run import train
 
 __all__ = ["TrainResult", "train"]

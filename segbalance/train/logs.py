@@ -20,7 +20,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from segbalance.artifacts import write_text_atomic
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from segbalance.io import write_text
+from segbalance.train.workdir import WorkDir
 
 BASE_COLUMNS = (
     "epoch",
@@ -88,37 +92,28 @@ class RunLog:
     """History, TensorBoard and console output of one run.
 
     Args:
-        root: the work dir.
+        wd: the work dir (history.csv and logs/ in it).
         groups: group names (per-group columns and TensorBoard tags).
         chief: write files and print (False on other workers).
         done_epochs: epochs the restored checkpoint has finished; later rows are dropped.
     """
 
     def __init__(
-        self, root: Path, groups: Sequence[str], *, chief: bool, done_epochs: int = 0
+        self, wd: WorkDir, groups: Sequence[str], *, chief: bool, done_epochs: int = 0
     ) -> None:
-        self.root, self.groups, self.chief = Path(root), list(groups), chief
-        self.rows = [
-            r for r in read_history(self.root / "history.csv") if r["epoch"] <= done_epochs
-        ]
+        self.wd, self.groups, self.chief = wd, list(groups), chief
+        self.rows = [r for r in read_history(wd.history) if r["epoch"] <= done_epochs]
         self._writer: Any = None
         if chief:
-            import tensorflow as tf
-
-            self._writer = tf.summary.create_file_writer(str(self.root / "logs"))
-            write_text_atomic(self.root / "history.csv", history_text(self.rows, self.groups))
-
-    def print(self, text: str) -> None:
-        """A console line (chief only)."""
-        if self.chief:
-            print(text, flush=True)
+            self._writer = tf.summary.create_file_writer(str(wd.logs))
+            write_text(wd.history, history_text(self.rows, self.groups))
 
     def epoch_end(self, row: dict[str, Any], mix: Mapping[str, int]) -> None:
         """Append a history row, write it atomically, log scalars and the group mix."""
         self.rows.append(row)  # every worker keeps the rows: its result reports them
         if not self.chief:
             return
-        write_text_atomic(self.root / "history.csv", history_text(self.rows, self.groups))
+        write_text(self.wd.history, history_text(self.rows, self.groups))
         total = max(sum(mix.values()), 1)
         scalars = {f"epoch/{k}": row[k] for k in ("loss", "iou", "val_loss", "val_iou")}
         scalars.update({"epoch/val_dice": row["val_dice"], "epoch/lr": row["lr"]})
@@ -139,26 +134,23 @@ def write_scalars(writer: Any, step: int, scalars: Mapping[str, Any]) -> None:
     """TensorBoard scalars through ``tf.summary.write`` (tensorflow-cpu ships no
     tensorboard package, which ``tf.summary.scalar`` needs); non-finite values are skipped.
     """
-    import tensorflow as tf
-    from tensorflow.core.framework import summary_pb2
-
     meta = summary_pb2.SummaryMetadata(data_class=summary_pb2.DATA_CLASS_SCALAR)
     meta.plugin_data.plugin_name = "scalars"
     with writer.as_default(step=step):
         for tag, value in scalars.items():
-            if _finite(value):
+            if is_finite(value):
                 tf.summary.write(tag, tf.constant(float(value), tf.float32), metadata=meta)
     writer.flush()
 
 
-def _finite(value: Any) -> bool:
+def is_finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
 def best_row(rows: Sequence[Mapping[str, Any]], monitor: str) -> Mapping[str, Any] | None:
     """The row with the best monitored value (earliest on ties)."""
     column, mode = MONITORS[monitor]
-    scored = [r for r in rows if _finite(r.get(column))]
+    scored = [r for r in rows if is_finite(r.get(column))]
     if not scored:
         return None
     sign = 1.0 if mode == "max" else -1.0
@@ -216,7 +208,7 @@ def write_metrics(path: Path, summary: Mapping[str, Any]) -> None:
             return [clean(v) for v in value]
         return value
 
-    write_text_atomic(path, json.dumps(clean(dict(summary)), indent=2) + "\n")
+    write_text(path, json.dumps(clean(dict(summary)), indent=2) + "\n")
 
 
 def summary_line(row: Mapping[str, Any], epochs: int, monitor: str, improved: bool) -> str:

@@ -24,10 +24,9 @@ import tensorflow as tf
 
 from segbalance.config import Config
 from segbalance.data.manifest import Manifest
-from segbalance.metrics import confusion_counts
+from segbalance.metrics import GroupMetrics, confusion_counts, metrics_from_counts
 from segbalance.pipeline.cache import DecodedCache
 from segbalance.pipeline.dataset import build_eval_dataset, build_train_dataset
-from segbalance.sampling import SamplingPlan
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -41,30 +40,27 @@ def own_gradient_reduction(optimizer: Any) -> None:
 
 def train_dataset(
     strategy: tf.distribute.Strategy,
+    reads: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
     cfg: Config,
     train: Manifest,
-    plan: SamplingPlan,
     epoch: int,
-    skip_steps: int,
     sample_weights: np.ndarray | None,
     cache: DecodedCache | None = None,
 ) -> Any:
-    """Epoch ``epoch`` of the plan, from step ``skip_steps`` on, as a distributed dataset.
+    """Epoch ``epoch`` as a distributed dataset: each input pipeline reads its share.
 
-    Each input pipeline (one per worker) reads its ``shard`` of every global batch; the
-    pipeline's per-replica batches go to its local replicas in order, which is the
-    ``array_split`` order of the plan's sharding.
+    Args:
+        reads: ``(pipelines, pipeline) -> (plan positions, row indices)`` of that input
+            pipeline (:meth:`segbalance.train.trainer.Trainer.epoch_reads`).
     """
     B = cfg.train.batch_size
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        W, w = ctx.num_input_pipelines, ctx.input_pipeline_id
-        positions, indices = plan.shard(epoch, B, W, w)
-        skip = skip_steps * (B // W)
+        positions, indices = reads(ctx.num_input_pipelines, ctx.input_pipeline_id)
         return build_train_dataset(
             train,
-            indices[skip:],
-            positions[skip:],
+            indices,
+            positions,
             image_size=cfg.data.image_size,
             batch_size=ctx.get_per_replica_batch_size(B),
             augment=cfg.augment,
@@ -199,8 +195,6 @@ def validate(
         ``val_loss``, ``val_iou``, ``val_dice``, ``mean_group_iou``, ``worst_group_iou``,
         ``worst_group`` and ``groups`` (evaluate JSON shape per group).
     """
-    from segbalance.metrics import GroupMetrics, metrics_from_counts
-
     G = len(group_names)
     counts, images, loss_sum = np.zeros((G, 4)), np.zeros(G), 0.0
     iterator = iter(dataset)
@@ -210,8 +204,7 @@ def validate(
         images += n.numpy()
         loss_sum += float(loss.numpy())
     acc = GroupMetrics(group_names)
-    acc.counts += counts
-    acc.images += images.astype(np.int64)
+    acc.add_totals(counts, images)
     result = acc.result()
     overall = metrics_from_counts(*counts.sum(axis=0))
     present = [g for g in group_names if result["groups"][g]["images"] > 0]

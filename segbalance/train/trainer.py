@@ -1,20 +1,33 @@
-"""One training session: model, optimiser, plan and checkpoints of a run, and its epochs.
+"""The epochs and steps of one run: :class:`Trainer`, observed through Keras callbacks.
 
-:func:`segbalance.train.loop.train` checks the config and the work dir, then hands over
-to :class:`Session`. Every worker runs the same steps, validations and checkpoint saves
-(they are collective under MultiWorkerMirroredStrategy); only the chief writes files.
+Per epoch ``e`` the sampling plan gives the row order; each worker reads its share of every
+global batch (:meth:`Trainer.epoch_reads`) through ``distribute_datasets_from_function``; a
+compiled ``strategy.run`` step takes the gradient (``model.fit`` fails under
+MultiWorkerMirroredStrategy in Keras 3). After each epoch: validation per group,
+``best.keras`` when the monitored value improved, a history row, a checkpoint.
+
+Every worker runs the same steps, validations and checkpoint saves (they are collective
+under MWMS); only the chief writes files. Best score, reduce-on-plateau and early stopping
+live in the checkpointed :class:`~segbalance.train.checkpoint.RunState`, so a resumed run
+equals an uninterrupted one.
+
+Callbacks follow the ``keras.callbacks.Callback`` protocol: ``on_train_begin``,
+``on_epoch_begin(epoch)``, ``on_train_batch_begin/end(step, logs)`` (logs: running ``loss``
+and ``iou`` of the epoch, ``step_loss``), ``on_epoch_end(epoch, logs)`` (logs: the history
+row), ``on_train_end(logs)``. ``epoch`` counts from 0 as in Keras; ``params["trainer"]`` is
+the trainer; setting ``model.stop_training`` ends the run after the epoch (as early stopping
+does). A callback's own state is not checkpointed.
 """
 
 from __future__ import annotations
 
-import math
 import sys
-from pathlib import Path
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from segbalance import __version__
 from segbalance.artifacts import ModelMeta, save_model
@@ -24,59 +37,50 @@ from segbalance.losses import get_loss
 from segbalance.metrics import metrics_from_counts
 from segbalance.models import build_model, set_encoder_trainable
 from segbalance.pipeline.cache import DecodedCache
-from segbalance.sampling import SamplingPlan, training_epoch_length
+from segbalance.sampling import SamplingPlan
 from segbalance.train import logs as runlog
 from segbalance.train import precision as prec
 from segbalance.train import schedule, steps
-from segbalance.train.loop import TrainResult, loss_weights, result_from, timer
-from segbalance.train.state import RunState, WorkDir, make_checkpoint, restore_latest
+from segbalance.train.checkpoint import Checkpoints, RunState, make_checkpoint
+from segbalance.train.monitor import Monitor
+from segbalance.train.result import TrainResult, result_from, run_summary
+from segbalance.train.runtime import Runtime, synchronize_batch_norm
+from segbalance.train.workdir import WorkDir
 
 
-class Session:
+class Trainer:
     """Everything one run needs, built once (under ``strategy.scope()``).
 
     Args:
         cfg: the run's config.
         wd: its work dir (already prepared).
-        strategy: the tf.distribute strategy.
-        api: the distribute module (checkpoint dirs per worker).
-        data: the train and valid rows (:func:`segbalance.train.loop.load_data`).
-        chief: whether this process writes files.
-        worker: (worker index, number of workers).
+        runtime: the strategy and this worker's place in it.
+        data: the train and valid rows (:func:`segbalance.train.plan.load_data`).
+        plan: the sampling plan over the train rows and the per-row loss weights
+            (:func:`segbalance.train.plan.training_plan`).
+        callbacks: ``keras.callbacks.Callback`` objects observing the run.
     """
 
     def __init__(
         self,
         cfg: Config,
         wd: WorkDir,
-        strategy: tf.distribute.Strategy,
-        api: Any,
+        runtime: Runtime,
         data: tuple[Manifest, Manifest],
-        *,
-        chief: bool,
-        worker: tuple[int, int],
+        plan: tuple[SamplingPlan, np.ndarray | None],
+        callbacks: Sequence[keras.callbacks.Callback] = (),
     ) -> None:
-        self.cfg, self.wd, self.strategy, self.api = cfg, wd, strategy, api
-        self.chief, self.worker = chief, worker
+        self.cfg, self.wd, self.runtime = cfg, wd, runtime
+        self.strategy = runtime.strategy
         self.train_rows, self.valid_rows = data
         self._cache: DecodedCache | None = None
         self.groups = self.train_rows.groups
         self.batch = cfg.train.batch_size
         self.policy = prec.apply_precision(prec.resolve_precision(cfg.train.precision))
-        length = training_epoch_length(len(self.train_rows), cfg.data.epoch_length, self.batch)
-        self.steps = length // self.batch
-        balance, self.sample_weights = loss_weights(cfg, self.train_rows)
-        self.plan = SamplingPlan(
-            self.train_rows.group_ids,
-            self.groups,
-            balance=balance,
-            weights=cfg.sampling.weights if balance == cfg.sampling.balance else None,
-            mode=cfg.sampling.mode,
-            seed=cfg.train.seed,
-            epoch_length=length,
-        )
+        self.plan, self.sample_weights = plan
+        self.steps = self.plan.epoch_length // self.batch
         keras.utils.set_random_seed(cfg.train.seed)  # identical initial weights everywhere
-        with strategy.scope():
+        with self.strategy.scope():
             self.model = build_model(cfg.model, cfg.data.image_size)
             self.optimizer = schedule.build_optimizer(
                 cfg.optimizer, self.steps, cfg.train.epochs, self.policy
@@ -84,40 +88,79 @@ class Session:
             # Built on every variable, so unfreezing the encoder later needs no rebuild.
             self.optimizer.build(self.model.trainable_variables)
             self.state = RunState(cfg.optimizer.lr)
-        if strategy.num_replicas_in_sync > 1 and hasattr(api, "synchronize_batch_norm"):
+        self.monitor = Monitor(cfg, self.state, self._say)
+        if runtime.replicas > 1:
             # Per-replica BN statistics would make replicas (and workers) diverge.
-            api.synchronize_batch_norm(self.model)
+            synchronize_batch_norm(self.model)
         steps.own_gradient_reduction(self.optimizer)
         self.loss_fn = get_loss(cfg.loss)
-        self.checkpoint = make_checkpoint(self.model, self.optimizer, self.state)
-        self.ckpt_dir = Path(api.checkpoint_dir_for(strategy, wd.checkpoints))
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, str(self.ckpt_dir), max_to_keep=cfg.train.keep_checkpoints
+        self.checkpoints = Checkpoints(
+            make_checkpoint(self.model, self.optimizer, self.state),
+            wd.checkpoints,
+            runtime,
+            cfg.train.keep_checkpoints,
         )
         self._train_steps: dict[bool, Any] = {}
+        self.callbacks = keras.callbacks.CallbackList(
+            list(callbacks),
+            model=self.model,
+            epochs=cfg.train.epochs,
+            steps=self.steps,
+            verbose=0,
+            trainer=self,
+        )
 
     # ------------------------------------------------------------------------ public
     def run(self, resume: bool) -> TrainResult:
         """Train the remaining epochs, then write metrics.json."""
         state = self.state
         if resume:
-            found = restore_latest(self.checkpoint, self.wd.checkpoints)
+            found = self.checkpoints.restore()
             # A worker that cannot see the chief's checkpoints would pair other steps.
-            self.api.check_same_on_all_workers(
-                self.strategy, "epoch and step", [state.get("epoch"), state.get("step")]
+            self.runtime.check_same_on_all_workers(
+                "epoch and step", [state.get("epoch"), state.get("step")]
             )
             where = f"epoch {state.get('epoch') + 1} step {state.get('step')}"
             self._say(f"resuming from {found} ({where})" if found else "no checkpoint: from 0")
         self.log = runlog.RunLog(
-            self.wd.root, self.groups, chief=self.chief, done_epochs=state.get("epoch")
+            self.wd, self.groups, chief=self.runtime.chief, done_epochs=state.get("epoch")
         )
         self._say(self._header())
+        self.model.stop_training = False
+        self.callbacks.on_train_begin()
         try:
             if not state.get("done"):
                 self._epochs()
-            return self._finish()
+            result = self._finish()
+            self.callbacks.on_train_end(self.log.rows[-1] if self.log.rows else None)
+            return result
         finally:
             self.log.close()
+
+    def epoch_reads(
+        self, epoch: int, start_step: int, pipelines: int, pipeline: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(plan positions, row indices) input pipeline ``pipeline`` reads in ``epoch``.
+
+        The pipeline's per-replica batches go to its local replicas in order, which is the
+        ``array_split`` order of the plan's sharding; a mid-epoch resume skips the steps
+        already taken.
+        """
+        positions, indices = self.plan.shard(epoch, self.batch, pipelines, pipeline)
+        skip = start_step * (self.batch // pipelines)
+        return positions[skip:], indices[skip:]
+
+    def decoded_cache(self) -> DecodedCache | None:
+        """The train rows decoded once (``data.cache_decoded``), built on first use."""
+        if not self.cfg.data.cache_decoded:
+            return None
+        if self._cache is None:
+            self._cache = DecodedCache.build(self.train_rows, self.cfg.data.image_size)
+            self._say(
+                f"cached {len(self.train_rows)} decoded train images "
+                f"({self._cache.nbytes / 2**20:.0f} MiB)"
+            )
+        return self._cache
 
     # ------------------------------------------------------------------------ epochs
     def _epochs(self) -> None:
@@ -127,7 +170,7 @@ class Session:
             self.valid_rows,
             cfg.data.image_size,
             cfg.train.validation_batch_size or self.batch,
-            self.worker,
+            (self.runtime.worker_index, self.runtime.num_workers),
         )
         eval_step = steps.make_eval_step(
             self.strategy, self.model, self.loss_fn, len(self.groups), cfg.train.threshold, real
@@ -135,17 +178,25 @@ class Session:
         for epoch in range(state.get("epoch"), cfg.train.epochs):
             if cfg.optimizer.schedule == "plateau":
                 schedule.set_lr(self.optimizer, state.get("lr"))
+            self.callbacks.on_epoch_begin(epoch)
             loss, counts, seconds, seen = self._train_epoch(epoch)
             val = steps.validate(eval_step, ds, eval_steps, self.groups)
             row = self._row(epoch, loss, counts, seconds, seen, val)
-            improved = self._track_best(epoch, row)
-            stop = self._after_epoch(row)
+            improved = self.monitor.improved(epoch, row)
+            if improved and self.runtime.chief:
+                save_model(self.model, self.wd.best, self._meta(epoch + 1, row))
+            stop = self.monitor.should_stop(row)
             self.log.epoch_end(row, self.plan.counts(epoch))
             self._say(runlog.summary_line(row, cfg.train.epochs, cfg.train.monitor, improved))
+            self.callbacks.on_epoch_end(epoch, dict(row))
             state.set(epoch=epoch + 1, step=0, run_loss=0.0, run_counts=np.zeros(4))
             if stop:
                 state.set(stopped_early=True)
                 self._say(f"early stopping: no progress for {state.get('bad_epochs')} epochs")
+            elif self.model.stop_training:
+                state.set(stopped_early=True)
+                self._say("stopped by a callback")
+            stop = stop or bool(self.model.stop_training)
             state.set(done=stop or epoch + 1 == cfg.train.epochs)
             self._save(epoch + 1, 0)
             if stop:
@@ -166,20 +217,6 @@ class Session:
             )
         return self._train_steps[frozen]
 
-    def decoded_cache(self) -> DecodedCache | None:
-        """The train rows decoded once (``data.cache_decoded``), built on first use."""
-        if not self.cfg.data.cache_decoded:
-            return None
-        if self._cache is None:
-            self._cache = DecodedCache.build(self.train_rows, self.cfg.data.image_size)
-            if self.chief:
-                print(
-                    f"cached {len(self.train_rows)} decoded train images "
-                    f"({self._cache.nbytes / 2**20:.0f} MiB)",
-                    flush=True,
-                )
-        return self._cache
-
     def _train_epoch(self, epoch: int) -> tuple[float, np.ndarray, float, int]:
         """Steps of one epoch from the checkpointed step on; mean loss, counts, time."""
         state, every = self.state, self.cfg.train.checkpoint_every_steps
@@ -187,16 +224,15 @@ class Session:
         start = state.get("step")
         data = steps.train_dataset(
             self.strategy,
+            lambda pipelines, pipeline: self.epoch_reads(epoch, start, pipelines, pipeline),
             self.cfg,
             self.train_rows,
-            self.plan,
             epoch,
-            start,
             self.sample_weights,
             self.decoded_cache(),
         )
         # A live bar on a terminal; one line per epoch in a log file.
-        verbose = (1 if sys.stdout.isatty() else 2) if self.chief else 0
+        verbose = (1 if sys.stdout.isatty() else 2) if self.runtime.chief else 0
         bar = keras.utils.Progbar(self.steps, stateful_metrics=["loss", "iou"], verbose=verbose)
         self._say(f"epoch {epoch + 1}/{self.cfg.train.epochs}")
         totals: dict[str, Any] = {
@@ -204,19 +240,26 @@ class Session:
             "counts": np.asarray(state.get("run_counts"), np.float64),
         }
         pending: list[tuple[int, Any]] = []
+        hooks = bool(self.callbacks.callbacks)
 
         def collect() -> None:
             # Reading a step's results waits for it: done one step late, so the device
             # already runs the next step while Python updates the bar.
             for done, (loss, c) in pending:
-                totals["loss"] += float(loss.numpy())
+                step_loss = float(loss.numpy())
+                totals["loss"] += step_loss
                 totals["counts"] = totals["counts"] + c.numpy()
                 iou = float(metrics_from_counts(*totals["counts"])["iou"])
                 bar.update(done, [("loss", totals["loss"] / done), ("iou", iou)])
+                if hooks:
+                    logs = {"loss": totals["loss"] / done, "iou": iou, "step_loss": step_loss}
+                    self.callbacks.on_train_batch_end(done - 1, logs)
             pending.clear()
 
-        iterator, began = iter(data), timer()
+        iterator, began = iter(data), time.perf_counter()
         for step in range(start, self.steps):
+            if hooks:
+                self.callbacks.on_train_batch_begin(step)
             result = step_fn(next(iterator))
             collect()
             pending.append((step + 1, result))
@@ -225,7 +268,7 @@ class Session:
                 state.set(step=step + 1, run_loss=totals["loss"], run_counts=totals["counts"])
                 self._save(epoch, step + 1)
         collect()
-        seconds = timer() - began
+        seconds = time.perf_counter() - began
         seen = (self.steps - start) * self.batch
         return totals["loss"] / self.steps, totals["counts"], seconds, seen
 
@@ -253,50 +296,12 @@ class Session:
             row[f"dice_{g}"] = nan if entry["dice"] is None else entry["dice"]
         return row
 
-    def _track_best(self, epoch: int, row: dict[str, Any]) -> bool:
-        """Update the best score; write best.keras when it improved."""
-        column, mode = runlog.MONITORS[self.cfg.train.monitor]
-        value, best = float(row[column]), self.state.get("best")
-        if not math.isfinite(value):
-            improved = False
-        else:
-            improved = math.isnan(best) or (value > best if mode == "max" else value < best)
-        if improved:
-            self.state.set(best=value, best_epoch=epoch + 1, bad_epochs=0)
-            if self.chief:
-                save_model(self.model, self.wd.best, self._meta(epoch + 1, value))
-        else:
-            self.state.set(bad_epochs=self.state.get("bad_epochs") + 1)
-        return improved
-
-    def _after_epoch(self, row: dict[str, Any]) -> bool:
-        """Reduce-on-plateau bookkeeping; True when early stopping ends the run."""
-        cfg, state = self.cfg, self.state
-        column, mode = runlog.MONITORS[cfg.train.monitor]
-        if cfg.optimizer.schedule == "plateau" and math.isfinite(float(row[column])):
-            best = state.get("plateau_best")
-            plateau = schedule.Plateau(
-                cfg.optimizer.plateau_factor,
-                cfg.optimizer.plateau_patience,
-                cfg.optimizer.min_lr,
-                mode,
-                None if math.isnan(best) else best,
-                state.get("plateau_wait"),
-            )
-            lr = plateau.step(float(row[column]), state.get("lr"))
-            if lr < state.get("lr"):
-                self._say(f"reduce on plateau: lr {state.get('lr'):.2e} -> {lr:.2e}")
-            state.set(plateau_best=plateau.best, plateau_wait=plateau.wait, lr=lr)
-        patience = cfg.train.early_stopping_patience
-        return patience is not None and state.get("bad_epochs") >= patience
-
     # ------------------------------------------------------------------------ output
     def _save(self, epoch: int, step: int) -> None:
         """A checkpoint on every worker (collective); workers' copies are temporary."""
-        self.manager.save(checkpoint_number=epoch * self.steps + step)
-        self.api.cleanup_checkpoint_dir(self.strategy, self.ckpt_dir)
+        self.checkpoints.save(epoch * self.steps + step)
 
-    def _meta(self, epoch: int, score: float) -> ModelMeta:
+    def _meta(self, epoch: int, row: dict[str, Any]) -> ModelMeta:
         cfg = self.cfg
         return ModelMeta(
             image_size=(int(cfg.data.image_size[0]), int(cfg.data.image_size[1])),
@@ -308,7 +313,7 @@ class Session:
             extra={
                 "epoch": epoch,
                 "monitor": cfg.train.monitor,
-                "score": score,
+                "score": float(row[self.monitor.column]),
                 "precision": self.policy,
                 "segbalance_version": __version__,
             },
@@ -319,30 +324,22 @@ class Session:
         if not state.get("done"):
             state.set(done=True)
             self._save(state.get("epoch"), 0)
+        facts = {
+            "precision": self.policy,
+            "replicas": self.runtime.replicas,
+            "workers": self.runtime.num_workers,
+            "global_batch_size": self.batch,
+            "steps_per_epoch": self.steps,
+            "epoch_length": self.plan.epoch_length,
+            "target_mix": self.plan.target,
+            "quotas": self.plan.quotas,
+        }
         rows = self.log.rows
-        # Epoch 1 includes tracing the steps: the steady speed is that of later epochs.
-        speeds = [float(r["images_per_s"]) for r in rows if runlog._finite(r["images_per_s"])]
-        speeds = speeds[1:] or speeds
-        summary = runlog.metrics_summary(
-            rows,
-            self.groups,
-            self.cfg.train.monitor,
-            epochs=self.cfg.train.epochs,
-            stopped_early=bool(state.get("stopped_early")),
-            extra={
-                "precision": self.policy,
-                "replicas": self.strategy.num_replicas_in_sync,
-                "workers": self.worker[1],
-                "global_batch_size": self.batch,
-                "steps_per_epoch": self.steps,
-                "epoch_length": self.plan.epoch_length,
-                "train_images_per_s": float(np.median(speeds)) if speeds else None,
-                "target_mix": self.plan.target,
-                "quotas": self.plan.quotas,
-                "best_model": self.wd.best.name if self.wd.best.is_file() else None,
-            },
+        stopped = bool(state.get("stopped_early"))
+        summary = run_summary(
+            self.cfg, self.wd, rows, self.groups, stopped_early=stopped, facts=facts
         )
-        if self.chief:
+        if self.runtime.chief:
             runlog.write_metrics(self.wd.metrics, summary)
             self._say(f"done: {self.wd.root} (best.keras, history.csv, metrics.json, logs/)")
         return result_from(self.wd, self.cfg, rows, summary)
@@ -354,7 +351,7 @@ class Session:
             f"train {len(self.train_rows)} images, valid {len(self.valid_rows)}, "
             f"{len(self.groups)} groups; model {cfg.model.name} at {cfg.data.image_size}",
             f"{prec.describe(self.policy, cfg.train.precision)}; "
-            f"{self.strategy.num_replicas_in_sync} replica(s), {self.worker[1]} worker(s)",
+            f"{self.runtime.replicas} replica(s), {self.runtime.num_workers} worker(s)",
             f"plan {plan.balance}/{plan.mode}: {self.steps} steps of {self.batch} per epoch; "
             f"target mix {mix}",
         ]
@@ -362,5 +359,5 @@ class Session:
         return "\n".join(lines)
 
     def _say(self, text: str) -> None:
-        if self.chief:
+        if self.runtime.chief:
             print(text, flush=True)

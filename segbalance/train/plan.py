@@ -1,0 +1,96 @@
+"""The rows and the sampling plan of a run: one builder for ``train`` and ``plan``.
+
+``segbalance plan`` promises "exactly what ``segbalance train`` will sample", so both call
+:func:`training_rows` and :func:`training_plan`: the same group selection (``data.groups``
+trims the group list, so a left-out group is not an empty group of the plan) and the same
+switch to natural proportions when ``sampling.sample_weights`` balances by loss weights.
+
+Example:
+    >>> train_rows = training_rows(cfg, read_manifest(cfg.data.manifest))  # doctest: +SKIP
+    >>> plan, weights = training_plan(cfg, train_rows)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from segbalance.config import Config
+from segbalance.data.manifest import Manifest, read_manifest
+from segbalance.errors import UserError
+from segbalance.sampling import SamplingPlan, group_probabilities, training_epoch_length
+
+
+def select_groups(cfg: Config, manifest: Manifest) -> Manifest:
+    """The rows of ``data.groups`` (all when unset); the group list holds only those."""
+    if not cfg.data.groups:
+        return manifest
+    wanted = set(cfg.data.groups)
+    kept = manifest.select(groups=cfg.data.groups)
+    order = tuple(g for g in kept.groups if g in wanted)
+    return dataclasses.replace(kept, group_order=order)
+
+
+def training_rows(cfg: Config, manifest: Manifest) -> Manifest:
+    """The rows a run trains on: split ``data.train_split`` of the selected groups."""
+    return select_groups(cfg, manifest).select(split=cfg.data.train_split)
+
+
+def load_data(cfg: Config) -> tuple[Manifest, Manifest]:
+    """The train and valid rows of ``data.manifest``, limited to ``data.groups``.
+
+    Raises:
+        UserError: no manifest, unknown groups, an empty train or valid split.
+    """
+    if not cfg.data.manifest:
+        raise UserError("no manifest: pass MANIFEST (from 'segbalance prepare') or data.manifest")
+    manifest = select_groups(cfg, read_manifest(cfg.data.manifest))
+    train = manifest.select(split=cfg.data.train_split)
+    valid = manifest.select(split=cfg.data.valid_split)
+    for name, part in ((cfg.data.train_split, train), (cfg.data.valid_split, valid)):
+        if len(part) == 0:
+            raise UserError(
+                f"manifest {cfg.data.manifest} has no '{name}' rows; run 'segbalance prepare' "
+                "with a validation fraction, or set data.train_split/data.valid_split"
+            )
+    return train, valid
+
+
+def loss_weights(cfg: Config, train: Manifest) -> tuple[str, np.ndarray | None]:
+    """Balance by sampling, or (``sampling.sample_weights``) by per-sample loss weights.
+
+    With sample weights the plan samples in natural proportions and every row of group g
+    weighs ``target_g / natural_g``, so the expected loss is that of the balanced mix.
+
+    Returns:
+        (balance strategy for the plan, weight per train row or None).
+    """
+    if not cfg.sampling.sample_weights:
+        return cfg.sampling.balance, None
+    counts = train.counts()
+    target = group_probabilities(counts, cfg.sampling.balance, cfg.sampling.weights)
+    total = sum(counts.values())
+    per_group = {g: target[g] / (n / total) if n else 0.0 for g, n in counts.items()}
+    return "proportional", np.array([per_group[g] for g in train.group], np.float32)
+
+
+def training_plan(cfg: Config, train: Manifest) -> tuple[SamplingPlan, np.ndarray | None]:
+    """The sampling plan of a run over its train rows, and the per-row loss weights.
+
+    Every epoch is ``steps * train.batch_size`` samples (whole global batches), so every
+    replica gets an equal share of every step.
+    """
+    balance, sample_weights = loss_weights(cfg, train)
+    length = training_epoch_length(len(train), cfg.data.epoch_length, cfg.train.batch_size)
+    plan = SamplingPlan(
+        train.group_ids,
+        train.groups,
+        balance=balance,
+        # Custom weights shape the target mix, which sample weights then carry instead.
+        weights=None if sample_weights is not None else cfg.sampling.weights,
+        mode=cfg.sampling.mode,
+        seed=cfg.train.seed,
+        epoch_length=length,
+    )
+    return plan, sample_weights

@@ -1,0 +1,81 @@
+"""The entry of training: ``train(cfg, work_dir)`` checks, prepares, runs and reports.
+
+Order matters for the user: everything that can be refused (config, data, work dir, the
+batch over the replicas) is checked before the work dir is written, and a resume's config
+is compared before TensorFlow starts a strategy. Then :class:`~segbalance.train.trainer.
+Trainer` runs the epochs on the :class:`~segbalance.train.runtime.Runtime` of this process.
+
+A run killed at any point resumes (``resume=True``) at its last checkpoint: the same plan
+from the same epoch and step, so the finished run equals an uninterrupted one.
+
+Example:
+    >>> cfg = load_config(None, {"data.manifest": "data/manifest.csv", "train.epochs": 2})
+    >>> result = train(cfg, "runs/first")  # doctest: +SKIP
+    >>> result.best_score, result.best_model  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+
+from segbalance.config import Config
+from segbalance.errors import unknown_name_error
+from segbalance.models import model_names
+from segbalance.train.plan import load_data, training_plan
+from segbalance.train.result import TrainResult, complete_result
+from segbalance.train.runtime import make_runtime
+from segbalance.train.trainer import Trainer
+from segbalance.train.workdir import prepare_work_dir
+
+
+def check_config(cfg: Config) -> None:
+    """Values the config types cannot check alone (the model registry).
+
+    Raises:
+        UserError: naming the key.
+    """
+    if cfg.model.name not in model_names():
+        raise unknown_name_error("model", cfg.model.name, model_names())
+
+
+def train(
+    cfg: Config,
+    work_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> TrainResult:
+    """Train the model of ``cfg`` and write the run into ``work_dir``.
+
+    Args:
+        cfg: the full config (``data.manifest`` set).
+        work_dir: the run's folder (see :mod:`segbalance.train.workdir` for the rules).
+        resume: continue the run in ``work_dir`` from its last checkpoint.
+        overwrite: delete the run in ``work_dir`` first.
+        callbacks: Keras callbacks that observe the run (:mod:`segbalance.train.trainer`).
+
+    Raises:
+        UserError: bad config, data or work dir; a batch not divisible by the replicas.
+    """
+    check_config(cfg)
+    if resume:  # config mismatches fail before any TensorFlow work starts
+        prepare_work_dir(work_dir, cfg, resume=True, overwrite=overwrite, chief=False)
+    data = load_data(cfg)  # bad data (and weights naming no group) fail before any write
+    plan = training_plan(cfg, data[0])
+    runtime = make_runtime(cfg.distribute)
+    runtime.check_batch("train.batch_size", cfg.train.batch_size)
+    valid_batch = cfg.train.validation_batch_size or cfg.train.batch_size
+    runtime.check_batch("train.validation_batch_size", valid_batch)
+    wd = prepare_work_dir(work_dir, cfg, resume=resume, overwrite=overwrite, chief=runtime.chief)
+    if resume and wd.metrics.is_file():
+        return complete_result(wd, cfg, runtime.chief)
+    policy = keras.mixed_precision.global_policy()
+    try:  # the run sets the global dtype policy; callers get theirs back
+        trainer = Trainer(cfg, wd, runtime, data, plan, callbacks)
+        return trainer.run(resume=resume)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
