@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from segbalance.augment_ops import OpList
 from segbalance.errors import UserError
 from segbalance.sampling.weights import parse_balance, parse_weights
 
@@ -112,15 +113,23 @@ class SamplingConfig(_Stage):
 
 
 class AugmentConfig(_Stage):
-    """Augmentation: a default op list and optional per-group op lists."""
+    """Augmentation: a default op list and optional per-group op lists (see augment_ops)."""
 
     engine: Literal["keras", "albumentations", "none"] = "keras"
-    default: list[dict[str, Any]] | Literal["default", "none"] = "default"
-    groups: dict[str, list[dict[str, Any]] | Literal["default", "none"]] = {}
+    default: OpList = "default"
+    groups: dict[str, OpList] = {}
     albumentations_file: str | None = None
     jit: bool = Field(
         True, description="XLA-compile the augmentation ops: ~2x faster, compiles at 1st batch"
     )
+
+    @model_validator(mode="after")
+    def _albumentations_needs_a_file(self) -> AugmentConfig:
+        if self.engine == "albumentations" and not self.albumentations_file:
+            raise ValueError(
+                "engine 'albumentations' needs augment.albumentations_file (an A.save() file)"
+            )
+        return self
 
 
 class ModelConfig(_Stage):

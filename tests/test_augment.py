@@ -13,22 +13,43 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from segbalance.config import AugmentConfig
-from segbalance.errors import UserError
-from segbalance.pipeline.augment import (
+from segbalance.augment_ops import (
     DEFAULT_OPS,
-    _warp,
-    build_augmenter,
-    build_pipeline,
+    OPS,
+    Affine,
+    AugmentOp,
+    Blur,
+    Brightness,
+    Contrast,
+    Flip,
+    Hue,
+    Noise,
+    Rotate,
+    Saturation,
+    Scale,
+    Translate,
     get_op,
 )
+from segbalance.config import AugmentConfig
+from segbalance.errors import UserError
+from segbalance.pipeline.augment import build_augmenter, build_pipeline
+from segbalance.pipeline.kernels import build_kernel, warp
 
 GEOMETRIC = [
-    {"type": "flip", "p": 0.5},
-    {"type": "affine", "scale": 0.1, "degrees": 20, "translate": 0.05},
-    {"type": "scale", "factor": 0.2},
-    {"type": "rotate", "degrees": 30},
-    {"type": "translate", "fraction": 0.1},
+    Flip(p=0.5),
+    Affine(scale=0.1, degrees=20, translate=0.05),
+    Scale(factor=0.2),
+    Rotate(degrees=30),
+    Translate(fraction=0.1),
+]
+# Image-only ops with parameters strong enough to change a 32 px image visibly.
+IMAGE_ONLY = [
+    Brightness(factor=0.3),
+    Contrast(factor=0.5),
+    Hue(factor=0.3),
+    Saturation(factor=0.5),
+    Blur(sigma=(1.0, 2.0)),
+    Noise(std=20.0),
 ]
 
 
@@ -43,7 +64,7 @@ def _blocky_image(rng: np.random.Generator, size: int = 48, block: int = 8) -> n
 
 
 def _run(
-    spec: Any, image: np.ndarray, mask: np.ndarray, seed: tf.Tensor, jit: bool = False
+    spec: list[AugmentOp], image: np.ndarray, mask: np.ndarray, seed: tf.Tensor, jit: bool = False
 ) -> tuple[np.ndarray, ...]:
     """One eager-built pipeline run; jit=False by default: tests need no XLA compile each."""
     fn = build_pipeline(spec, jit=jit)
@@ -99,10 +120,10 @@ def test_xla_warp_matches_tensorflow_kernel() -> None:
     mask = tf.cast(image[..., :1] > 127, tf.float32)
     a, b = np.cos(0.4) / 1.1, np.sin(0.4) / 1.1
     matrix = [a, b, 3.0, -b, a, -2.0]  # rotate, zoom and shift
-    warp = tf.function(
-        lambda i, m: _warp(i, m, [tf.constant(v, tf.float32) for v in matrix]), jit_compile=True
+    compiled = tf.function(
+        lambda i, m: warp(i, m, [tf.constant(v, tf.float32) for v in matrix]), jit_compile=True
     )
-    out_img, out_mask = warp(image, mask)
+    out_img, out_mask = compiled(image, mask)
     ref = [
         tf.raw_ops.ImageProjectiveTransformV3(
             images=x,
@@ -120,28 +141,32 @@ def test_xla_warp_matches_tensorflow_kernel() -> None:
     assert np.abs(out_img.numpy() - image.numpy()).mean() > 5  # it did move
 
 
-def test_photometric_ops_change_the_image_only() -> None:
+def test_image_only_ops_change_the_image_only() -> None:
+    assert {op.type for op in IMAGE_ONLY} == {n for n, c in OPS.items() if c.targets == "image"}
     rng = np.random.default_rng(2)
     image = _blocky_image(rng, 32)
     mask = (image[..., :1] > 127).astype(np.float32)
-    for spec in [
-        {"type": "brightness", "factor": 0.3},
-        {"type": "contrast", "factor": 0.5},
-        {"type": "hue", "factor": 0.3},
-        {"type": "saturation", "factor": 0.5},
-        {"type": "blur", "sigma": [1.0, 2.0]},
-        {"type": "noise", "std": 20.0},
-    ]:
-        out_i, out_m = _run([spec], image, mask, _seed(5))
-        np.testing.assert_array_equal(out_m, mask, err_msg=spec["type"])
-        assert np.abs(out_i - image).mean() > 0.5, spec["type"]
+    for op in IMAGE_ONLY:
+        out_i, out_m = _run([op], image, mask, _seed(5))
+        np.testing.assert_array_equal(out_m, mask, err_msg=op.type)
+        assert np.abs(out_i - image).mean() > 0.5, op.type
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_every_declared_op_has_a_kernel(name: str) -> None:
+    op = OPS[name]()
+    assert op.type == name and op.targets in ("image", "image+mask")
+    fn = build_kernel(op, compiled=False)
+    image, mask = tf.zeros([1, 32, 32, 3]), tf.zeros([1, 32, 32, 1])
+    out_i, out_m = fn(image, mask, _seed(1))
+    assert out_i.shape == image.shape and out_m.shape == mask.shape
 
 
 def test_flip_with_p1_always_flips_and_p0_never() -> None:
     image = np.arange(4 * 6 * 3, dtype=np.float32).reshape(4, 6, 3)
     mask = (np.arange(24).reshape(4, 6, 1) % 5 == 0).astype(np.float32)
-    always = tf.function(build_pipeline([{"type": "flip", "p": 1.0}]))  # XLA-compiled
-    never = build_pipeline([{"type": "flip", "p": 0.0}], jit=False)
+    always = tf.function(build_pipeline([Flip(p=1.0)]))  # XLA-compiled
+    never = build_pipeline([Flip(p=0.0)], jit=False)
     for s in range(4):
         out_i, out_m = always(tf.constant(image[None]), tf.constant(mask[None]), _seed(s))
         np.testing.assert_array_equal(out_i.numpy()[0], image[:, ::-1])
@@ -163,8 +188,8 @@ def test_same_seed_same_result_other_seed_other_result(default_fn: Any) -> None:
 
 def test_per_group_pipelines_apply_to_the_right_group() -> None:
     cfg = AugmentConfig(
-        default=[{"type": "flip", "mode": "vertical", "p": 1.0}],
-        groups={"b": "none", "c": [{"type": "flip", "p": 1.0}]},
+        default=[{"type": "flip", "mode": "vertical", "p": 1.0}],  # as YAML gives it
+        groups={"b": "none", "c": [Flip(p=1.0)]},
     )
     aug = tf.function(build_augmenter(cfg, ["a", "b", "c", "d"]))
     image = np.arange(4 * 6 * 3, dtype=np.float32).reshape(4, 6, 3)
@@ -183,27 +208,19 @@ def test_nothing_to_augment_gives_none() -> None:
 
 
 def test_default_covers_the_tutorial_ops() -> None:
-    ops = {op["type"]: op for op in DEFAULT_OPS}
+    ops = {op.type: op for op in DEFAULT_OPS}
     assert {"flip", "affine", "noise", "blur", "brightness", "contrast", "hue"} <= set(ops)
-    assert ops["affine"]["scale"] == 0.2 and ops["affine"]["degrees"] == 30
-    assert callable(get_op("rotate"))
+    assert isinstance(ops["affine"], Affine)
+    assert ops["affine"].scale == 0.2 and ops["affine"].degrees == 30
+    assert get_op("rotate") is Rotate
+    with pytest.raises(UserError, match="did you mean 'rotate'"):
+        get_op("rotat")
 
 
-@pytest.mark.parametrize(
-    ("cfg", "groups", "match"),
-    [
-        (AugmentConfig(default=[{"type": "rotat"}]), ["0"], "did you mean 'rotate'"),
-        (AugmentConfig(default=[{"type": "rotate", "angle": 3}]), ["0"], "no parameter.*angle"),
-        (AugmentConfig(default=[{"type": "flip", "p": 1.5}]), ["0"], "p=1.5"),
-        (AugmentConfig(default=[{"degrees": 3}]), ["0"], "'type'"),
-        (AugmentConfig(default=[{"type": "flip", "mode": "diag"}]), ["0"], "diag"),
-        (AugmentConfig(groups={"7": "none"}), ["0", "1"], "7.*Valid groups: 0, 1"),
-        (AugmentConfig(engine="albumentations"), ["0"], "albumentations_file"),
-    ],
-)
-def test_bad_config_is_a_user_error(cfg: AugmentConfig, groups: list[str], match: str) -> None:
-    with pytest.raises(UserError, match=match):
-        build_augmenter(cfg, groups)
+def test_groups_not_in_the_data_are_a_user_error() -> None:
+    # The one augment error load_config cannot see: it needs the manifest's groups.
+    with pytest.raises(UserError, match="7.*Valid groups: 0, 1"):
+        build_augmenter(AugmentConfig(groups={"7": "none"}), ["0", "1"])
 
 
 def test_albumentations_missing_is_a_clear_error(

@@ -3,7 +3,8 @@
 Every model takes float32 RGB in 0..255; masks are float32 {0, 1} with one channel.
 """
 
-from segbalance.pipeline.augment import DEFAULT_OPS, build_augmenter, get_op
+from segbalance.augment_ops import DEFAULT_OPS, get_op
+from segbalance.pipeline.augment import build_augmenter
 from segbalance.pipeline.cache import DecodedCache
 from segbalance.pipeline.dataset import build_eval_dataset, build_train_dataset, sample_seed
 from segbalance.pipeline.decode import decode_pair, load_image, preprocess_for_model
