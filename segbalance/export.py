@@ -27,7 +27,14 @@ from typing import Any
 
 from segbalance.artifacts import META_MEMBER, ModelMeta
 from segbalance.errors import UserError, unknown_name_error
-from segbalance.io import atomic_dir, atomic_path, atomic_write, replace_dir
+from segbalance.io import (
+    atomic_dir,
+    atomic_path,
+    atomic_write,
+    check_replaceable,
+    mark_dir,
+    replace_dir,
+)
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 SUFFIX = {"tflite": ".tflite", "onnx": ".onnx"}
@@ -151,6 +158,10 @@ def _check_out(fmt: str, out: Path, overwrite: bool) -> None:
         raise UserError(f"{out} already exists; pass --overwrite or choose another --out")
     if fmt == "savedmodel" and out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; a SavedModel is a folder")
+    if fmt != "savedmodel" and out.is_dir():
+        raise UserError(f"--out {out} is a folder; --format {fmt} writes one file: name it")
+    if fmt == "savedmodel":
+        check_replaceable(out, "--out")  # never a folder of the user's, even with --overwrite
 
 
 # tests/test_export.py imports this name; the folder swap itself lives in segbalance.io.
@@ -189,6 +200,7 @@ def export_model(
     if fmt == "savedmodel":
         with atomic_dir(out) as tmp:
             write_savedmodel(model, meta, tmp, t)
+            mark_dir(tmp, "export")
     elif fmt == "tflite":
         with atomic_write(out, "wb") as fh:
             fh.write(tflite_bytes(model, meta, t))

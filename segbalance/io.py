@@ -1,7 +1,10 @@
-"""Atomic file and folder writes: a temp beside the target, then one rename."""
+"""Atomic file and folder writes (a temp beside the target, then one rename) and the marker
+of folders segbalance created, the only folders it ever replaces.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -11,8 +14,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from segbalance.errors import UserError
+
 # Text and binary writes only: reading or appending through a rename makes no sense.
 WRITE_MODES = ("w", "wb")
+
+#: Written into every folder segbalance creates for a run or an export. ``--overwrite``
+#: replaces only folders that carry it, so a user's folder is never deleted.
+MARKER = ".segbalance"
 
 
 def _create_temp(final: Path, suffix: str) -> tuple[int, Path]:
@@ -147,3 +156,28 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         replace_dir(holder / final.name, final)
     finally:
         shutil.rmtree(holder, ignore_errors=True)
+
+
+def mark_dir(path: str | Path, kind: str) -> None:
+    """Record in ``path`` that segbalance created it (``kind``: run, export, ...)."""
+    write_text(Path(path) / MARKER, json.dumps({"created_by": "segbalance", "kind": kind}) + "\n")
+
+
+def is_marked(path: str | Path) -> bool:
+    """True when segbalance created the folder ``path`` (it carries :data:`MARKER`)."""
+    return (Path(path) / MARKER).is_file()
+
+
+def check_replaceable(path: str | Path, flag: str) -> None:
+    """Refuse to replace ``path`` unless it is missing, empty, or a folder of ours.
+
+    Raises:
+        UserError: naming the folder, when segbalance did not create it.
+    """
+    path = Path(path)
+    if not path.is_dir() or not any(path.iterdir()) or is_marked(path):
+        return
+    raise UserError(
+        f"{flag} refuses to replace {path}: segbalance did not create it (it has no {MARKER} "
+        f"file), so it may hold your files. Delete or move it yourself, or choose another {flag}"
+    )

@@ -114,3 +114,23 @@ def test_bad_format_and_missing_onnx(model_file, tmp_path) -> None:
         with pytest.raises(UserError, match="pip install tf2onnx"):
             export_model(model_file, "onnx", tmp_path / "m.onnx")
         assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name", "message"),
+    [
+        ("savedmodel", "mine", "segbalance did not create it"),
+        ("tflite", "mine.tflite", "is a folder"),
+    ],
+)
+def test_overwrite_never_replaces_a_users_folder(
+    fmt: str, name: str, message: str, tmp_path: Path, capsys
+) -> None:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "notes.txt").write_text("my notes")
+    argv = ["export", str(tmp_path / "m.keras"), "--format", fmt, "--out", str(folder)]
+    assert main([*argv, "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(folder) in err and "Traceback" not in err
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]

@@ -367,7 +367,7 @@ def test_work_dir_rules(tmp_path: Path) -> None:
         prepare_work_dir(work, cfg, resume=False, overwrite=False)
     (work / "stale.txt").write_text("old run")
     prepare_work_dir(work, cfg, resume=False, overwrite=True)
-    assert sorted(p.name for p in work.iterdir()) == ["config.yaml"]
+    assert sorted(p.name for p in work.iterdir()) == [".segbalance", "config.yaml"]
 
     other = tmp_path / "photos"
     other.mkdir()
@@ -375,6 +375,15 @@ def test_work_dir_rules(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not a segbalance run"):
         prepare_work_dir(other, cfg, resume=False, overwrite=True)
     assert (other / "holiday.jpg").exists()
+    # A project folder that merely holds a config.yaml is not a run either (it lost its
+    # source files to --overwrite once).
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.yaml").write_text("train: {epochs: 2}\n")
+    (project / "main.py").write_text("print('mine')\n")
+    with pytest.raises(UserError, match=f"refuses to delete {project}"):
+        prepare_work_dir(project, cfg, resume=False, overwrite=True)
+    assert sorted(p.name for p in project.iterdir()) == ["config.yaml", "main.py"]
 
     moved = load_config(None, {"distribute.devices": "0,1"})
     prepare_work_dir(work, moved, resume=True, overwrite=False)  # where it runs may change

@@ -10,8 +10,9 @@ A work dir holds::
     metrics.json     written when the run is complete
 
 Rules: a new run needs a missing or empty dir; ``overwrite`` deletes a previous run (only
-a dir that holds a segbalance ``config.yaml``); ``resume`` needs that ``config.yaml`` and
-the same config (only the ``distribute`` section may change, e.g. other machines).
+a dir that segbalance created: it carries the ``.segbalance`` marker and a ``config.yaml``);
+``resume`` needs that ``config.yaml`` and the same config (only the ``distribute`` section
+may change, e.g. other machines).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import yaml
 
 from segbalance.config import Config, config_from_dict, config_to_yaml
 from segbalance.errors import UserError
-from segbalance.io import write_text
+from segbalance.io import MARKER, is_marked, mark_dir, write_text
 
 CONFIG = "config.yaml"
 BEST = "best.keras"
@@ -140,12 +141,14 @@ def prepare_work_dir(
                 f"work dir {wd.root} is not empty; pass --resume to continue its run, "
                 "--overwrite to delete it and start again, or choose another --work-dir"
             )
-        if not wd.config.is_file():
+        if not (is_marked(wd.root) and wd.config.is_file()):
             raise UserError(
-                f"--overwrite refuses to delete {wd.root}: it holds no {CONFIG}, so it is "
-                "not a segbalance run. Choose another --work-dir"
+                f"--overwrite refuses to delete {wd.root}: it is not a segbalance run (no "
+                f"{MARKER} and {CONFIG} from 'segbalance train'), so it may hold your files. "
+                "Delete or move it yourself, or choose another --work-dir"
             )
-        shutil.rmtree(wd.root)
+        shutil.rmtree(wd.root)  # a run segbalance created (marker checked above)
     wd.root.mkdir(parents=True, exist_ok=True)
+    mark_dir(wd.root, "run")
     write_text(wd.config, config_to_yaml(cfg))
     return wd
