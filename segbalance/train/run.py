@@ -24,6 +24,7 @@ import keras
 from segbalance.config import Config
 from segbalance.errors import unknown_name_error
 from segbalance.models import model_names
+from segbalance.train.fingerprint import check_same_data, data_fingerprint, write_fingerprint
 from segbalance.train.plan import load_data, training_plan
 from segbalance.train.result import TrainResult, complete_result
 from segbalance.train.runtime import make_runtime
@@ -66,6 +67,9 @@ def train(
         prepare_work_dir(work_dir, cfg, resume=True, overwrite=overwrite, chief=False)
     data = load_data(cfg)  # bad data (and weights naming no group) fail before any write
     plan = training_plan(cfg, data[0])
+    fingerprint = data_fingerprint(*data)
+    if resume:
+        check_same_data(Path(work_dir), fingerprint)
     runtime = make_runtime(cfg.distribute)
     runtime.check_batch("train.batch_size", cfg.train.batch_size)
     valid_batch = cfg.train.validation_batch_size or cfg.train.batch_size
@@ -73,6 +77,8 @@ def train(
     wd = prepare_work_dir(work_dir, cfg, resume=resume, overwrite=overwrite, chief=runtime.chief)
     if resume and wd.metrics.is_file():
         return complete_result(wd, cfg, runtime.chief)
+    if runtime.chief and not resume:
+        write_fingerprint(wd.root, fingerprint)
     policy = keras.mixed_precision.global_policy()
     try:  # the run sets the global dtype policy; callers get theirs back
         trainer = Trainer(cfg, wd, runtime, data, plan, callbacks)

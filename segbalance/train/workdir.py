@@ -2,7 +2,9 @@
 
 A work dir holds::
 
+    .segbalance      marker: segbalance created this folder (only such folders are replaced)
     config.yaml      the config the run uses (written first, read back by --resume)
+    data.json        fingerprint of the train/valid rows (a resume on other data is refused)
     checkpoints/     tf.train.CheckpointManager: model, optimiser, RunState (last k kept)
     best.keras       the best monitored epoch so far, with segbalance metadata
     history.csv      one row per finished epoch

@@ -1,0 +1,93 @@
+"""What a run trains on, summarised so that ``--resume`` can tell the same data from other data.
+
+A resume continues the plan at the checkpointed epoch and step; that is only the same run
+when the rows are the same. Re-preparing the data (other rows, another split, other image
+sizes, a changed ``mask_rule``) changes the plan silently, so the run records a fingerprint
+of its train and valid rows when it starts and a resume compares it, saying what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from segbalance.data.manifest import Manifest
+from segbalance.errors import UserError
+from segbalance.io import write_text
+
+#: File of the work dir holding the fingerprint.
+DATA = "data.json"
+
+
+def _digest(rows: Manifest) -> str:
+    h = hashlib.sha256()
+    for values in zip(
+        rows.image,
+        rows.mask,
+        rows.group,
+        rows.split,
+        rows.height,
+        rows.width,
+        rows.mask_rule,
+        strict=True,
+    ):
+        h.update(json.dumps([str(v) for v in values]).encode())
+    return h.hexdigest()
+
+
+def data_fingerprint(train: Manifest, valid: Manifest) -> dict[str, Any]:
+    """Row counts per split and group, and a digest of every row (paths, group, split, size)."""
+    return {
+        "train": {"rows": len(train), "groups": train.counts(), "sha256": _digest(train)},
+        "valid": {"rows": len(valid), "groups": valid.counts(), "sha256": _digest(valid)},
+    }
+
+
+def write_fingerprint(work_dir: Path, fingerprint: dict[str, Any]) -> None:
+    """Record the fingerprint of a new run."""
+    write_text(Path(work_dir) / DATA, json.dumps(fingerprint, indent=2) + "\n")
+
+
+def read_fingerprint(work_dir: Path) -> dict[str, Any] | None:
+    """The recorded fingerprint; None for a run made before fingerprints (or a damaged file)."""
+    try:
+        value = json.loads((Path(work_dir) / DATA).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def data_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two fingerprints, one line per change ([] when the same)."""
+    out: list[str] = []
+    for split in ("train", "valid"):
+        a, b = old.get(split, {}), new[split]
+        if a.get("sha256") == b["sha256"]:
+            continue
+        if a.get("rows") != b["rows"]:
+            out.append(f"{split} rows: {a.get('rows')} -> {b['rows']}")
+        groups_a, groups_b = a.get("groups", {}), b["groups"]
+        for g in sorted(set(groups_a) | set(groups_b)):
+            if groups_a.get(g, 0) != groups_b.get(g, 0):
+                out.append(f"{split} group {g}: {groups_a.get(g, 0)} -> {groups_b.get(g, 0)} rows")
+        if len(out) == 0 or not out[-1].startswith(split):
+            out.append(f"{split} rows: same counts, other files, sizes or mask rules")
+    return out
+
+
+def check_same_data(work_dir: Path, fingerprint: dict[str, Any]) -> None:
+    """Refuse a resume whose rows differ from those the run started with.
+
+    Raises:
+        UserError: listing what changed.
+    """
+    recorded = read_fingerprint(work_dir)
+    changes = [] if recorded is None else data_changes(recorded, fingerprint)
+    if changes:
+        raise UserError(
+            f"--resume must train on the data the run in {work_dir} started with, but the "
+            "manifest changed:\n  " + "\n  ".join(changes) + "\nUse the manifest it started "
+            "with, or start a new run (another --work-dir, or --overwrite)"
+        )
