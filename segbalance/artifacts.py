@@ -19,6 +19,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import keras
+
+# The next three are imported for their side effect: they register segbalance's custom
+# layers, losses and metrics with Keras, which load_model needs under safe_mode=True.
+import segbalance.losses
+import segbalance.metrics
+import segbalance.models  # noqa: F401
 from segbalance.errors import UserError
 from segbalance.io import atomic_path
 
@@ -92,11 +99,5 @@ def load_model(path: str | Path, compile: bool = False) -> tuple[Any, ModelMeta]
     ``segbalance.models``, ``segbalance.losses`` and ``segbalance.metrics``.
     """
     meta = read_meta(path)
-    import keras
-
-    import segbalance.losses
-    import segbalance.metrics
-    import segbalance.models  # noqa: F401
-
     model = keras.saving.load_model(str(path), compile=compile, safe_mode=True)
     return model, meta

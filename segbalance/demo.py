@@ -32,8 +32,19 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from segbalance.config import load_config
+from segbalance.data.prepare import prepare_dataset
+from segbalance.data.stats import compute_stats, format_stats_table, plot_stats
+from segbalance.data.synth import STYLES, generate, png_bytes, render
 from segbalance.errors import UserError
+from segbalance.evaluate import evaluate, json_view, write_json
 from segbalance.io import atomic_path, write_text
+from segbalance.sampling import group_probabilities
+from segbalance.train import train
 
 BALANCES = ("proportional", "uniform")
 MARKER = "demo.json"
@@ -108,8 +119,6 @@ def _claim(work_dir: Path) -> None:
 
 def write_heldout(out: Path, per_group: int, size: int, seed: int) -> dict[str, int]:
     """A balanced synthetic set: ``per_group`` images of every group, drawn with ``seed``."""
-    from segbalance.data.synth import STYLES, png_bytes, render
-
     for group in STYLES:
         for kind in ("Images", "Masks"):
             (out / kind / group).mkdir(parents=True, exist_ok=True)
@@ -141,10 +150,6 @@ class _Clock:
 
 def _prepare_data(work_dir: Path, s: DemoSettings, clock: _Clock) -> tuple[Any, Any]:
     """synth -> prepare -> stats for training, and the held-out set; returns both manifests."""
-    from segbalance.data.prepare import prepare_dataset
-    from segbalance.data.stats import compute_stats, format_stats_table, plot_stats
-    from segbalance.data.synth import generate
-
     data, heldout = work_dir / "data", work_dir / "heldout"
     counts = generate(data, scale=s.scale, size=s.image_size, seed=s.seed, progress=False)
     write_heldout(heldout, s.heldout_per_group, s.image_size, s.heldout_seed)
@@ -164,10 +169,6 @@ def _train_and_evaluate(
     work_dir: Path, s: DemoSettings, heldout_csv: Path, clock: _Clock
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train both runs, then evaluate each best.keras on the held-out set."""
-    from segbalance.config import load_config
-    from segbalance.evaluate import evaluate, write_json
-    from segbalance.train import train
-
     manifest = work_dir / "data" / "segbalance" / "manifest.csv"
     runs: dict[str, Any] = {}
     results: dict[str, Any] = {}
@@ -239,7 +240,7 @@ def run_demo(
         "settings": asdict(replace(s)),
         "seconds": {**clock.steps, "total": clock.total()},
         "train_images": train_counts,
-        "heldout": {b: _json_view(results[b]) for b in BALANCES},
+        "heldout": {b: json_view(results[b]) for b in BALANCES},
         "best_epoch": {b: runs[b].best_epoch for b in BALANCES},
         "files": {
             "stats": str(work_dir / "stats.png"),
@@ -263,18 +264,14 @@ def plot_comparison(
     note: str = "",
 ) -> Path:
     """Three panels: training mix per group, held-out IoU per group, validation curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from segbalance.sampling import group_probabilities
-
     groups = list(results[BALANCES[0]]["groups"])
     x = np.arange(len(groups))
     width = 0.38
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), gridspec_kw={"width_ratios": [1, 1.2, 1.2]})
+    # A bare Figure with the Agg canvas (as in data/stats.py): no pyplot state, no display,
+    # and no global backend switch for whoever imports this module.
+    fig = Figure(figsize=(16, 4.8))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1.2, 1.2]})
     mix, bars, curves = axes
     for k, balance in enumerate(BALANCES):
         offset = (k - 0.5) * width
@@ -322,18 +319,9 @@ def plot_comparison(
     title = f"Group balancing on synthetic nails, held-out IoU ({summary})"
     fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=11)
     fig.tight_layout()
-    try:
-        with atomic_path(path, ".png") as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     return path
-
-
-def _json_view(result: dict[str, Any]) -> dict[str, Any]:
-    from segbalance.evaluate import json_view
-
-    return json_view(result)
 
 
 def verdict(summary: dict[str, Any]) -> str:

@@ -27,20 +27,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
+from segbalance.artifacts import load_model
+from segbalance.data.manifest import read_manifest
+from segbalance.data.prepare import build_manifest
 from segbalance.errors import UserError
 from segbalance.io import write_text
+from segbalance.metrics import GroupMetrics, confusion_counts, logit_threshold
+from segbalance.pipeline.dataset import build_eval_dataset
+from segbalance.pipeline.decode import decode_mask
 from segbalance.text import table_lines
 
 SPLITS = ("train", "valid", "test", "all")
 JSON_KEYS = ("groups", "mean_group_iou", "worst_group_iou", "overall_iou", "threshold")
-
-
-def _prepare_root(root: Path) -> Any:
-    """Discover and check the pairs of a data root in memory (no manifest written)."""
-    from segbalance.data.prepare import build_manifest
-
-    return build_manifest(root, progress=False)
 
 
 def load_data(data: str | Path, split: str | None = None) -> Any:
@@ -54,11 +54,9 @@ def load_data(data: str | Path, split: str | None = None) -> Any:
     Raises:
         UserError: missing path, unknown split, or no rows in the split.
     """
-    from segbalance.data.manifest import read_manifest
-
     path = Path(data)
-    if path.is_dir():
-        manifest = _prepare_root(path)
+    if path.is_dir():  # discovered and checked in memory, no manifest written
+        manifest = build_manifest(path, progress=False)
     elif path.is_file():
         manifest = read_manifest(path)
     else:
@@ -79,10 +77,6 @@ def load_data(data: str | Path, split: str | None = None) -> Any:
 
 def _original_masks(manifest: Any) -> Iterator[Any]:
     """Each row's mask at its own size, f32[h, w, 1] in {0, 1}, in row order (prefetched)."""
-    import tensorflow as tf
-
-    from segbalance.pipeline.decode import decode_mask
-
     ds = tf.data.Dataset.from_tensor_slices(np.asarray(manifest.mask_paths(), dtype=str))
     ds = ds.map(decode_mask, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return iter(ds.prefetch(tf.data.AUTOTUNE))
@@ -90,9 +84,6 @@ def _original_masks(manifest: Any) -> Iterator[Any]:
 
 def _count_fn(threshold: float) -> Any:
     """tf.function: (logits f[H,W,1] at training size, mask f[h,w,1]) -> counts f[4]."""
-    import tensorflow as tf
-
-    from segbalance.metrics import confusion_counts
 
     @tf.function(reduce_retracing=True)
     def count(logits: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
@@ -107,8 +98,6 @@ def predict_counts(
     model: Any, manifest: Any, image_size: tuple[int, int], threshold: float, batch_size: int
 ) -> np.ndarray:
     """Per-row confusion counts ``[N, 4]`` (tp, fp, fn, tn) at the original mask sizes."""
-    from segbalance.pipeline.dataset import build_eval_dataset
-
     ds = build_eval_dataset(manifest, image_size=image_size, batch_size=batch_size)
     masks = _original_masks(manifest)
     count = _count_fn(threshold)
@@ -141,9 +130,6 @@ def evaluate(
         "mean_group_iou", "worst_group_iou", "overall_iou", "threshold"}`` plus
         ``unknown_groups`` (data groups the model was not trained on) and ``rows``.
     """
-    from segbalance.artifacts import load_model
-    from segbalance.metrics import GroupMetrics, logit_threshold
-
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     manifest = load_data(data, split)

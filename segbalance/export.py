@@ -25,7 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from segbalance.artifacts import META_MEMBER, ModelMeta
+import keras
+import tensorflow as tf
+
+from segbalance.artifacts import META_MEMBER, ModelMeta, load_model
 from segbalance.errors import UserError, unknown_name_error
 from segbalance.io import (
     atomic_dir,
@@ -35,6 +38,7 @@ from segbalance.io import (
     mark_dir,
     replace_dir,
 )
+from segbalance.metrics import logit_threshold
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 SUFFIX = {"tflite": ".tflite", "onnx": ".onnx"}
@@ -55,8 +59,6 @@ def _float32_config(node: Any) -> Any:
 
 def float32_model(model: Any) -> Any:
     """The model itself if it computes in float32, else a float32 rebuild with its weights."""
-    import keras
-
     if all(layer.dtype_policy.compute_dtype == "float32" for layer in model._flatten_layers()):
         return model
     clone = keras.Model.from_config(_float32_config(model.get_config()))
@@ -66,10 +68,6 @@ def float32_model(model: Any) -> Any:
 
 def serving_function(model: Any, threshold: float) -> Callable[[Any], dict[str, Any]]:
     """``images f32[B,H,W,3] 0..255 -> {"probabilities", "mask"}`` around ``model``."""
-    import tensorflow as tf
-
-    from segbalance.metrics import logit_threshold
-
     cut = logit_threshold(threshold)
 
     def serve(images: Any) -> dict[str, Any]:
@@ -83,8 +81,6 @@ def serving_function(model: Any, threshold: float) -> Callable[[Any], dict[str, 
 
 
 def _specs(meta: ModelMeta) -> tuple[Any, Any]:
-    import tensorflow as tf
-
     h, w = (int(v) for v in meta.image_size)
     return (
         tf.TensorSpec([None, h, w, 3], tf.float32, name="images"),
@@ -94,8 +90,6 @@ def _specs(meta: ModelMeta) -> tuple[Any, Any]:
 
 def write_savedmodel(model: Any, meta: ModelMeta, path: Path, threshold: float) -> None:
     """Write a SavedModel with ``serve`` (= ``serving_default``, float) and ``serve_uint8``."""
-    import keras
-
     serve = serving_function(model, threshold)
     float_spec, uint8_spec = _specs(meta)
     archive = keras.export.ExportArchive()
@@ -108,8 +102,6 @@ def write_savedmodel(model: Any, meta: ModelMeta, path: Path, threshold: float) 
 
 def tflite_bytes(model: Any, meta: ModelMeta, threshold: float) -> bytes:
     """A TFLite flatbuffer of the float serving function (builtin ops only)."""
-    import tensorflow as tf
-
     with tempfile.TemporaryDirectory() as tmp:
         write_savedmodel(model, meta, Path(tmp) / "sm", threshold)
         converter = tf.lite.TFLiteConverter.from_saved_model(
@@ -126,7 +118,8 @@ def _patch_tf2onnx_for_numpy2() -> None:
     name exposes it), so this is the package's one ``keras.src`` import, kept here alone and
     optional: without it ONNX export runs unpatched, as on a numpy 1 install.
     """
-    try:  # the shim imports onnx itself: an ImportError there also means "go unpatched"
+    # Lazy: the shim imports onnx, an optional dependency; ImportError means "go unpatched".
+    try:
         from keras.src.export.tf2onnx_lib import patch_tf2onnx
 
         patch_tf2onnx()
@@ -136,15 +129,13 @@ def _patch_tf2onnx_for_numpy2() -> None:
 
 def write_onnx(model: Any, meta: ModelMeta, path: Path, threshold: float) -> None:
     """ONNX through tf2onnx (an optional dependency)."""
-    try:
+    try:  # lazy: tf2onnx is optional, needed only here; without it the other formats work
         import tf2onnx
     except ImportError as err:
         raise UserError(
             "ONNX export needs the tf2onnx package: pip install tf2onnx "
             "(then run the same command again); SavedModel and TFLite need nothing extra"
         ) from err
-    import tensorflow as tf
-
     _patch_tf2onnx_for_numpy2()
     float_spec, _ = _specs(meta)
     fn = tf.function(serving_function(model, threshold), input_signature=[float_spec])
@@ -188,8 +179,6 @@ def export_model(
     Raises:
         UserError: unknown format, bad ``out``, or tf2onnx missing for ONNX.
     """
-    from segbalance.artifacts import load_model
-
     if fmt not in FORMATS:
         raise unknown_name_error("export format", fmt, FORMATS)
     out = Path(out)

@@ -33,9 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
+from PIL import Image
+from tqdm import tqdm
 
+from segbalance.artifacts import load_model
 from segbalance.errors import Problem, UserError
 from segbalance.io import atomic_path
+from segbalance.metrics import logit_threshold
+from segbalance.pipeline.decode import load_image, preprocess_for_model
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 TINT = np.array([0, 220, 255], np.float32)  # cyan: distinct from skin and common polish
@@ -122,8 +128,6 @@ def output_names(files: Sequence[Path]) -> list[Path]:
 
 def save_png(array: np.ndarray, path: Path) -> None:
     """Write a uint8 array as PNG atomically."""
-    from PIL import Image
-
     with atomic_path(path, ".png") as tmp:
         Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
 
@@ -161,10 +165,6 @@ class _Predictor:
     """Holds the model and writes the outputs of one batch."""
 
     def __init__(self, model: Any, image_size: tuple[int, int], threshold: float) -> None:
-        import tensorflow as tf
-
-        from segbalance.metrics import logit_threshold
-
         self.model = model
         self.image_size = image_size
         self.cut = logit_threshold(threshold)
@@ -176,8 +176,6 @@ class _Predictor:
         self.resize = resize
 
     def logits(self, images: list[np.ndarray]) -> np.ndarray:
-        from segbalance.pipeline.decode import preprocess_for_model
-
         batch = np.stack([preprocess_for_model(im, self.image_size) for im in images])
         return np.asarray(self.model(batch, training=False), np.float32)
 
@@ -188,8 +186,6 @@ class _Predictor:
 
 
 def _read(path: Path) -> np.ndarray | Problem:
-    from segbalance.pipeline.decode import load_image
-
     try:
         return load_image(path)
     except (UserError, OSError) as err:
@@ -222,10 +218,6 @@ def predict(
     Raises:
         UserError: no input gave any file, or bad arguments.
     """
-    from tqdm import tqdm
-
-    from segbalance.artifacts import load_model
-
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     files, problems = expand_inputs(inputs)

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from segbalance.data.manifest import SPLITS, Manifest
 from segbalance.errors import UserError
@@ -271,9 +273,6 @@ def plot_stats(stats: dict[str, Any], path: str | Path) -> Path:
         path: ``.png`` (or ``.svg``/``.pdf``) file to write.
     """
     path = check_plot_path(path)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     # A bare Figure with the Agg canvas: no pyplot state, no display needed.
     fig = Figure(figsize=(13, 5.2), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)

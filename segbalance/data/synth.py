@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
+from tqdm import tqdm
 
 from segbalance.errors import UserError
 
@@ -402,8 +403,6 @@ def generate(
     tmp = _prepare_out(out, overwrite)
     jobs = [(tmp, g, i, size, seed) for g, n in counts.items() for i in range(n)]
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
-    from tqdm import tqdm
-
     bar = tqdm(total=len(jobs), desc="synth", unit="img", disable=not progress)
     try:
         for _ in _run_jobs(jobs, workers):

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -153,8 +154,6 @@ def build_model(cfg: ModelConfig, image_size: Sequence[int]) -> keras.Model:
         return build_unet(cfg, size, weights)
     model = build_unet_small(cfg, size)
     if weights == "imagenet":
-        import warnings
-
         warnings.warn(
             "unet-small is trained from scratch: encoder_weights='imagenet' ignored",
             stacklevel=2,

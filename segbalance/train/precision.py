@@ -25,6 +25,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import keras
+import tensorflow as tf
+
 from segbalance.errors import UserError
 
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -60,8 +63,6 @@ def cpu_supports_bf16(flags: Iterable[str] | None = None) -> bool:
 
 def gpu_available() -> bool:
     """Whether TensorFlow sees at least one GPU."""
-    import tensorflow as tf
-
     return bool(tf.config.list_physical_devices("GPU"))
 
 
@@ -101,8 +102,6 @@ def needs_loss_scaling(policy: str) -> bool:
 
 def apply_precision(policy: str) -> str:
     """Set the global Keras dtype policy (before building the model); returns it."""
-    import keras
-
     if policy not in POLICIES:
         raise UserError(f"unknown precision policy '{policy}'; valid: {', '.join(POLICIES)}")
     keras.mixed_precision.set_global_policy(policy)
