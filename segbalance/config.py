@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -30,9 +31,23 @@ from segbalance.augment_ops import OpList
 from segbalance.errors import UserError
 from segbalance.sampling.weights import parse_balance, parse_weights
 
+#: Largest side ``data.image_size`` accepts (8192 x 8192 x 3 floats is ~800 MB an image).
+MAX_IMAGE_SIZE = 8192
+
 
 class _Stage(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_not_yes_no(cls, v: Any, info: ValidationInfo) -> Any:
+        # YAML reads yes/no/on/off as booleans and pydantic would take them as 1/0:
+        # `epochs: yes` must not mean one epoch.
+        if isinstance(v, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation is not bool and bool not in get_args(annotation):
+                raise ValueError("give a number or a name here, not yes/no or true/false")
+        return v
 
 
 class DataConfig(_Stage):
@@ -43,7 +58,9 @@ class DataConfig(_Stage):
     groups: list[str] | None = Field(None, description="train on these groups only")
     train_split: str = "train"
     valid_split: str = "valid"
-    epoch_length: int | None = Field(None, description="samples per epoch; default: #train images")
+    epoch_length: int | None = Field(
+        None, ge=1, description="samples per epoch; default (null): the number of train images"
+    )
     cache_decoded: bool = Field(
         False, description="decode+resize train images once and keep them in memory (uint8)"
     )
@@ -66,6 +83,11 @@ class DataConfig(_Stage):
     def _positive(cls, v: tuple[int, int]) -> tuple[int, int]:
         if min(v) < 16 or v[0] % 32 or v[1] % 32:
             raise ValueError(f"image_size {v} must be multiples of 32 and >= 32 (U-Net depth 5)")
+        if max(v) > MAX_IMAGE_SIZE:
+            # Past this a single float32 batch of one overflows int32 indexing in TF ops.
+            raise ValueError(
+                f"image_size {v} is larger than {MAX_IMAGE_SIZE}; train on tiles or a smaller size"
+            )
         return v
 
 
@@ -140,35 +162,40 @@ class ModelConfig(_Stage):
         "default",
         description="default (imagenet; none for unet-small) | imagenet | none | weights file",
     )
-    decoder_filters: tuple[int, ...] = (256, 128, 64, 32, 16)
+    decoder_filters: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        (256, 128, 64, 32, 16),
+        min_length=5,
+        max_length=5,
+        description="filters of the 5 decoder stages, deepest first",
+    )
     batch_norm: bool = True
-    classes: int = 1
-    dropout: float = 0.0
-    freeze_encoder_epochs: int = 0
+    classes: int = Field(1, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    freeze_encoder_epochs: int = Field(0, ge=0)
 
 
 class LossConfig(_Stage):
     """Loss expression such as ``dice+focal`` or ``0.5*bce+dice`` and its parameters."""
 
     name: str = "dice+focal"
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    tversky_alpha: float = 0.3
-    tversky_beta: float = 0.7
+    focal_alpha: float = Field(0.25, ge=0.0, le=1.0)
+    focal_gamma: float = Field(2.0, ge=0.0)
+    tversky_alpha: float = Field(0.3, ge=0.0)
+    tversky_beta: float = Field(0.7, ge=0.0)
 
 
 class OptimizerConfig(_Stage):
     """Optimiser and learning-rate schedule."""
 
     name: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+    lr: float = Field(1e-3, gt=0.0, description="peak learning rate")
+    weight_decay: float = Field(1e-4, ge=0.0)
     schedule: Literal["cosine", "plateau", "constant"] = "cosine"
-    warmup_epochs: float = 1.0
-    min_lr: float = 1e-6
-    plateau_factor: float = 0.5
-    plateau_patience: int = 3
-    clipnorm: float | None = 1.0
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    min_lr: float = Field(1e-6, ge=0.0)
+    plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)
+    plateau_patience: int = Field(3, ge=1)
+    clipnorm: float | None = Field(1.0, gt=0.0, description="null: no clipping")
 
 
 class TrainConfig(_Stage):
@@ -189,12 +216,12 @@ class TrainConfig(_Stage):
 
 
 class DistributeConfig(_Stage):
-    """Devices and cluster (see segbalance.train.distribute)."""
+    """Devices and cluster (see segbalance.train.runtime and segbalance.train.cluster)."""
 
     devices: str | None = Field(None, description="GPU ids such as '0,1'; 'cpu:2' for tests")
     workers: list[str] | None = Field(None, description="host:port of every worker")
-    worker_index: int | None = None
-    connect_timeout_s: float = 60.0
+    worker_index: int | None = Field(None, ge=0)
+    connect_timeout_s: float = Field(60.0, gt=0.0)
 
 
 class Config(_Stage):
@@ -228,7 +255,15 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node = tree
     *parents, leaf = dotted.split(".")
     for part in parents:
-        node = node.setdefault(part, {})
+        child = node.get(part)
+        if child is None:  # absent, or an empty section (`train:`) in the file
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise UserError(
+                f"config section '{part}' must be a mapping of keys (e.g. 'epochs: 3'), "
+                f"got {type(child).__name__} {child!r}"
+            )
+        node = child
     node[leaf] = value
 
 
@@ -268,6 +303,8 @@ def load_config(
             )
     for section in drop:
         raw.pop(section, None)
+    # An empty section (`train:` with nothing under it) means its defaults.
+    raw = {k: {} if v is None else v for k, v in raw.items()}
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(raw, key, value)

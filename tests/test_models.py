@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from segbalance.config import ModelConfig
 from segbalance.errors import UserError
@@ -125,12 +126,13 @@ def test_unknown_model_lists_valid_names():
 
 
 def test_bad_model_settings_are_user_errors():
-    with pytest.raises(UserError, match="decoder_filters"):
-        build_model(cfg(decoder_filters=(64, 32)), SIZE)
+    # Settings fail when the config is made (load_config turns these into UserErrors).
+    with pytest.raises(ValidationError, match="decoder_filters"):
+        cfg(decoder_filters=(64, 32))
+    with pytest.raises(ValidationError, match="dropout"):
+        cfg(dropout=1.0)
     with pytest.raises(UserError, match="multiples of 32"):
         build_model(cfg(), (48, 64))
-    with pytest.raises(UserError, match="dropout"):
-        build_model(cfg(dropout=1.0), SIZE)
     with pytest.raises(UserError, match="neither 'imagenet'"):
         build_model(cfg("mobilenetv3small", encoder_weights="/nope/w.weights.h5"), SIZE)
 

@@ -113,7 +113,9 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     from segbalance.sampling import parse_weights
 
     out = parse_set(args.set)
-    out.update({key: getattr(args, flag, None) for flag, key in FLAG_KEYS.items()})
+    # Only flags actually given: an absent flag must not undo a --set of the same key.
+    given = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if hasattr(args, flag)}
+    out.update(given)
     if args.manifest is not None:
         out["data.manifest"] = str(Path(args.manifest).resolve())
     if getattr(args, "weights", None) is not None:

@@ -27,7 +27,6 @@ from segbalance.errors import UserError, unknown_name_error
 from segbalance.models.encoders import ENCODER_NAME, ENCODERS, build_encoder, skip_strides
 
 SMALL = "unet-small"
-DECODER_STAGES = 5
 
 
 def conv_block(x: Any, filters: int, name: str, batch_norm: bool = True) -> Any:
@@ -62,16 +61,8 @@ def _head(x: Any, cfg: ModelConfig) -> Any:
     return layers.Conv2D(cfg.classes, 3, padding="same", dtype="float32", name="logits")(x)
 
 
-def _check(cfg: ModelConfig, image_size: tuple[int, int]) -> None:
-    if len(cfg.decoder_filters) != DECODER_STAGES:
-        raise UserError(
-            f"model.decoder_filters {list(cfg.decoder_filters)} must list {DECODER_STAGES} "
-            "numbers, one per decoder stage (e.g. [256, 128, 64, 32, 16])"
-        )
-    if cfg.classes < 1:
-        raise UserError(f"model.classes must be >= 1, got {cfg.classes}")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise UserError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
+def _check(image_size: tuple[int, int]) -> None:
+    # The other settings are checked by ModelConfig itself (bounds, 5 decoder stages).
     if image_size[0] % 32 or image_size[1] % 32:
         raise UserError(f"image size {image_size} must be multiples of 32 (U-Net depth 5)")
 
@@ -148,7 +139,7 @@ def build_model(cfg: ModelConfig, image_size: Sequence[int]) -> keras.Model:
     size = (int(image_size[0]), int(image_size[1]))
     if cfg.name != SMALL and cfg.name not in ENCODERS:
         raise unknown_name_error("model", cfg.name, model_names())
-    _check(cfg, size)
+    _check(size)
     weights = encoder_weights(cfg)
     if cfg.name != SMALL:
         return build_unet(cfg, size, weights)
