@@ -15,6 +15,7 @@ from segbalance.data.manifest import (
     Manifest,
     assign_splits,
     natural_sort,
+    path_problem,
     read_manifest,
     sidecar_path,
     write_manifest,
@@ -190,3 +191,46 @@ def test_split_rule_properties(sizes: list[int], fraction: float, seed: int) -> 
     # adding a group leaves the other groups' draws unchanged
     more = assign_splits([*keys, "new/0", "new/1"], [*groups, "new", "new"], fraction, seed)
     assert more[: len(keys)] == split
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("Images/0/a.png", None),
+        ("./Images/0/a.png", None),
+        ("Images/0/../1/a.png", None),
+        ("a\\b.png", None),  # a backslash in a Linux name stays inside
+        ("/etc/passwd", "is absolute"),
+        ("\\1\\a.png", "is absolute"),
+        ("C:\\data\\a.png", "is absolute"),
+        ("c:data", "is absolute"),
+        ("..", "climbs out"),
+        ("../x.png", "climbs out"),
+        ("1/../../etc/passwd", "climbs out"),
+        ("..\\..\\etc\\passwd", "climbs out"),
+        ("link/a.png", "through a symlink"),
+        ("inner/a.png", None),  # a symlink that stays inside the root is fine
+    ],
+)
+def test_path_problem_rule(tmp_path: Path, value: str, reason: str | None) -> None:
+    root = tmp_path / "root"
+    (root / "Images").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (root / "link").symlink_to(tmp_path / "outside")
+    (root / "inner").symlink_to(root / "Images")
+    got = path_problem(value, root)
+    assert (got is None) if reason is None else (reason in str(got) and value in str(got))
+
+
+def test_read_manifest_refuses_rows_outside_the_root(tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, ["0", "1"])
+    path = write_manifest(manifest, tmp_path / "segbalance" / "m.csv")
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].replace("Images/1/img1.png", "../../elsewhere.png", 1)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InvalidDataError) as err:
+        read_manifest(path, check_files=False)
+    assert f"{path}:3" in str(err.value) and "../../elsewhere.png" in str(err.value)
+    meta = json.loads(sidecar_path(path).read_text())
+    sidecar_path(path).write_text(json.dumps({**meta, "allow_outside_root": True}))
+    assert read_manifest(path, check_files=False).image[1] == "../../elsewhere.png"

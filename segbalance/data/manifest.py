@@ -6,6 +6,11 @@ explicit argument, else the sidecar ``<name>.json`` written next to the CSV, els
 folder's parent when that folder is called ``segbalance`` (the default output place), else
 the CSV's folder.
 
+A manifest is input too: every row's paths must be relative and stay inside the root, also
+through symlinks (:func:`path_problem`), unless its sidecar records ``allow_outside_root``
+(``prepare --allow-outside-root``). So an edited manifest cannot make a command open files
+elsewhere.
+
 Example:
     >>> m = read_manifest("data/segbalance/manifest.csv")
     >>> m.groups, m.select(split="valid").group_ids[:3]
@@ -19,6 +24,7 @@ import io
 import json
 import math
 import os
+import posixpath
 import re
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,6 +44,31 @@ MASK_RULES = ("0/255", "0/1", "palette-nonblack", "rgb-nonblack")
 DEFAULT_DIRNAME = "segbalance"
 
 _DIGITS = re.compile(r"(\d+)")
+_DRIVE = re.compile(r"^[A-Za-z]:")  # C:\x, C:/x, C:x
+
+
+def path_problem(value: str, root: Path, real_root: Path | None = None) -> str | None:
+    """Why a path listed relative to ``root`` may not be opened, or None when it may.
+
+    Backslashes count as separators here (a CSV written on Windows); refused are absolute
+    paths, paths that climb out of the root once normalised, and paths inside the root
+    whose real file (symlinks followed) lies outside ``real_root`` (default: root resolved).
+
+    Example:
+        >>> path_problem("../../etc/passwd", Path("data"))
+        "path '../../etc/passwd' climbs out of the data root"
+    """
+    text = value.strip().replace("\\", "/")
+    if text.startswith("/") or _DRIVE.match(text):
+        return f"path '{value}' is absolute"
+    norm = posixpath.normpath(text)
+    if norm == ".." or norm.startswith("../"):
+        return f"path '{value}' climbs out of the data root"
+    real_root = real_root or root.resolve()
+    real = (root / value).resolve()
+    if real != real_root and not real.is_relative_to(real_root):
+        return f"path '{value}' leads outside the data root through a symlink (to {real})"
+    return None
 
 
 def natural_key(text: str) -> tuple[Any, ...]:
@@ -258,6 +289,35 @@ def _resolve_root(path: Path, root: str | Path | None) -> Path:
     return folder.parent if folder.name == DEFAULT_DIRNAME else folder
 
 
+def _allows_outside(path: Path) -> bool:
+    """Whether the sidecar records ``prepare --allow-outside-root`` (no sidecar: no)."""
+    try:
+        meta = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # an unreadable sidecar is reported by _resolve_root
+    return isinstance(meta, dict) and meta.get("allow_outside_root") is True
+
+
+def _outside_problems(
+    where: str, paths: Sequence[str], root: Path, real_root: Path
+) -> list[Problem]:
+    """One problem per image/mask path of a row that points outside the data root."""
+    out = []
+    for col, value in zip(("image", "mask"), paths, strict=True):
+        reason = path_problem(value, root, real_root)
+        if reason:
+            out.append(
+                Problem(
+                    where,
+                    f"{col} {reason}",
+                    f"paths must stay inside the data root {os.path.abspath(root)}; run "
+                    "'segbalance prepare' again (with --allow-outside-root to keep files "
+                    "outside it)",
+                )
+            )
+    return out
+
+
 def _parse_row(row: dict[str, str], where: str, problems: list[Problem]) -> tuple[Any, ...] | None:
     bad = len(problems)
     values = {c: (row.get(c) or "").strip() for c in COLUMNS}
@@ -326,6 +386,7 @@ def read_manifest(
             f"{', '.join(COLUMNS)}. Write it with 'segbalance prepare'"
         )
     base = _resolve_root(path, root)
+    real_base = None if _allows_outside(path) else base.resolve()
     problems: list[Problem] = []
     rows = []
     first_line: dict[str, int] = {}
@@ -334,16 +395,22 @@ def read_manifest(
         parsed = _parse_row(row, where, problems)
         if parsed is None:
             continue
-        if parsed[0] in first_line:  # a repeated row would silently count twice in training
+        if real_base is not None:  # checked before any file is opened
+            outside = _outside_problems(where, parsed[:2], base, real_base)
+            if outside:
+                problems += outside
+                continue
+        key = posixpath.normpath(parsed[0])  # ./a.png and a.png are one file
+        if key in first_line:  # a repeated row would silently count twice in training
             problems.append(
                 Problem(
                     where,
-                    f"image {parsed[0]} already listed on line {first_line[parsed[0]]}",
+                    f"image {parsed[0]} already listed on line {first_line[key]}",
                     "remove the repeated row",
                 )
             )
             continue
-        first_line[parsed[0]] = line
+        first_line[key] = line
         rows.append(parsed)
         if check_files:
             for col, rel in zip(("image", "mask"), parsed[:2], strict=True):

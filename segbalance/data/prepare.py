@@ -29,9 +29,10 @@ from segbalance.data.manifest import (
     assign_splits,
     natural_key,
     natural_sort,
+    path_problem,
     write_manifest,
 )
-from segbalance.errors import InvalidDataError, UserError
+from segbalance.errors import InvalidDataError, Problem, UserError
 from segbalance.io import write_text
 from segbalance.text import table_lines
 
@@ -110,6 +111,25 @@ def _relative(path: Path, root: Path) -> str:
     return Path(rel).as_posix()
 
 
+def _drop_outside(found: Discovery, root: Path) -> None:
+    """Move pairs whose files really lie outside the root (symlinks) to the rejects.
+
+    ``read_manifest`` refuses such rows, so a manifest holding them would be unusable.
+    """
+    real_root = root.resolve()
+    kept = []
+    for pair in found.pairs:
+        names = (_relative(pair.image, root), _relative(pair.mask, root))
+        bad = [(n, r) for n in names if (r := path_problem(n, root, real_root))]
+        if not bad:
+            kept.append(pair)
+            continue
+        fix = "copy the file into the data root, or pass --allow-outside-root"
+        problem = Problem(bad[0][0], bad[0][1], fix)
+        found.rejects.append(Reject(names[0], names[1], pair.group, problem))
+    found.pairs[:] = kept
+
+
 def scan(
     root: str | Path,
     *,
@@ -132,6 +152,8 @@ def scan(
     if not 0.0 < valid_fraction < 1.0:
         raise UserError(f"--valid-fraction {valid_fraction} must be between 0 and 1 (exclusive)")
     found = discover(root, groups_csv, allow_outside_root)
+    if not allow_outside_root:
+        _drop_outside(found, root)
     names = [(_relative(p.image, root), _relative(p.mask, root)) for p in found.pairs]
     paths = [(str(p.image), str(p.mask)) for p in found.pairs]
     checks = check_pairs(paths, names, max_pixels=max_pixels, workers=workers, progress=progress)
@@ -255,6 +277,8 @@ def prepare_dataset(
         "seed": seed,
         "skipped": len(done.rejects),
         "ignored_files": len(done.discovery.ignored),
+        # read_manifest checks the paths of every row unless this says they may leave the root
+        "allow_outside_root": allow_outside_root,
     }
     write_manifest(done.manifest, out_path, info)
     return PrepareResult(
