@@ -120,6 +120,25 @@ def test_tutorial_group_from_file_name_and_conflicts(tmp_path: Path) -> None:
     assert "split train vs valid" in found.rejects[0].problem.problem
 
 
+def test_tutorial_csvs_point_into_split_folders_with_a_train_column(tmp_path: Path) -> None:
+    # as the tutorial's data_processing.py writes them: "/<g>/<name>", pandas index, train 1/0
+    for name in ("a", "b"):
+        write_pair(tmp_path, f"train/images/1/{name}.png", f"train/masks/1/{name}.png")
+    write_pair(tmp_path, "valid/images/1/c.png", "valid/masks/1/c.png")
+    csv_dir = tmp_path / "csv_file"
+    csv_dir.mkdir()
+    (csv_dir / "train.csv").write_text(",images,train\n0,/1/a.png,1\n1,\\1\\b.png,0\n")
+    (csv_dir / "train1.csv").write_text(",images,train,type\n0,/1/a.png,1,1\n")
+    (csv_dir / "valid.csv").write_text("images\n/1/c.png\n")  # its own split folder first
+    found = discover(tmp_path)
+    assert found.layout.startswith("d:") and found.rejects == []
+    assert _pairs(found) == [
+        ("train/images/1/a.png", "train/masks/1/a.png", "1", "train"),
+        ("train/images/1/b.png", "train/masks/1/b.png", "1", "valid"),
+        ("valid/images/1/c.png", "valid/masks/1/c.png", "1", "valid"),
+    ]
+
+
 def test_pairing_across_extensions_and_mask_suffix(tmp_path: Path) -> None:
     write_image(tmp_path / "Images/0/a.jpg")
     write_mask(tmp_path / "Masks/0/a.png")

@@ -20,7 +20,9 @@ Layouts (folder names case-insensitive):
   a  Images/<group>/...  + Masks/<group>/...
   b  train|valid/images|masks/[<group>/]...    (split from the folders)
   c  images/ + masks/ (one group, or --groups CSV with columns image,group)
-  d  csv_file/train.csv, valid.csv, train<g>.csv with an 'images' column
+  d  csv_file/train.csv, valid.csv, train<g>.csv with an 'images' column (paths relative
+     to images/ or train/images/, a leading '/' too, as the tutorial writes them; an
+     optional 'train' column of 1/0 gives the split)
 Pairs match by relative path and stem across .png .jpg .jpeg .bmp .tif .tiff.
 """
 
@@ -59,7 +61,9 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--allow-outside-root",
         action="store_true",
-        help="accept absolute paths or '..' in tutorial CSVs (stored as absolute paths)",
+        help="accept files outside DATA_ROOT: absolute or '..' paths in tutorial CSVs (stored "
+        "absolute), symlinks leading out; recorded in the manifest's sidecar, so later "
+        "commands accept its rows too",
     )
     parser.add_argument(
         "--workers", type=int, default=None, help="threads checking pairs; None means every core"

@@ -7,7 +7,9 @@ Layouts (folder names case-insensitive):
   ``Images/train|valid/[<group>/]...``)
 * (c) ``images/`` + ``masks/`` without group folders: one group, or groups from ``--groups CSV``
 * (d) the tutorial's CSVs: ``csv_file/train.csv``, ``valid.csv``, ``train<g>.csv`` with an
-  ``images`` column of paths relative to the image folder (``train<g>.csv`` gives group g)
+  ``images`` column of paths relative to the image folder (``images/`` or ``train/images/``,
+  ``/1/a.png`` as the tutorial writes them); ``train<g>.csv`` gives group g. See
+  :mod:`segbalance.data.tutorial`
 
 Pairs match by relative path and stem whatever the extension. Non-image files are ignored
 and counted; unpaired files and empty group folders become :class:`Reject` rows.
@@ -38,7 +40,7 @@ from segbalance.data.pairing import (
     pair_key,
     read_csv,
 )
-from segbalance.data.tutorial import discover_tutorial
+from segbalance.data.tutorial import Folders, discover_tutorial
 from segbalance.errors import Problem, UserError
 
 # Pair, Reject, Discovery and SINGLE_GROUP live in pairing; callers may take them from here.
@@ -242,6 +244,19 @@ def _image_mask_tree(
         _pair_folders(walker, img_dir, msk_dir, group_mode=False, group_of=group_of)
 
 
+def _tutorial_folders(root: Path, img_dir: Path | None, msk_dir: Path | None) -> list[Folders]:
+    """Image/mask folder pairs tutorial CSVs may point into: the root's, then each split's."""
+    out = [Folders(None, img_dir, msk_dir)] if img_dir and msk_dir else []
+    for entry in sorted(os.scandir(root), key=lambda e: natural_key(e.name)):
+        split = SPLIT_ALIASES.get(entry.name.lower())
+        if split and entry.is_dir():
+            i_dir = _child_dir(Path(entry.path), IMAGE_DIRS)
+            m_dir = _child_dir(Path(entry.path), MASK_DIRS)
+            if i_dir and m_dir:  # the tutorial's loader reads train/images
+                out.append(Folders(split, i_dir, m_dir))
+    return out
+
+
 def discover(
     root: str | Path, groups_csv: str | Path | None = None, allow_outside_root: bool = False
 ) -> Discovery:
@@ -250,7 +265,8 @@ def discover(
     Args:
         root: the data root.
         groups_csv: ``image,group`` CSV giving groups in layout (c).
-        allow_outside_root: accept tutorial-CSV paths that are absolute or leave the root.
+        allow_outside_root: accept tutorial-CSV paths that are absolute or leave their folder,
+            and files whose real place is outside the root.
 
     Raises:
         UserError: the root is missing or matches no layout, or a CSV is unreadable.
@@ -260,10 +276,12 @@ def discover(
         raise UserError(f"data root {root} is not a folder; pass the folder holding Images/Masks")
     csv_dir = _child_dir(root, CSV_DIRS)
     img_dir, msk_dir = _child_dir(root, IMAGE_DIRS), _child_dir(root, MASK_DIRS)
-    if csv_dir and img_dir and msk_dir and any(SPLIT_CSV.match(p.name) for p in csv_dir.iterdir()):
-        if groups_csv:
-            raise UserError("--groups is for layout (c); the tutorial CSVs already give groups")
-        return discover_tutorial(root, csv_dir, img_dir, msk_dir, allow_outside_root)
+    if csv_dir and any(SPLIT_CSV.match(p.name) for p in csv_dir.iterdir()):
+        folders = _tutorial_folders(root, img_dir, msk_dir)
+        if folders:
+            if groups_csv:
+                raise UserError("--groups is for layout (c); the tutorial CSVs already give groups")
+            return discover_tutorial(root, csv_dir, folders, allow_outside_root)
     walker = Walker(root, Discovery(root, ""))
     splits = {
         SPLIT_ALIASES[e.name.lower()]: Path(e.path)
