@@ -21,10 +21,9 @@ from typing import Any
 
 import keras
 
-# The next three are imported for their side effect: they register segbalance's custom
-# layers, losses and metrics with Keras, which load_model needs under safe_mode=True.
+# Imported for their side effect: they register segbalance's custom layer (CaffePreprocess)
+# and loss with Keras, which load_model needs to deserialise a model under safe_mode=True.
 import segbalance.losses
-import segbalance.metrics
 import segbalance.models  # noqa: F401
 from segbalance.errors import UserError
 from segbalance.io import atomic_path
@@ -95,8 +94,8 @@ def read_meta(path: str | Path) -> ModelMeta:
 def load_model(path: str | Path, compile: bool = False) -> tuple[Any, ModelMeta]:
     """Load a model with ``safe_mode=True`` and its metadata.
 
-    Custom layers, losses and metrics of segbalance are registered on import of
-    ``segbalance.models``, ``segbalance.losses`` and ``segbalance.metrics``.
+    segbalance's custom layers and loss are registered with Keras by the imports of
+    ``segbalance.models`` and ``segbalance.losses`` at the top of this module.
     """
     meta = read_meta(path)
     model = keras.saving.load_model(str(path), compile=compile, safe_mode=True)
