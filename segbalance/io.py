@@ -24,12 +24,48 @@ WRITE_MODES = ("w", "wb")
 MARKER = ".segbalance"
 
 
+def _nearest_existing(path: Path) -> Path:
+    for parent in path.parents:
+        if parent.exists():
+            return parent
+    return Path(".")
+
+
+def check_folder_target(path: str | Path) -> None:
+    """Refuse a folder that cannot be created or written, before anything is written.
+
+    Raises:
+        UserError: ``path`` is a file, lies under a file, or in a folder not writable.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file; give a folder")
+    base = path if path.is_dir() else _nearest_existing(path)
+    if not base.is_dir():
+        raise UserError(f"cannot create {path}: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write into {base} (permission denied); choose another place")
+
+
+def check_file_target(path: str | Path) -> None:
+    """Refuse a file path that cannot be written, before anything is written.
+
+    Raises:
+        UserError: ``path`` is a folder, lies under a file, or in a folder not writable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a file name inside it or elsewhere")
+    check_folder_target(path.parent)
+
+
 def _create_temp(final: Path, suffix: str) -> tuple[int, Path]:
     """Create an empty temp file beside ``final``; its mode is what a plain ``open`` gives.
 
     ``tempfile.mkstemp`` would make it 0600, and the rename keeps that mode; opening with
     0o666 lets the kernel apply the umask (and any default ACL) exactly as for ``open``.
     """
+    check_file_target(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
@@ -149,6 +185,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         ...     archive.write_out(str(tmp))  # doctest: +SKIP
     """
     final = Path(path)
+    check_folder_target(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     holder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:

@@ -18,7 +18,7 @@ from segbalance.errors import UserError
 from segbalance.losses import get_loss
 from segbalance.train import logs as runlog
 from segbalance.train import schedule, steps
-from segbalance.train.workdir import WorkDir, config_diff, prepare_work_dir
+from segbalance.train.workdir import WorkDir, check_work_dir, config_diff, create_work_dir
 
 GROUPS = ["0", "1", "2", "3", "4"]
 
@@ -358,6 +358,13 @@ def test_metrics_json_is_strict_json(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- work dir
+def prepare_work_dir(work: Path, cfg: Config, *, resume: bool, overwrite: bool) -> None:
+    """What train does with its work dir: check everything, then (a new run) create it."""
+    wd = check_work_dir(work, cfg, resume=resume, overwrite=overwrite)
+    if not resume:
+        create_work_dir(wd, cfg)
+
+
 def test_work_dir_rules(tmp_path: Path) -> None:
     cfg = Config()
     work = tmp_path / "run"

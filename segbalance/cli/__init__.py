@@ -10,6 +10,7 @@ Exit codes: 0 success, 2 bad input (:class:`segbalance.errors.UserError`), 1 int
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -43,6 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# OS errors that are the user's to fix (space, permissions, paths), reported without a trace.
+USER_OS_ERRORS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.ENAMETOOLONG,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``segbalance`` script and ``python -m segbalance``."""
     # TensorFlow's C++ start-up chatter (CPU features, absl) buries our own messages.
@@ -57,9 +71,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception:  # internal failure: keep the traceback for a bug report
-        traceback.print_exc()
+    except OSError as err:
+        if err.errno not in USER_OS_ERRORS:
+            return _internal_error(args.command)
+        # The machine, not segbalance: a full disk, a read-only folder, a path under a file.
+        # Writers are atomic, so nothing half-written was left behind.
+        where = f" {err.filename}" if err.filename else ""
         print(
-            f"segbalance {args.command}: internal error (exit 1); please report it", file=sys.stderr
+            f"segbalance {args.command}: error: cannot write{where}: {err.strerror}; "
+            "free space, fix the permissions or choose another path, then run it again",
+            file=sys.stderr,
         )
-        return 1
+        return 2
+    except Exception:
+        return _internal_error(args.command)
+
+
+def _internal_error(command: str) -> int:
+    """A bug: keep the traceback for the report (call inside an ``except``)."""
+    traceback.print_exc()
+    print(f"segbalance {command}: internal error (exit 1); please report it", file=sys.stderr)
+    return 1

@@ -29,7 +29,7 @@ from segbalance.train.plan import load_data, training_plan
 from segbalance.train.result import TrainResult, complete_result
 from segbalance.train.runtime import make_runtime
 from segbalance.train.trainer import Trainer
-from segbalance.train.workdir import prepare_work_dir
+from segbalance.train.workdir import check_work_dir, create_work_dir
 
 
 def check_config(cfg: Config) -> None:
@@ -63,21 +63,21 @@ def train(
         UserError: bad config, data or work dir; a batch not divisible by the replicas.
     """
     check_config(cfg)
-    if resume:  # config mismatches fail before any TensorFlow work starts
-        prepare_work_dir(work_dir, cfg, resume=True, overwrite=overwrite, chief=False)
+    # Everything that can be refused is checked before TensorFlow starts or anything is written.
+    wd = check_work_dir(work_dir, cfg, resume=resume, overwrite=overwrite)
     data = load_data(cfg)  # bad data (and weights naming no group) fail before any write
     plan = training_plan(cfg, data[0])
     fingerprint = data_fingerprint(*data)
     if resume:
-        check_same_data(Path(work_dir), fingerprint)
+        check_same_data(wd.root, fingerprint)
     runtime = make_runtime(cfg.distribute)
     runtime.check_batch("train.batch_size", cfg.train.batch_size)
     valid_batch = cfg.train.validation_batch_size or cfg.train.batch_size
     runtime.check_batch("train.validation_batch_size", valid_batch)
-    wd = prepare_work_dir(work_dir, cfg, resume=resume, overwrite=overwrite, chief=runtime.chief)
     if resume and wd.metrics.is_file():
         return complete_result(wd, cfg, runtime.chief)
-    if runtime.chief and not resume:
+    if runtime.chief and not resume:  # the chief prepares the dir; workers only read it
+        create_work_dir(wd, cfg)
         write_fingerprint(wd.root, fingerprint)
     policy = keras.mixed_precision.global_policy()
     try:  # the run sets the global dtype policy; callers get theirs back

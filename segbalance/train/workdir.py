@@ -27,7 +27,7 @@ import yaml
 
 from segbalance.config import Config, config_from_dict, config_to_yaml
 from segbalance.errors import UserError
-from segbalance.io import MARKER, is_marked, mark_dir, write_text
+from segbalance.io import MARKER, check_folder_target, is_marked, mark_dir, write_text
 
 CONFIG = "config.yaml"
 BEST = "best.keras"
@@ -105,27 +105,20 @@ def _is_empty(path: Path) -> bool:
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
-def prepare_work_dir(
-    work_dir: str | Path, cfg: Config, *, resume: bool, overwrite: bool, chief: bool = True
-) -> WorkDir:
-    """Check the work-dir rules (module doc), then create it and write ``config.yaml``.
-
-    Args:
-        work_dir: the run's folder.
-        cfg: the config of this run.
-        resume: continue the run in ``work_dir``.
-        overwrite: delete the run in ``work_dir`` and start again.
-        chief: only the chief creates, deletes or writes anything.
+def check_work_dir(work_dir: str | Path, cfg: Config, *, resume: bool, overwrite: bool) -> WorkDir:
+    """Check the work-dir rules (module doc) without writing anything.
 
     Raises:
         UserError: a non-empty dir without resume/overwrite, a resume with another config,
-            an overwrite of a folder that is not a segbalance run, or both flags.
+            an overwrite of a folder that is not a segbalance run, a folder that cannot be
+            created or written, or both flags.
     """
     wd = WorkDir(Path(work_dir))
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other: pick one")
     if wd.root.exists() and not wd.root.is_dir():
         raise UserError(f"work dir {wd.root} is a file; pass a folder to --work-dir")
+    check_folder_target(wd.root)
     if resume:
         changed = config_diff(read_run_config(wd.root), cfg, ignore=RESUME_MAY_CHANGE)
         if changed:
@@ -135,8 +128,6 @@ def prepare_work_dir(
                 + "\nDrop the flags that change them, or start a new run in another --work-dir"
             )
         return wd
-    if not chief:
-        return wd  # the chief checks and prepares the dir; workers only read it
     if not _is_empty(wd.root):
         if not overwrite:
             raise UserError(
@@ -149,8 +140,16 @@ def prepare_work_dir(
                 f"{MARKER} and {CONFIG} from 'segbalance train'), so it may hold your files. "
                 "Delete or move it yourself, or choose another --work-dir"
             )
-        shutil.rmtree(wd.root)  # a run segbalance created (marker checked above)
+    return wd
+
+
+def create_work_dir(wd: WorkDir, cfg: Config) -> None:
+    """Start a new run in a checked work dir (:func:`check_work_dir`): marker and config.
+
+    An earlier run there is deleted first; the check made sure segbalance created it.
+    """
+    if not _is_empty(wd.root):
+        shutil.rmtree(wd.root)  # a run segbalance created (marker checked)
     wd.root.mkdir(parents=True, exist_ok=True)
     mark_dir(wd.root, "run")
     write_text(wd.config, config_to_yaml(cfg))
-    return wd
