@@ -77,7 +77,10 @@ def load_data(data: str | Path, split: str | None = None) -> Any:
 
 def _original_masks(manifest: Any) -> Iterator[Any]:
     """Each row's mask at its own size, f32[h, w, 1] in {0, 1}, in row order (prefetched)."""
-    ds = tf.data.Dataset.from_tensor_slices(np.asarray(manifest.mask_paths(), dtype=str))
+    # each row's own mask_rule, so evaluation scores the foreground that was trained
+    paths = np.asarray(manifest.mask_paths(), dtype=str)
+    rules = np.asarray(manifest.mask_rule, dtype=str)
+    ds = tf.data.Dataset.from_tensor_slices((paths, rules))
     ds = ds.map(decode_mask, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return iter(ds.prefetch(tf.data.AUTOTUNE))
 

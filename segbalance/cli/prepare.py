@@ -9,12 +9,17 @@ from typing import Any
 
 from segbalance.cli.common import add_command
 
+# segbalance.data.check.CHANNELS, spelled out so building the parser imports no numpy/PIL
+MASK_CHANNELS = ("gray", "red", "green", "blue", "alpha")
+
 EXAMPLES = """
 segbalance prepare data/nails
 segbalance prepare data/nails --valid-fraction 0.25 --seed 1 --out runs/nails.csv
 segbalance prepare data/messy --skip-invalid          # leave bad pairs out, list them
 segbalance prepare data/flat --groups groups.csv      # images/ + masks/, groups from a CSV
 segbalance prepare data/tutorial                      # Images/, Masks/, csv_file/train*.csv
+segbalance prepare data/jpeg --mask-threshold 127     # JPEG/anti-aliased masks: > 127 is fg
+segbalance prepare data/cutouts --mask-channel alpha  # foreground drawn in the alpha channel
 
 Layouts (folder names case-insensitive):
   a  Images/<group>/...  + Masks/<group>/...
@@ -25,6 +30,29 @@ Layouts (folder names case-insensitive):
      optional 'train' column of 1/0 gives the split)
 Pairs match by relative path and stem across .png .jpg .jpeg .bmp .tif .tiff.
 """
+
+
+def _mask_threshold(text: str) -> float:
+    """--mask-threshold: a number in [0, 255), on the 0..255 scale (16-bit masks / 257)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0.0 <= value < 255.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(
+            f"{text} is outside 0..255 (exclusive of 255); values above it are foreground, "
+            "on the 0..255 scale (16-bit masks are read / 257)"
+        )
+    return value
+
+
+def _mask_channel(text: str) -> str:
+    from segbalance.errors import unknown_name_error
+
+    if text not in MASK_CHANNELS:
+        error = unknown_name_error("mask channel", text, MASK_CHANNELS)
+        raise argparse.ArgumentTypeError(str(error))
+    return text
 
 
 def register(sub: Any) -> None:
@@ -74,10 +102,28 @@ def register(sub: Any) -> None:
         default=80e6,
         help="refuse images with more pixels (decompression bombs)",
     )
+    parser.add_argument(
+        "--mask-threshold",
+        type=_mask_threshold,
+        default=None,
+        metavar="T",
+        help="read masks by 'values above T are foreground' (0..255 scale): for JPEG or "
+        "anti-aliased masks, gray or colour (colour: the brightest channel, unless "
+        "--mask-channel names one)",
+    )
+    parser.add_argument(
+        "--mask-channel",
+        type=_mask_channel,
+        default=None,
+        metavar="|".join(MASK_CHANNELS),
+        help="read the foreground from this channel only (alpha for cut-outs; red, green, "
+        "blue for colour masks on a coloured background); above 0, or above --mask-threshold",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    from segbalance.data.check import MaskChoice
     from segbalance.data.prepare import prepare_dataset
     from segbalance.errors import UserError
 
@@ -96,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         max_pixels=int(args.max_pixels),
         progress=False if args.quiet else None,
+        mask_choice=MaskChoice(args.mask_threshold, args.mask_channel),
     )
     print(result.summary_table())
     if result.rejects:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from segbalance import __version__
+from segbalance.data.check import parse_rule
 from segbalance.errors import InvalidDataError, Problem, UserError
 from segbalance.io import atomic_write
 
@@ -332,6 +333,10 @@ def _parse_row(row: dict[str, str], where: str, problems: list[Problem]) -> tupl
                 "fix the split column",
             )
         )
+    try:
+        parse_rule(values["mask_rule"])
+    except ValueError as err:
+        problems.append(Problem(where, str(err), "run 'segbalance prepare' again"))
     try:
         height, width = int(values["height"]), int(values["width"])
         coverage = float(values["coverage"])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segbalance.data.check import DEFAULT_MAX_PIXELS, check_pairs
+from segbalance.data.check import DEFAULT_MAX_PIXELS, SILENT_RULES, MaskChoice, check_pairs
 from segbalance.data.discover import Discovery, Reject, discover
 from segbalance.data.manifest import (
     DEFAULT_DIRNAME,
@@ -141,6 +141,7 @@ def scan(
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool | None = None,
+    mask_choice: MaskChoice = SILENT_RULES,
 ) -> Scan:
     """Discover and check every pair under ``root`` and split them; nothing is written.
 
@@ -156,7 +157,9 @@ def scan(
         _drop_outside(found, root)
     names = [(_relative(p.image, root), _relative(p.mask, root)) for p in found.pairs]
     paths = [(str(p.image), str(p.mask)) for p in found.pairs]
-    checks = check_pairs(paths, names, max_pixels=max_pixels, workers=workers, progress=progress)
+    checks = check_pairs(
+        paths, names, max_pixels=max_pixels, workers=workers, progress=progress, choice=mask_choice
+    )
     rejects = list(found.rejects)
     for pair, name, res in zip(found.pairs, names, checks, strict=True):
         rejects += [Reject(name[0], name[1], pair.group, p) for p in res.problems]
@@ -232,6 +235,7 @@ def prepare_dataset(
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool | None = None,
+    mask_choice: MaskChoice = SILENT_RULES,
 ) -> PrepareResult:
     """Check a data root and write its manifest (and rejects CSV with ``skip_invalid``).
 
@@ -246,6 +250,8 @@ def prepare_dataset(
         workers: checking threads; default every core.
         max_pixels: pixel cap per image.
         progress: progress bar on stderr; None shows it on a terminal only.
+        mask_choice: the user's mask rule (``--mask-threshold``, ``--mask-channel``); the
+            rule each mask is read by lands in its row's ``mask_rule``.
 
     Raises:
         InvalidDataError: problems found and ``skip_invalid`` is False; nothing is written.
@@ -264,6 +270,7 @@ def prepare_dataset(
         workers=workers,
         max_pixels=max_pixels,
         progress=progress,
+        mask_choice=mask_choice,
     )
     rejects_path = rejects_path_for(out_path)
     if done.rejects:

@@ -7,9 +7,13 @@ TensorFlow has no TIFF decoder: ``.tif``/``.tiff`` paths (and only those) go thr
 ``tf.numpy_function``, chosen by ``tf.cond`` on the extension, so the common formats never
 leave the graph.
 
-Masks are binarised by the manifest's rule, "any of the first three channels > 0", which
-reduces every accepted encoding (0/255, 0/1, palette, RGB) to {0, 1}; they are resized with
-nearest-neighbour so they stay binary. Images are resized bilinearly with antialiasing.
+Masks are binarised by their manifest row's ``mask_rule`` (``<plane>>T``, see
+:mod:`segbalance.data.check`, which applies the same rule with PIL to record the coverage):
+the plane (gray, red, green, blue, alpha, or ``any``, the brightest of the three colours)
+on the 0..255 scale, above T. Without a rule the legacy one, ``any>0``, applies. Mask JPEGs
+decode with the accurate IDCT, the one PIL uses, so thresholds see the same values prepare
+saw. Masks are resized with nearest-neighbour so they stay binary; images bilinearly with
+antialiasing.
 
 Example:
     >>> image, mask = decode_pair("a.png", "a_mask.png", (256, 256))  # doctest: +SKIP
@@ -17,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,10 +29,15 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from segbalance.data.check import LEGACY_RULES, PLANES
 from segbalance.errors import UserError
 
 _TIFF = r"(?i).*\.tiff?"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
+_LEGACY = "^(" + "|".join(re.escape(r) for r in LEGACY_RULES) + "|)$"  # and empty
+# plane name -> channel of [r, g, b, alpha, brightest]; gray is channel 0 (gray is tiled)
+_PLANE_INDEX = (0, 0, 1, 2, 3, 4)
 
 
 def _pil_decode(path: bytes | np.ndarray) -> np.ndarray:
@@ -36,7 +46,9 @@ def _pil_decode(path: bytes | np.ndarray) -> np.ndarray:
     name = raw.decode("utf-8", "surrogateescape")
     with Image.open(name) as opened:
         mode = opened.mode
-        arr = np.asarray(opened.convert("RGB") if mode == "P" else opened)
+        # a palette's transparency entry becomes alpha, as libpng expands a tRNS
+        rgba = "transparency" in opened.info
+        arr = np.asarray(opened.convert("RGBA" if rgba else "RGB") if mode == "P" else opened)
     if arr.dtype in (np.bool_, np.uint8):
         out = arr.astype(np.float32) * (255.0 if arr.dtype == np.bool_ else 1.0)
     elif arr.dtype.kind in "ui" and arr.itemsize <= 4 and arr.min(initial=0) >= 0:
@@ -49,8 +61,21 @@ def _pil_decode(path: bytes | np.ndarray) -> np.ndarray:
     return out[..., None] if out.ndim == 2 else out
 
 
-def _decode_unit(path: tf.Tensor) -> tf.Tensor:
-    """Decode any accepted file into float32 [H, W, C] in 0..255, C in 1..4."""
+def _decode_unit(path: tf.Tensor, accurate_jpeg: bool = False) -> tf.Tensor:
+    """Decode any accepted file into float32 [H, W, C] in 0..255, C in 1..4.
+
+    ``accurate_jpeg``: JPEGs with the accurate integer IDCT (PIL's), bit-identical to what
+    prepare checked; the default fast one differs by a few levels.
+    """
+
+    def eight_bit(data: tf.Tensor) -> tf.Tensor:
+        if not accurate_jpeg:
+            return tf.io.decode_image(data, expand_animations=False)
+        return tf.cond(
+            tf.equal(tf.strings.substr(data, 0, 3), _JPEG_SIGNATURE),
+            lambda: tf.io.decode_jpeg(data, dct_method="INTEGER_ACCURATE"),
+            lambda: tf.io.decode_image(data, expand_animations=False),
+        )
 
     def native() -> tf.Tensor:
         data = tf.io.read_file(path)
@@ -64,7 +89,7 @@ def _decode_unit(path: tf.Tensor) -> tf.Tensor:
         return tf.cond(
             is_png16,
             lambda: tf.cast(tf.io.decode_png(data, dtype=tf.uint16), tf.float32) / 257.0,
-            lambda: tf.cast(tf.io.decode_image(data, expand_animations=False), tf.float32),
+            lambda: tf.cast(eight_bit(data), tf.float32),
         )
 
     def tiff() -> tf.Tensor:
@@ -91,10 +116,41 @@ def decode_image(path: tf.Tensor) -> tf.Tensor:
     return _to_rgb(_decode_unit(path))
 
 
-def decode_mask(path: tf.Tensor) -> tf.Tensor:
-    """Read a mask file as float32 [H, W, 1] in {0, 1}: any of the first 3 channels > 0."""
-    rgb = _to_rgb(_decode_unit(path))
-    return tf.cast(tf.reduce_any(rgb > 0.0, axis=-1, keepdims=True), tf.float32)
+def _planes(unit: tf.Tensor) -> tf.Tensor:
+    """[H, W, 5]: red, green, blue (gray tiled), alpha (255 when absent), brightest."""
+    rgb = _to_rgb(unit)
+    channels = tf.shape(unit)[-1]
+    alpha = tf.cond(
+        tf.equal(channels % 2, 0),  # LA or RGBA
+        lambda: unit[..., -1:],
+        lambda: tf.fill(tf.shape(unit[..., :1]), 255.0),
+    )
+    brightest = tf.reduce_max(rgb, axis=-1, keepdims=True)
+    return tf.concat([rgb, tf.ensure_shape(alpha, [None, None, 1]), brightest], axis=-1)
+
+
+def apply_mask_rule(unit: tf.Tensor, rule: tf.Tensor | str) -> tf.Tensor:
+    """Binarise a decoded mask ([H, W, C] in 0..255) by a rule: f32 [H, W, 1] in {0, 1}."""
+    rule = tf.strings.regex_replace(rule, _LEGACY, "any>0")
+    parts = tf.strings.split(rule, ">")
+    hit = tf.equal(tf.constant(PLANES), parts[0])
+    check = tf.debugging.assert_equal(
+        tf.reduce_sum(tf.cast(hit, tf.int32)), 1, message="unknown mask rule"
+    )
+    with tf.control_dependencies([check]):
+        index = tf.reduce_sum(tf.where(hit, tf.constant(_PLANE_INDEX), 0))
+    plane = tf.gather(_planes(unit), index, axis=-1)[..., None]
+    return tf.cast(plane > tf.strings.to_number(parts[-1], tf.float32), tf.float32)
+
+
+def decode_mask(path: tf.Tensor, rule: tf.Tensor | str | None = None) -> tf.Tensor:
+    """Read a mask file as float32 [H, W, 1] in {0, 1} by its manifest ``rule``.
+
+    ``None`` is the legacy rule, any of the first three channels > 0.
+    """
+    return apply_mask_rule(
+        _decode_unit(path, accurate_jpeg=True), "any>0" if rule is None else rule
+    )
 
 
 def _same_size(x: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
@@ -125,7 +181,10 @@ def resize_mask(mask: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
 
 
 def decode_pair(
-    image_path: tf.Tensor, mask_path: tf.Tensor, image_size: Sequence[int]
+    image_path: tf.Tensor,
+    mask_path: tf.Tensor,
+    image_size: Sequence[int],
+    mask_rule: tf.Tensor | str | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Decode, binarise and resize one (image, mask) pair to ``image_size``.
 
@@ -133,12 +192,13 @@ def decode_pair(
         image_path: scalar string tensor.
         mask_path: scalar string tensor.
         image_size: (height, width) of the model input.
+        mask_rule: the row's ``mask_rule`` (scalar string); None is the legacy ``any>0``.
 
     Returns:
         image f32[H, W, 3] in 0..255 and mask f32[H, W, 1] in {0, 1}.
     """
     image = resize_image(decode_image(image_path), image_size)
-    mask = resize_mask(decode_mask(mask_path), image_size)
+    mask = resize_mask(decode_mask(mask_path, mask_rule), image_size)
     return image, mask
 
 
