@@ -96,6 +96,62 @@ def test_mask_encodings_binarise_by_any_channel_above_zero(tmp_path: Path) -> No
         np.testing.assert_array_equal(out[..., 0], fg.astype(np.float32), err_msg=name)
 
 
+@pytest.mark.parametrize("rule", ["0/255", "0/1", "palette-nonblack", "rgb-nonblack", ""])
+def test_legacy_rule_names_mean_any_channel_above_zero(tmp_path: Path, rule: str) -> None:
+    # manifests written before the rule grammar keep their meaning
+    rgb = np.zeros((6, 5, 3), np.uint8)
+    rgb[2:4, 1:3] = (0, 0, 3)
+    Image.fromarray(rgb).save(tmp_path / "m.png")
+    out = decode_mask(tf.constant(str(tmp_path / "m.png")), rule).numpy()[..., 0]
+    np.testing.assert_array_equal(out, (rgb.max(axis=2) > 0).astype(np.float32))
+
+
+def test_plane_rules_pick_their_channel_and_threshold(tmp_path: Path) -> None:
+    rgba = RNG.integers(0, 256, (12, 10, 4), dtype=np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "m.png")
+    Image.fromarray(rgba).save(tmp_path / "m.tif")
+    planes = {"red": 0, "green": 1, "blue": 2, "alpha": 3}
+    for name in ("m.png", "m.tif"):
+        for plane, i in planes.items():
+            out = decode_mask(tf.constant(str(tmp_path / name)), f"{plane}>100.5").numpy()
+            np.testing.assert_array_equal(out[..., 0], rgba[..., i] > 100.5, err_msg=plane)
+        out = decode_mask(tf.constant(str(tmp_path / name)), "any>200").numpy()
+        np.testing.assert_array_equal(out[..., 0], rgba[..., :3].max(axis=2) > 200)
+
+
+def test_gray_rules_on_16_bit_use_the_0_255_scale(tmp_path: Path) -> None:
+    gray16 = np.array([[0, 257 * 127, 257 * 128, 65535]], np.uint16)
+    Image.fromarray(gray16).save(tmp_path / "g.png")
+    out = decode_mask(tf.constant(str(tmp_path / "g.png")), "gray>127").numpy()
+    np.testing.assert_array_equal(out[0, :, 0], [0, 0, 1, 1])
+
+
+def test_mask_jpeg_decodes_as_pil_does(tmp_path: Path) -> None:
+    # prepare's PIL check and training must see the same values for thresholds to agree
+    noisy = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(noisy).save(tmp_path / "m.jpg", quality=70)
+    pil = np.asarray(Image.open(tmp_path / "m.jpg"))
+    for t in (50, 127, 200):
+        out = decode_mask(tf.constant(str(tmp_path / "m.jpg")), f"green>{t}").numpy()
+        np.testing.assert_array_equal(out[..., 0], pil[..., 1] > t)
+
+
+def test_palette_transparency_is_alpha(tmp_path: Path) -> None:
+    # libpng expands a tRNS into alpha; prepare's planes do the same (PIL convert RGBA)
+    fg = RNG.random((8, 8)) > 0.5
+    pal = Image.fromarray(fg.astype(np.uint8), mode="P")
+    pal.putpalette([0, 0, 0, 9, 9, 9])
+    pal.save(tmp_path / "p.png", transparency=0)
+    out = decode_mask(tf.constant(str(tmp_path / "p.png")), "alpha>0").numpy()
+    np.testing.assert_array_equal(out[..., 0], fg.astype(np.float32))
+
+
+def test_unknown_rule_fails_in_the_graph(tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "m.png")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="unknown mask rule"):
+        decode_mask(tf.constant(str(tmp_path / "m.png")), "purple>3")
+
+
 def test_resize_mask_nearest_stays_binary_and_image_bilinear(tmp_path: Path) -> None:
     # A left half/right half split that stays at the same place after resizing.
     mask = np.zeros((40, 48), np.uint8)
