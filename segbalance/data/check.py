@@ -29,6 +29,7 @@ import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -120,7 +121,7 @@ class Planes:
     palette: np.ndarray | None = None  # palette masks: Nx3 colours
     lossy: bool = False  # JPEG: even values that look binary are the codec's guess
 
-    @property
+    @cached_property
     def is_gray(self) -> bool:
         c = self.rgb
         return c.shape[2] == 1 or bool(
@@ -200,10 +201,15 @@ def _gray_rule(gray: np.ndarray, top: int) -> str:
 
 
 def _colours(p: Planes, limit: int = 3) -> list[tuple[int, ...]]:
-    """Up to ``limit`` distinct RGB colours (the first ones met, then sorted)."""
+    """Up to ``limit`` distinct RGB colours, in packed 0xRRGGBB order (black first)."""
     packed = (p.rgb[..., 0].astype(np.uint32) << 16) | (p.rgb[..., 1].astype(np.uint32) << 8)
-    packed = np.unique(packed | p.rgb[..., 2])
-    return [((int(v) >> 16) & 255, (int(v) >> 8) & 255, int(v) & 255) for v in packed[:limit]]
+    packed = (packed | p.rgb[..., 2]).ravel()
+    drawn = packed[packed != 0]
+    if drawn.size == 0 or (drawn == drawn[0]).all():  # black and one colour: no sort needed
+        found = [0] * (drawn.size < packed.size) + [int(v) for v in drawn[:1]]
+    else:
+        found = [int(v) for v in np.unique(packed)[:limit]]
+    return [((v >> 16) & 255, (v >> 8) & 255, v & 255) for v in found]
 
 
 def _varying_channels(p: Planes) -> str:
