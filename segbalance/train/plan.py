@@ -19,6 +19,7 @@ import numpy as np
 from segbalance.config import Config
 from segbalance.data.manifest import Manifest, read_manifest
 from segbalance.errors import UserError
+from segbalance.pipeline.verify import check_files
 from segbalance.sampling import SamplingPlan, group_probabilities, training_epoch_length
 
 
@@ -41,7 +42,8 @@ def load_data(cfg: Config) -> tuple[Manifest, Manifest]:
     """The train and valid rows of ``data.manifest``, limited to ``data.groups``.
 
     Raises:
-        UserError: no manifest, unknown groups, an empty train or valid split.
+        UserError: no manifest, unknown groups, an empty train or valid split, a file
+            missing, damaged or resized since prepare.
     """
     if not cfg.data.manifest:
         raise UserError("no manifest: pass MANIFEST (from 'segbalance prepare') or data.manifest")
@@ -54,6 +56,8 @@ def load_data(cfg: Config) -> tuple[Manifest, Manifest]:
                 f"manifest {cfg.data.manifest} has no '{name}' rows; run 'segbalance prepare' "
                 "with a validation fraction, or set data.train_split/data.valid_split"
             )
+        # Headers only: a file moved or damaged since prepare fails now, not mid-epoch.
+        check_files(part, f"manifest {cfg.data.manifest}")
     return train, valid
 
 

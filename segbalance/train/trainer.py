@@ -33,10 +33,12 @@ from segbalance import __version__
 from segbalance.artifacts import ModelMeta, save_model
 from segbalance.config import Config
 from segbalance.data.manifest import Manifest
+from segbalance.errors import InvalidDataError
 from segbalance.losses import get_loss
 from segbalance.metrics import metrics_from_counts
 from segbalance.models import build_model, set_encoder_trainable
 from segbalance.pipeline.cache import DecodedCache
+from segbalance.pipeline.verify import DATA_ERRORS, undecodable
 from segbalance.sampling import SamplingPlan
 from segbalance.train import logs as runlog
 from segbalance.train import precision as prec
@@ -179,8 +181,11 @@ class Trainer:
             if cfg.optimizer.schedule == "plateau":
                 schedule.set_lr(self.optimizer, state.get("lr"))
             self.callbacks.on_epoch_begin(epoch)
-            loss, counts, seconds, seen = self._train_epoch(epoch)
-            val = steps.validate(eval_step, ds, eval_steps, self.groups)
+            try:
+                loss, counts, seconds, seen = self._train_epoch(epoch)
+                val = steps.validate(eval_step, ds, eval_steps, self.groups)
+            except DATA_ERRORS as err:
+                raise self._data_error(epoch) from err
             row = self._row(epoch, loss, counts, seconds, seen, val)
             improved = self.monitor.improved(epoch, row)
             if improved and self.runtime.chief:
@@ -201,6 +206,16 @@ class Trainer:
             self._save(epoch + 1, 0)
             if stop:
                 break
+
+    def _data_error(self, epoch: int) -> Exception:
+        """A decode failure inside the pipeline, traced to the rows that fail to decode."""
+        runtime = self.runtime
+        _, indices = self.epoch_reads(epoch, 0, runtime.num_workers, runtime.worker_index)
+        problems = undecodable(self.train_rows, indices.tolist())
+        problems += undecodable(self.valid_rows, range(len(self.valid_rows)))
+        if not problems:  # not the data: let the original error through as a bug
+            return RuntimeError(f"the input pipeline failed in epoch {epoch + 1}")
+        return InvalidDataError(problems, "the pipeline cannot decode these files")
 
     def _train_step(self, epoch: int) -> Any:
         frozen = epoch < self.cfg.model.freeze_encoder_epochs
