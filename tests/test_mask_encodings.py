@@ -335,11 +335,6 @@ def test_unknown_rule_in_a_manifest_is_refused_with_its_line(tmp_path: Path, cap
         read_manifest(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline/dataset.py (and cache.py) call decode_pair without the row's mask_rule, "
-    "so training reads the legacy any>0; pass row['mask_rule'] there",
-)
 def test_training_dataset_reads_the_rule_of_the_row(tmp_path: Path, capsys) -> None:
     manifest = read_manifest(_prepared_red_jpeg(tmp_path, capsys))
     augment = AugmentConfig(engine="none")

@@ -66,9 +66,12 @@ def _row_table(manifest: Manifest, indices: np.ndarray) -> dict[str, Any]:
     """The columns the decode map needs, gathered in plan order."""
     images = np.asarray(manifest.image_paths(), dtype=object)
     masks = np.asarray(manifest.mask_paths(), dtype=object)
+    rules = np.asarray(manifest.mask_rule, dtype=object)
     return {
         "image_path": images[indices].astype(str) if indices.size else np.zeros(0, str),
         "mask_path": masks[indices].astype(str) if indices.size else np.zeros(0, str),
+        # How prepare read each mask's foreground: training reads it the same way.
+        "mask_rule": rules[indices].astype(str) if indices.size else np.zeros(0, str),
         "group": manifest.group_ids[indices].astype(np.int32),
         "index": indices.astype(np.int64),
     }
@@ -93,6 +96,7 @@ def _size(image_size: Sequence[int]) -> tuple[int, int]:
 _LOADER_SIGNATURE = [
     tf.TensorSpec([], tf.string),
     tf.TensorSpec([], tf.string),
+    tf.TensorSpec([], tf.string),
     tf.TensorSpec([], tf.int32),
     tf.TensorSpec([2], tf.int64),
 ]
@@ -109,9 +113,13 @@ def _sample_loader(augment_json: str, groups: tuple[str, ...], size: tuple[int, 
 
     @tf.function(input_signature=_LOADER_SIGNATURE, autograph=False)
     def load(
-        image_path: tf.Tensor, mask_path: tf.Tensor, group: tf.Tensor, key: tf.Tensor
+        image_path: tf.Tensor,
+        mask_path: tf.Tensor,
+        mask_rule: tf.Tensor,
+        group: tf.Tensor,
+        key: tf.Tensor,
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        image, mask = decode_pair(image_path, mask_path, size)
+        image, mask = decode_pair(image_path, mask_path, size, mask_rule)
         if augmenter is not None:
             image, mask = augmenter(image, mask, group, key)
         return image, mask
@@ -198,7 +206,9 @@ def build_train_dataset(
     def load(row: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         key = sample_seed(seed, epoch, row["position"])
         if cache is None:
-            image, mask = loader(row["image_path"], row["mask_path"], row["group"], key)
+            image, mask = loader(
+                row["image_path"], row["mask_path"], row["mask_rule"], row["group"], key
+            )
         else:
             image, mask = cached(row["index"], row["group"], key)
         out = {"image": image, "mask": mask, "group": row["group"], "index": row["index"]}
@@ -220,7 +230,7 @@ def build_eval_dataset(
 
     @tf.autograph.experimental.do_not_convert
     def load(row: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        image, mask = decode_pair(row["image_path"], row["mask_path"], size)
+        image, mask = decode_pair(row["image_path"], row["mask_path"], size, row["mask_rule"])
         return {"image": image, "mask": mask, "group": row["group"], "index": row["index"]}
 
     ds = tf.data.Dataset.from_tensor_slices(_row_table(manifest, idx))
