@@ -40,13 +40,25 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--threshold", type=float, default=None, help="probability threshold (default: model's)"
     )
-    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="also write the result to this file (its folder is created; checked first)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
 
 
 def run(args: argparse.Namespace) -> int:
+    from segbalance.artifacts import read_meta
+    from segbalance.errors import UserError
     from segbalance.evaluate import evaluate, format_evaluation, write_json
+    from segbalance.export import check_output_path
 
+    # A bad model file or --json fails now, not after checking data or the whole evaluation.
+    read_meta(args.model)
+    if args.json is not None:
+        check_output_path(args.json, "--json", folder=False)
     result = evaluate(
         args.model,
         args.data,
@@ -57,6 +69,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.model} on {args.data} (split {args.split}, {result['rows']} images)")
     print(format_evaluation(result))
     if args.json is not None:
-        write_json(result, args.json)
+        try:
+            write_json(result, args.json)
+        except OSError as err:  # a full disk, or the folder changed since the check
+            raise UserError(
+                f"--json {args.json}: cannot write it ({err.strerror or err}); nothing was "
+                "written there. Free space or choose another --json (the table is above)"
+            ) from err
         print(f"wrote {args.json}")
     return 0

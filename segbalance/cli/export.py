@@ -37,11 +37,18 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from segbalance.artifacts import read_meta
+    from segbalance.errors import UserError
     from segbalance.export import export_model
 
-    out = export_model(
-        args.model, args.fmt, args.out, threshold=args.threshold, overwrite=args.overwrite
-    )
+    try:
+        out = export_model(
+            args.model, args.fmt, args.out, threshold=args.threshold, overwrite=args.overwrite
+        )
+    except OSError as err:  # a full disk mid-export; the atomic writers left nothing behind
+        raise UserError(
+            f"--out {args.out}: cannot write it ({err.strerror or err}); nothing was written "
+            "there. Free space or choose another --out"
+        ) from err
     meta = read_meta(args.model)
     h, w = meta.image_size
     print(f"exported {args.model} as {args.fmt} to {out}")
