@@ -1,20 +1,25 @@
 """Masks, probabilities and overlays for new images, at each image's original size.
 
-Inputs are files, folders (searched recursively, image extensions only) or glob
-patterns. Every image is decoded by the training decoder, resized to the model's training
-size, run through the model in batches; its logits are resized bilinearly back to the
-image's own height and width and thresholded there (``sigmoid(logit) > t``), so a mask
-lines up pixel for pixel with its image.
+Inputs are files, folders (searched recursively, image extensions only, hidden names
+skipped) or glob patterns. Every image is decoded by the training decoder, resized to the
+model's training size, run through the model in batches; its logits are resized
+bilinearly back to the image's own height and width and thresholded there
+(``sigmoid(logit) > t``), so a mask lines up pixel for pixel with its image.
 
-Outputs mirror the inputs' paths below their common folder::
+Outputs mirror the inputs' paths below their common folder, each named after its input's
+full file name plus ``.png`` (``a.jpg`` -> ``a.jpg.png``, ``a.png`` -> ``a.png.png``), so
+no two inputs share an output::
 
-    OUT/masks/<rel>/<stem>.png          0/255 8-bit masks
-    OUT/overlays/<rel>/<stem>.png       image with a tinted mask and its contour (--overlay)
-    OUT/probabilities/<rel>/<stem>.png  foreground probability x 255 (--probabilities)
+    OUT/masks/<rel>/<name>.png          0/255 8-bit masks
+    OUT/overlays/<rel>/<name>.png       image with a tinted mask and its contour (--overlay)
+    OUT/probabilities/<rel>/<name>.png  foreground probability x 255 (--probabilities)
 
-Two inputs with the same stem in the same folder (``a.jpg`` and ``a.png``) keep their
-extension in the output name (``a.jpg.png``). Files that cannot be read are reported with
-the reason and skipped; the rest of the batch goes on. Every file is written atomically.
+``OUT`` is checked before any work (a folder, writable, holding no file of the user's
+that an output would replace) and carries a ``.segbalance`` marker when predict created
+it; files in marked folders (earlier outputs, wherever ``--out`` was) are never inputs.
+Files that cannot be read (empty, not an image, damaged, over the pixel cap) are reported
+in plain words and skipped; the rest of the batch goes on. Every file is written
+atomically; a write that fails (a full disk) stops the run with the count written.
 
 Example:
     >>> result = predict("best.keras", ["photos/", "extra/*.jpg"], "out", overlay=True)
@@ -25,8 +30,9 @@ Example:
 from __future__ import annotations
 
 import glob
+import json
 import os
-from collections import Counter
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +40,14 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from segbalance.artifacts import load_model
+from segbalance.artifacts import ModelMeta, check_image_size, load_model
+from segbalance.data.check import DEFAULT_MAX_PIXELS
 from segbalance.errors import Problem, UserError
-from segbalance.io import atomic_path
+from segbalance.export import check_output_path
+from segbalance.io import MARKER, atomic_path, is_marked, mark_dir
 from segbalance.metrics import logit_threshold
 from segbalance.pipeline.decode import load_image, preprocess_for_model
 
@@ -48,6 +56,10 @@ TINT = np.array([0, 220, 255], np.float32)  # cyan: distinct from skin and commo
 CONTOUR = np.array([255, 230, 0], np.uint8)  # yellow
 TINT_ALPHA = 0.45
 OUTPUT_DIRS = ("masks", "overlays", "probabilities")
+MARKER_KIND = "predict"  # the kind in the .segbalance marker of a folder predict created
+EARLIER = "an earlier output of segbalance predict"
+NOT_IMAGE = "not an image file name (" + ", ".join(IMAGE_EXTENSIONS) + ")"
+FIX_IMAGE = "re-export the image as PNG or JPEG, or remove it"
 
 
 @dataclass
@@ -56,50 +68,69 @@ class PredictResult:
 
     written: list[dict[str, str]] = field(default_factory=list)
     failed: list[Problem] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)  # earlier outputs found under OUT
+    ignored: list[Problem] = field(default_factory=list)  # earlier outputs, non-image files
 
 
 def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _walk(folder: Path) -> list[Path]:
+def _walk(folder: Path, ignored: list[Problem]) -> list[Path]:
+    """Image files below ``folder``; the other files go to ``ignored`` (hidden ones unsaid)."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath) / f for f in sorted(filenames) if _is_image(Path(f))]
+        for name in sorted(f for f in filenames if not f.startswith(".")):  # temps, .DS_Store
+            if _is_image(Path(name)):
+                found.append(Path(dirpath) / name)
+            else:
+                ignored.append(Problem(str(Path(dirpath) / name), NOT_IMAGE, ""))
     return found
 
 
-def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Problem]]:
-    """Files from files, folders and globs (deduplicated, in order) and the inputs that gave none.
+def _glob(pattern: str, ignored: list[Problem]) -> list[Path]:
+    found: list[Path] = []
+    for hit in sorted(glob.glob(pattern, recursive=True)):
+        hit_path = Path(hit)
+        if hit_path.is_dir():
+            found += _walk(hit_path, ignored)
+        elif _is_image(hit_path):
+            found.append(hit_path)
+        else:
+            ignored.append(Problem(hit, NOT_IMAGE, ""))
+    return found
+
+
+def expand_inputs(
+    inputs: Iterable[str | Path],
+) -> tuple[list[Path], list[Problem], list[Problem]]:
+    """Files from files, folders and globs (deduplicated, in order), the inputs that gave
+    none, and the files passed over (not images, earlier outputs of predict).
 
     Example:
-        >>> files, problems = expand_inputs(["photos", "more/*.png", "one.jpg"])  # doctest: +SKIP
+        >>> files, problems, ignored = expand_inputs(["photos", "more/*.png"])  # doctest: +SKIP
     """
     files: list[Path] = []
     problems: list[Problem] = []
+    ignored: list[Problem] = []
     for item in inputs:
         path = Path(item)
-        what = ""
         if path.is_dir():
-            found = _walk(path)
+            found = _walk(path, ignored)
             what = "folder holds no image files (" + ", ".join(IMAGE_EXTENSIONS) + ")"
         elif path.is_file():
-            found = [path]
+            found, what = [path], ""
         elif glob.has_magic(str(item)):
-            found = []
-            for hit in sorted(glob.glob(str(item), recursive=True)):
-                hit_path = Path(hit)
-                if hit_path.is_dir():
-                    found += _walk(hit_path)
-                elif _is_image(hit_path):
-                    found.append(hit_path)
-            what = "pattern matches no image file"
+            found, what = _glob(str(item), ignored), "pattern matches no image file"
         else:
             problems.append(Problem(str(item), "no such file or folder", "check the path"))
             continue
+        cache: dict[str, bool] = {}
+        earlier = [f for f in found if _under_output(f, cache)]
+        ignored += [Problem(str(f), EARLIER, "") for f in earlier]
+        found = [f for f in found if f not in earlier]
         if not found:
+            what = "holds only earlier outputs of segbalance predict" if earlier else what
             problems.append(Problem(str(item), what, "pass images, folders of images or globs"))
         files += found
     seen: set[str] = set()
@@ -109,21 +140,86 @@ def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Proble
         if key not in seen:
             seen.add(key)
             unique.append(f)
-    return unique, problems
+    return unique, problems, ignored
+
+
+def _is_predict_dir(folder: str) -> bool:
+    """True when ``folder`` carries the marker predict writes into an --out it creates."""
+    try:
+        return json.loads((Path(folder) / MARKER).read_text()).get("kind") == MARKER_KIND
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _under_output(path: Path, cache: dict[str, bool]) -> bool:
+    """True when ``path`` lies in masks/, overlays/ or probabilities/ of a predict --out."""
+    folder = os.path.dirname(os.path.realpath(path))
+    while True:
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return False
+        if os.path.basename(folder) in OUTPUT_DIRS:
+            if parent not in cache:
+                cache[parent] = _is_predict_dir(parent)
+            if cache[parent]:
+                return True
+        folder = parent
 
 
 def output_names(files: Sequence[Path]) -> list[Path]:
-    """Relative output paths (``.png``) mirroring ``files`` below their common folder."""
+    """Relative output paths mirroring ``files`` below their common folder.
+
+    Each is the input's full file name plus ``.png``: one rule that never maps two files
+    of one folder to one name (``a.jpg``, ``a.png`` and ``a.jpg.png`` give three).
+
+    Example:
+        >>> [str(n) for n in output_names([Path("/d/a.jpg"), Path("/d/a.png")])]
+        ['a.jpg.png', 'a.png.png']
+    """
     if not files:
         return []
     absolute = [Path(os.path.abspath(f)) for f in files]
     base = Path(os.path.commonpath([str(p.parent) for p in absolute]))
-    rel = [p.relative_to(base) for p in absolute]
-    stems = Counter(r.with_suffix("") for r in rel)
-    return [
-        r.with_suffix(".png") if stems[r.with_suffix("")] == 1 else r.with_name(r.name + ".png")
-        for r in rel
-    ]
+    return [p.relative_to(base).with_name(p.name + ".png") for p in absolute]
+
+
+def clashes(names: Sequence[Path]) -> dict[int, int]:
+    """``{i: j}`` for each name ``i`` that would overwrite an earlier name ``j`` or its folder.
+
+    Names are compared case-folded (two files on Linux are one on macOS or Windows); a
+    name that is also a folder of another (``x.png.png/`` beside ``x.png``) clashes too.
+    """
+    owner: dict[str, int] = {}
+    folders: dict[str, int] = {}
+    found = {}
+    for i, name in enumerate(names):
+        key = name.as_posix().casefold()
+        parts = [p.as_posix().casefold() for p in name.parents if str(p) != "."]
+        hit = owner.get(key, folders.get(key))
+        hit = next((owner[p] for p in parts if p in owner), hit)
+        if hit is not None:
+            found[i] = hit
+            continue
+        owner[key] = i
+        for p in parts:
+            folders.setdefault(p, i)
+    return found
+
+
+def _check_targets(out: Path, names: Sequence[Path], kinds: Sequence[str]) -> None:
+    """Refuse outputs that would replace files in an --out that predict did not create."""
+    for kind in kinds:
+        if (out / kind).exists() and not (out / kind).is_dir():
+            raise UserError(f"--out {out}: {out / kind} is a file, not a folder; move it")
+    if not out.is_dir() or is_marked(out):
+        return
+    taken = [out / k / n for k in kinds for n in names if os.path.lexists(out / k / n)]
+    if taken:
+        raise UserError(
+            f"--out {out} already holds {taken[0]} ({len(taken)} output(s) in all), and "
+            f"segbalance did not create {out} (no {MARKER} file), so they may be your files; "
+            "choose a new or empty --out, or move them"
+        )
 
 
 def save_png(array: np.ndarray, path: Path) -> None:
@@ -182,14 +278,84 @@ class _Predictor:
     def outputs(self, image: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mask bool[h, w], probability float[h, w]) at the image's own size."""
         full = np.asarray(self.resize(logits, np.array(image.shape[:2], np.int32)))[..., 0]
-        return full > self.cut, 1.0 / (1.0 + np.exp(-full))
+        return full > self.cut, 0.5 + 0.5 * np.tanh(0.5 * full)  # sigmoid, no overflow
 
 
-def _read(path: Path) -> np.ndarray | Problem:
+def _damage(path: Path) -> str:
+    """Why a file PIL could open does not decode, in PIL's words (plainer than TF's)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except (OSError, SyntaxError, ValueError) as err:
+        return f"damaged or truncated image ({err})"
+    return "the image decoder cannot read it (damaged, or an unsupported variant)"
+
+
+def _over_cap(shown: str, pixels: int, size: str, max_pixels: int) -> Problem:
+    return Problem(
+        shown,
+        f"{size}{pixels / 1e6:.1f} Mpx is over the pixel cap {max_pixels / 1e6:.1f} Mpx",
+        "downscale or tile it, or raise --max-pixels if the memory allows",
+    )
+
+
+def read_input(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | Problem:
+    """One input as uint8 RGB, or a Problem in plain words (checked with PIL first).
+
+    The header gives the size before any pixel is decoded, so a decompression bomb is
+    refused without the memory it would take.
+    """
+    shown = str(path)
+    try:
+        if path.stat().st_size == 0:
+            return Problem(shown, "empty file (0 bytes)", FIX_IMAGE)
+        with Image.open(path) as img:
+            width, height = img.size
+    except Image.DecompressionBombError as err:  # PIL's own cap, far above ours
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        return _over_cap(shown, int(found.group(1)) if found else 0, "", max_pixels)
+    except UnidentifiedImageError:
+        return Problem(shown, "not an image (no known image format inside)", FIX_IMAGE)
+    except OSError as err:
+        return Problem(shown, f"cannot be read ({err.strerror or err})", "check the file")
+    if width * height > max_pixels:
+        return _over_cap(shown, width * height, f"{width}x{height} = ", max_pixels)
     try:
         return load_image(path)
-    except (UserError, OSError) as err:
-        return Problem(str(path), str(err).split("\n")[0], "check the file or remove it")
+    except (UserError, OSError):
+        return Problem(shown, _damage(path), FIX_IMAGE)
+
+
+def _model(
+    model_path: str | Path, image_size: Sequence[int] | None, threshold: float | None
+) -> tuple[Any, ModelMeta]:
+    """The model and its metadata; a plain Keras model takes both flags as metadata."""
+    fallback = None
+    if image_size is not None and threshold is not None:
+        size = check_image_size(list(image_size))
+        fallback = ModelMeta(image_size=size, groups=["foreground"], threshold=threshold)
+    model, meta = load_model(model_path, fallback=fallback)
+    if image_size is not None and tuple(meta.image_size) != tuple(image_size):
+        h, w = meta.image_size
+        raise UserError(
+            f"--image-size {' '.join(map(str, image_size))} is not the {h} {w} that "
+            f"{model_path} was trained at; drop --image-size (it is for plain Keras models)"
+        )
+    return model, meta
+
+
+def _check_args(batch_size: int, threshold: float | None, image_size: Any, pixels: int) -> None:
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    if pixels < 1:
+        raise UserError(f"--max-pixels must be >= 1, got {pixels}")
+    if threshold is not None:
+        logit_threshold(threshold)  # raises naming the value
+    if image_size is not None:
+        try:
+            check_image_size(list(image_size))
+        except ValueError as err:
+            raise UserError(f"--image-size: {err}") from err
 
 
 def predict(
@@ -200,79 +366,130 @@ def predict(
     overlay: bool = False,
     probabilities: bool = False,
     threshold: float | None = None,
+    image_size: Sequence[int] | None = None,
     batch_size: int = 8,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
 ) -> PredictResult:
     """Write masks (and optionally overlays/probabilities) for every input image.
 
     Args:
-        model_path: a ``.keras`` file written by ``segbalance train``.
+        model_path: a ``.keras`` file written by ``segbalance train`` (or a plain Keras
+            model, given ``image_size`` and ``threshold``).
         inputs: files, folders (recursive) or glob patterns.
-        out: output folder (created).
+        out: output folder (created and marked).
         overlay: also write the image with the mask tinted and outlined.
         probabilities: also write 8-bit probability maps.
         threshold: probability threshold; default the model's.
+        image_size: (height, width) of a plain Keras model; must match a segbalance one.
         batch_size: images per forward pass.
+        max_pixels: skip larger images (decompression bombs, out of memory).
         progress: show a progress bar on stderr.
 
     Raises:
-        UserError: no input gave any file, or bad arguments.
+        UserError: bad arguments, an unusable model or --out, no input gave any file, or
+            a write failed (the message says how many were written).
     """
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
-    files, problems = expand_inputs(inputs)
-    # Outputs of an earlier run inside an input folder are not new inputs.
-    inside = tuple(os.path.realpath(Path(out) / d) + os.sep for d in OUTPUT_DIRS)
-    ignored = [str(f) for f in files if os.path.realpath(f).startswith(inside)]
-    files = [f for f in files if not os.path.realpath(f).startswith(inside)]
-    if not files:
-        detail = "; ".join(f"{p.file}: {p.problem}" for p in problems)
-        raise UserError(f"no input images found ({detail})")
-    model, meta = load_model(model_path)
+    _check_args(batch_size, threshold, image_size, max_pixels)
+    out = Path(out)
+    check_output_path(out, "--out", folder=True)
+    files, names, result = _plan(inputs, out)
+    where = Outputs(out, overlay, probabilities)
+    _check_targets(out, names, where.kinds)
+    model, meta = _model(model_path, image_size, threshold)
     t = float(meta.threshold if threshold is None else threshold)
     predictor = _Predictor(model, (int(meta.image_size[0]), int(meta.image_size[1])), t)
-    result = PredictResult(failed=problems, ignored=ignored)
-    names = output_names(files)
-    out = Path(out)
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress)
-    for start in range(0, len(files), batch_size):
-        stop = start + batch_size
-        chunk = list(zip(files[start:stop], names[start:stop], strict=True))
-        loaded = [(f, n, _read(f)) for f, n in chunk]
+    pairs = list(zip(files, names, strict=True))
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        loaded = [(f, n, read_input(f, max_pixels)) for f, n in chunk]
         good = [(f, n, im) for f, n, im in loaded if isinstance(im, np.ndarray)]
         result.failed += [im for _, _, im in loaded if isinstance(im, Problem)]
         if good:
+            if not result.written:  # created only now: no empty --out when every input fails
+                _make_out(out)
             logits = predictor.logits([im for _, _, im in good])
             for (f, name, image), lg in zip(good, logits, strict=True):
-                result.written.append(
-                    _write_outputs(predictor, f, out, name, image, lg, overlay, probabilities)
-                )
+                result.written.append(_write(predictor, f, where, name, image, lg, result))
         bar.update(len(chunk))
     bar.close()
     return result
 
 
-def _write_outputs(
+def _plan(inputs: Sequence[str | Path], out: Path) -> tuple[list[Path], list[Path], PredictResult]:
+    """The input files, their output names, and the result holding what was passed over."""
+    files, problems, ignored = expand_inputs(inputs)
+    # Outputs of an earlier run inside an input folder are not new inputs (marked or not).
+    inside = tuple(os.path.realpath(out / d) + os.sep for d in OUTPUT_DIRS)
+    old = [f for f in files if os.path.realpath(f).startswith(inside)]
+    ignored += [Problem(str(f), EARLIER, "") for f in old]
+    files = [f for f in files if f not in old]
+    if not files:
+        detail = "; ".join(f"{p.file}: {p.problem}" for p in problems)
+        raise UserError(f"no input images found ({detail})")
+    names = output_names(files)
+    clash = clashes(names)
+    problems += [
+        Problem(str(files[i]), f"same output name as {files[j]}", "rename one of them")
+        for i, j in clash.items()
+    ]
+    keep = [i for i in range(len(files)) if i not in clash]
+    result = PredictResult(failed=problems, ignored=ignored)
+    return [files[i] for i in keep], [names[i] for i in keep], result
+
+
+def _make_out(out: Path) -> None:
+    """Create --out and mark it when it is new or empty (then no file in it is the user's)."""
+    try:
+        fresh = not out.exists() or not any(out.iterdir())
+        out.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            mark_dir(out, MARKER_KIND)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot create it ({err.strerror or err})") from err
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where outputs go and which are written."""
+
+    out: Path
+    overlay: bool
+    probabilities: bool
+
+    @property
+    def kinds(self) -> list[str]:
+        return ["masks"] + ["overlays"] * self.overlay + ["probabilities"] * self.probabilities
+
+
+def _write(
     predictor: _Predictor,
     source: Path,
-    out: Path,
+    where: Outputs,
     name: Path,
     image: np.ndarray,
     logits: np.ndarray,
-    overlay: bool,
-    probabilities: bool,
+    result: PredictResult,
 ) -> dict[str, str]:
+    """Write one input's outputs; a failed write (full disk) stops the run, cleanly."""
     mask, prob = predictor.outputs(image, logits)
     written = {"input": str(source)}
-    targets = [("mask", out / "masks" / name, lambda: mask.astype(np.uint8) * 255)]
-    if overlay:
-        targets.append(("overlay", out / "overlays" / name, lambda: overlay_image(image, mask)))
-    if probabilities:
-        targets.append(
-            ("probabilities", out / "probabilities" / name, lambda: np.round(prob * 255))
-        )
-    for key, path, make in targets:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_png(np.asarray(make()).astype(np.uint8), path)
+    targets = [("mask", "masks", lambda: mask.astype(np.uint8) * 255)]
+    if where.overlay:
+        targets.append(("overlay", "overlays", lambda: overlay_image(image, mask)))
+    if where.probabilities:
+        targets.append(("probabilities", "probabilities", lambda: np.round(prob * 255)))
+    for key, kind, make in targets:
+        path = where.out / kind / name
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_png(np.asarray(make()).astype(np.uint8), path)
+        except OSError as err:
+            raise UserError(
+                f"cannot write {path} ({err.strerror or err}); {len(result.written)} input(s) "
+                "were done before it, each file complete. Free space or choose another --out, "
+                "then run again"
+            ) from err
         written[key] = str(path)
     return written

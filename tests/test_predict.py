@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from segbalance.cli import main
-from segbalance.predict import expand_inputs, output_names, overlay_image
+from segbalance.predict import clashes, expand_inputs, output_names, overlay_image
 
 
 def _image(path: Path, hw: tuple[int, int], seed: int, mode: str = "RGB") -> None:
@@ -35,20 +35,33 @@ def inputs(tmp_path) -> Path:
 
 
 def test_expand_and_mirror_names(inputs) -> None:
-    files, problems = expand_inputs(
+    files, problems, ignored = expand_inputs(
         [inputs / "a", str(inputs / "b" / "*.png"), inputs / "c" / "z.bmp", inputs / "nope"]
     )
     rel = [f.relative_to(inputs).as_posix() for f in files]
     assert rel == ["a/broken.png", "a/x.png", "a/deep/y.jpg", "b/x.png", "c/z.bmp"]
     assert [p.file for p in problems] == [str(inputs / "nope")]
+    assert [p.file for p in ignored] == [str(inputs / "a" / "notes.txt")]  # said, not dropped
     names = [n.as_posix() for n in output_names(files)]
-    assert names == ["a/broken.png", "a/x.png", "a/deep/y.png", "b/x.png", "c/z.png"]
-    assert len(set(names)) == len(names)
+    assert names == [
+        "a/broken.png.png",
+        "a/x.png.png",
+        "a/deep/y.jpg.png",
+        "b/x.png.png",
+        "c/z.bmp.png",
+    ]
 
 
-def test_same_stem_keeps_extension(tmp_path) -> None:
-    files = [tmp_path / "p.jpg", tmp_path / "p.png", tmp_path / "q.png"]
-    assert [n.as_posix() for n in output_names(files)] == ["p.jpg.png", "p.png.png", "q.png"]
+def test_output_name_is_the_full_input_name_plus_png(tmp_path) -> None:
+    files = [tmp_path / "a.jpg", tmp_path / "a.png", tmp_path / "a.jpg.png"]
+    names = [n.as_posix() for n in output_names(files)]
+    assert names == ["a.jpg.png", "a.png.png", "a.jpg.png.png"]
+    assert clashes(output_names(files)) == {}
+
+
+def test_clashes_fold_case_and_catch_a_name_that_is_a_folder() -> None:
+    names = [Path("A.png.png"), Path("a.png.png"), Path("d.png.png"), Path("d.png.png/e.png.png")]
+    assert clashes(names) == {1: 0, 3: 2}
 
 
 def test_cli_writes_masks_at_original_size_and_skips_bad_file(
@@ -74,8 +87,8 @@ def test_cli_writes_masks_at_original_size_and_skips_bad_file(
     assert code == 2  # one input could not be read
     err = capsys.readouterr().err
     assert "broken.png" in err
-    expected = {"a/x.png": (50, 70), "a/deep/y.png": (96, 40), "b/x.png": (64, 64)}
-    expected["c/z.png"] = (33, 47)
+    expected = {"a/x.png.png": (50, 70), "a/deep/y.jpg.png": (96, 40), "b/x.png.png": (64, 64)}
+    expected["c/z.bmp.png"] = (33, 47)
     foreground = 0
     for rel, hw in expected.items():
         mask = np.asarray(Image.open(out / "masks" / rel))
@@ -90,15 +103,15 @@ def test_cli_writes_masks_at_original_size_and_skips_bad_file(
         overlay = np.asarray(Image.open(out / "overlays" / rel))
         assert overlay.shape == (*hw, 3)
     assert foreground > 0
-    assert not (out / "masks" / "a" / "broken.png").exists()
-    assert not list(out.rglob(".*"))  # no temp files left behind
+    assert not (out / "masks" / "a" / "broken.png.png").exists()
+    assert [p.name for p in out.rglob(".*")] == [".segbalance"]  # no temp files left behind
 
 
 def test_all_good_inputs_exit_zero(model_file, tmp_path) -> None:
     _image(tmp_path / "one.png", (40, 40), 5)
     code = main(["predict", str(model_file), str(tmp_path / "one.png"), "--out", str(tmp_path)])
     assert code == 0
-    assert (tmp_path / "masks" / "one.png").is_file()
+    assert (tmp_path / "masks" / "one.png.png").is_file()
     assert not (tmp_path / "overlays").exists()
 
 
@@ -107,8 +120,8 @@ def test_earlier_outputs_inside_an_input_folder_are_not_inputs(model_file, tmp_p
     for _ in range(2):  # the second run sees out/masks/one.png inside the input folder
         code = main(["predict", str(model_file), str(tmp_path), "--out", str(tmp_path / "out")])
         assert code == 0
-    assert "ignored 1 file(s)" in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "out" / "masks").rglob("*.png")) == ["one.png"]
+    assert "ignored 1 file(s), an earlier output" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "out" / "masks").rglob("*.png")) == ["one.png.png"]
 
 
 def test_no_inputs_is_a_user_error(model_file, tmp_path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,10 @@ EXAMPLES = """
 segbalance predict runs/exp/best.keras photos/ --out predictions
 segbalance predict best.keras "shots/**/*.jpg" one.png --out out --overlay --probabilities
 segbalance predict best.keras photos/ --out out --threshold 0.4 --batch-size 16
+segbalance predict plain_keras.keras photos/ --out out --image-size 256 256 --threshold 0.5
+
+Output names: the input's full file name plus .png, mirrored below the inputs' common
+folder (photos/a/x.jpg -> OUT/masks/a/x.jpg.png), so a.jpg and a.png never share a mask.
 """
 
 
@@ -21,7 +26,8 @@ def register(sub: Any) -> None:
         sub,
         "predict",
         "Write masks at each image's original size (PNG 0/255) for files, folders "
-        "(recursive) or globs; unreadable files are reported and skipped (exit 2).",
+        "(recursive) or globs; unreadable files are reported and skipped (exit 2). --out is "
+        "checked first, and outputs of earlier runs are never inputs.",
         EXAMPLES,
         run,
     )
@@ -33,7 +39,8 @@ def register(sub: Any) -> None:
         "--out",
         type=Path,
         required=True,
-        help="output folder: masks/, overlays/, probabilities/ mirror the inputs",
+        help="output folder: masks/, overlays/, probabilities/ mirror the inputs; never "
+        "replaces files in a folder segbalance did not create",
     )
     parser.add_argument("--overlay", action="store_true", help="also write tinted overlays")
     parser.add_argument(
@@ -42,11 +49,27 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--threshold", type=float, default=None, help="probability threshold (default: model's)"
     )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="network input size of a plain Keras model without segbalance metadata (give "
+        "--threshold too; the model must take 0..255 RGB and output one logit channel)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="skip larger images (default: prepare's cap, 80 Mpx)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    from segbalance.data.check import DEFAULT_MAX_PIXELS
     from segbalance.errors import format_problems
     from segbalance.predict import predict
 
@@ -57,13 +80,16 @@ def run(args: argparse.Namespace) -> int:
         overlay=args.overlay,
         probabilities=args.probabilities,
         threshold=args.threshold,
+        image_size=args.image_size,
         batch_size=args.batch_size,
+        max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels,
         progress=not args.quiet,
     )
     kinds = ["masks"] + ["overlays"] * args.overlay + ["probabilities"] * args.probabilities
     print(f"wrote {len(result.written)} image(s) ({', '.join(kinds)}) under {args.out}")
-    if result.ignored:
-        print(f"ignored {len(result.ignored)} file(s) under --out {args.out} (earlier outputs)")
+    for reason, count in Counter(p.problem for p in result.ignored).items():
+        first = next(p.file for p in result.ignored if p.problem == reason)
+        print(f"ignored {count} file(s), {reason}: {first}" + (" ..." if count > 1 else ""))
     if result.failed:
         print(f"skipped {len(result.failed)} input(s):", file=sys.stderr)
         print(format_problems(result.failed), file=sys.stderr)
