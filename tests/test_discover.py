@@ -10,8 +10,9 @@ import pytest
 from _data_helpers import layout_a, square_mask, write_image, write_mask, write_pair
 from PIL import Image
 
-from segbalance.data.check import MaskError, check_pair, check_pairs, mask_foreground
+from segbalance.data.check import check_pair, check_pairs
 from segbalance.data.discover import SINGLE_GROUP, discover
+from segbalance.data.mask_rules import MaskError, mask_foreground
 from segbalance.errors import UserError
 
 

@@ -3,18 +3,8 @@
 Two promises: every file accepted here is one the training decoder
 (:mod:`segbalance.pipeline.decode`, TensorFlow) reads to the same pixels, and every mask's
 foreground is read by one named rule (the manifest's ``mask_rule``) that training and
-evaluate apply unchanged, so the coverage recorded is the foreground trained.
-
-Rules are ``<plane>><T>``: foreground where the plane, on the 0..255 scale training reads
-(16-bit values / 257), is above T. Planes: ``gray``, ``red``, ``green``, ``blue``, ``alpha``
-and ``any`` (the brightest of red, green, blue). The names older manifests hold, ``0/255``,
-``0/1``, ``palette-nonblack`` and ``rgb-nonblack``, all mean ``any>0``.
-
-Accepted silently (unambiguous): gray with exactly {0, 255} / {0, 65535} -> ``0/255``, {0, 1}
--> ``0/1``, one value; 1-bit; RGB(A) whose pixels are black or one colour ->
-``rgb-nonblack``; a palette drawing black at its lowest index and one colour ->
-``palette-nonblack``. Everything else is refused with a fix, or read by the user's rule
-(:class:`MaskChoice`: ``--mask-threshold`` and ``--mask-channel``).
+evaluate apply unchanged, so the coverage recorded is the foreground trained. The rules,
+and which one a mask is read by, are :mod:`segbalance.data.mask_rules`.
 
 Example:
     >>> results = check_pairs([("a.png", "a_mask.png")], names=[("a.png", "a_mask.png")])
@@ -25,48 +15,21 @@ Example:
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from functools import cached_property
+from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from segbalance.data.mask_rules import PNG_FIX, SILENT_RULES, MaskChoice, MaskError, mask_foreground
 from segbalance.errors import Problem
 
 DEFAULT_MAX_PIXELS = 80_000_000
 IMAGE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L")
-# what decode's PIL path (TIFF) turns into the planes below; PA and CMYK it would misread
+# what decode's PIL path (TIFF) turns into mask planes (mask_rules.Planes); PA and CMYK it
+# would misread
 TIFF_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L")
-_GRAY16 = ("I", "I;16", "I;16B", "I;16L")
-PLANES = ("gray", "red", "green", "blue", "alpha", "any")
-CHANNELS = PLANES[:5]  # what --mask-channel may name
-LEGACY_RULES = ("0/255", "0/1", "palette-nonblack", "rgb-nonblack")  # all mean any>0
-_RULE = re.compile(r"^(gray|red|green|blue|alpha|any)>(\d+(?:\.\d+)?)$")
-_PNG_FIX = "save it as PNG (PIL: Image.open(p).save(p.with_suffix('.png')))"
-_BINARY_FIX = (
-    "save the mask with only 0 and 255 as PNG, or pass --mask-threshold T "
-    "(values above T are foreground) for a JPEG or anti-aliased mask"
-)
-
-
-class MaskError(Exception):
-    """A mask whose foreground no accepted rule reads (``problem``, ``fix``)."""
-
-    def __init__(self, problem: str, fix: str = _BINARY_FIX) -> None:
-        super().__init__(problem)
-        self.problem, self.fix = problem, fix
-
-
-@dataclass(frozen=True)
-class MaskChoice:
-    """The user's rule: ``threshold`` (0..255 scale, values above are foreground), ``channel``."""
-
-    threshold: float | None = None
-    channel: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,270 +45,6 @@ class PairCheck:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-SILENT_RULES = MaskChoice()  # no user rule: only unambiguous encodings are accepted
-
-
-def parse_rule(rule: str) -> tuple[str, float]:
-    """``(plane, T)`` of a rule name; the legacy names are ``("any", 0.0)``.
-
-    Raises:
-        ValueError: not a rule name.
-    """
-    if rule in LEGACY_RULES or not rule:  # empty: a manifest from before the column
-        return "any", 0.0
-    match = _RULE.match(rule)
-    if not match:
-        raise ValueError(
-            f"unknown mask rule '{rule}'; valid: {', '.join(LEGACY_RULES)} or <plane>>T "
-            f"with plane one of {', '.join(PLANES)}"
-        )
-    return match[1], float(match[2])
-
-
-def rule_name(plane: str, threshold: float) -> str:
-    """``red>127``; the number written without exponent so :func:`parse_rule` reads it."""
-    return f"{plane}>{np.format_float_positional(float(threshold), trim='-')}"
-
-
-@dataclass(frozen=True)
-class Planes:
-    """A mask as training decodes it: native ints (``top`` 255 or 65535) per plane."""
-
-    mode: str
-    rgb: np.ndarray  # HxWx3, or HxWx1 for gray (training tiles it)
-    alpha: np.ndarray | None
-    top: int
-    indices: np.ndarray | None = None  # palette masks: the index of each pixel
-    palette: np.ndarray | None = None  # palette masks: Nx3 colours
-    lossy: bool = False  # JPEG: even values that look binary are the codec's guess
-
-    @cached_property
-    def is_gray(self) -> bool:
-        c = self.rgb
-        return c.shape[2] == 1 or bool(
-            (c[..., 0] == c[..., 1]).all() and (c[..., 1] == c[..., 2]).all()
-        )
-
-    def plane(self, name: str) -> np.ndarray:
-        if name == "alpha":
-            assert self.alpha is not None
-            return self.alpha
-        if name == "any":
-            return self.rgb.max(axis=2)
-        return self.rgb[
-            ..., 0 if name == "gray" or self.rgb.shape[2] == 1 else PLANES.index(name) - 1
-        ]
-
-    def foreground(self, rule: str) -> np.ndarray:
-        """Bool HxW: the rule applied in float32, as :mod:`segbalance.pipeline.decode` does."""
-        plane, threshold = parse_rule(rule)
-        values = self.plane(plane).astype(np.float32)
-        if self.top == 65535:
-            values /= np.float32(257.0)
-        return values > np.float32(threshold)
-
-
-def mask_planes(img: Image.Image) -> Planes:
-    """The planes training sees: palette expanded (alpha only from a tRNS, as libpng does).
-
-    Raises:
-        MaskError: a mode no rule reads (CMYK, float, values above 16 bits).
-    """
-    mode = img.mode
-    if mode == "1":
-        return Planes(mode, np.asarray(img, np.uint8)[..., None] * np.uint8(255), None, 255)
-    if mode in ("L", "LA"):
-        arr = np.asarray(img)
-        gray = arr if mode == "L" else arr[..., 0]
-        return Planes(mode, gray[..., None], None if mode == "L" else arr[..., 1], 255)
-    if mode in _GRAY16:
-        gray = np.asarray(img).astype(np.int64)
-        if gray.min(initial=0) < 0 or gray.max(initial=0) > 65535:
-            raise MaskError(f"mask mode {mode} holds values outside 0..65535", _PNG_FIX)
-        return Planes(mode, gray.astype(np.uint16)[..., None], None, 65535)
-    if mode == "P":
-        rgba = "transparency" in img.info
-        arr = np.asarray(img.convert("RGBA" if rgba else "RGB"))
-        pal = np.asarray(img.getpalette("RGB") or [0, 0, 0], np.uint8).reshape(-1, 3)
-        return Planes(mode, arr[..., :3], arr[..., 3] if rgba else None, 255, np.asarray(img), pal)
-    if mode in ("RGB", "RGBA"):
-        arr = np.asarray(img)
-        return Planes(mode, arr[..., :3], arr[..., 3] if mode == "RGBA" else None, 255)
-    raise MaskError(
-        f"mask mode {mode} is not a supported encoding",
-        "save the mask as 8-bit gray PNG with 0 and 255",
-    )
-
-
-def _values_text(values: np.ndarray) -> str:
-    shown = ", ".join(str(int(v)) for v in values[:8])
-    more = f", ... ({len(values)} distinct)" if len(values) > 8 else ""
-    return "{" + shown + more + "}"
-
-
-def _distinct(plane: np.ndarray) -> np.ndarray:
-    # bincount is ~10x faster than np.unique on 8/16-bit data and gives the same set
-    return np.flatnonzero(np.bincount(plane.ravel(), minlength=2))
-
-
-def _gray_rule(gray: np.ndarray, top: int) -> str:
-    """{0, top} -> 0/255, {0, 1} -> 0/1, one value -> by value; anything else refused."""
-    values = _distinct(gray)
-    if len(values) == 1:
-        return "0/1" if int(values[0]) == 1 else "0/255"
-    if len(values) == 2 and values[0] == 0 and values[1] in (1, top):
-        return "0/1" if values[1] == 1 else "0/255"
-    raise MaskError(f"mask is not binary: values {_values_text(values)}")
-
-
-def _colours(p: Planes, limit: int = 3) -> list[tuple[int, ...]]:
-    """Up to ``limit`` distinct RGB colours, in packed 0xRRGGBB order (black first)."""
-    packed = (p.rgb[..., 0].astype(np.uint32) << 16) | (p.rgb[..., 1].astype(np.uint32) << 8)
-    packed = (packed | p.rgb[..., 2]).ravel()
-    drawn = packed[packed != 0]
-    if drawn.size == 0 or (drawn == drawn[0]).all():  # black and one colour: no sort needed
-        found = [0] * (drawn.size < packed.size) + [int(v) for v in drawn[:1]]
-    else:
-        found = [int(v) for v in np.unique(packed)[:limit]]
-    return [((v >> 16) & 255, (v >> 8) & 255, v & 255) for v in found]
-
-
-def _varying_channels(p: Planes) -> str:
-    names = [n for i, n in enumerate(PLANES[1:4]) if np.ptp(p.rgb[..., i]) > 0]
-    return "|".join(names) or "red|green|blue"
-
-
-def _alpha_only(p: Planes) -> None:
-    """Refuse a mask drawn only in its alpha channel: colour planes flat, alpha not."""
-    if p.alpha is not None and np.ptp(p.alpha) > 0 and np.ptp(p.plane("any")) == 0:
-        raise MaskError(
-            "the mask's foreground is only in its alpha channel (colour is flat)",
-            "pass --mask-channel alpha (and --mask-threshold T if its edges are soft), "
-            "or save the mask as 0/255 gray PNG",
-        )
-
-
-def _silent_rule(p: Planes) -> str:
-    """The rule of an unambiguous encoding, or MaskError with the flag that reads it."""
-    if p.lossy:
-        raise MaskError(
-            "JPEG mask: lossy compression moves values near edges, so no binary rule is safe",
-            "pass --mask-threshold T (values above T are foreground, e.g. 127; 0.5 for 0/1 "
-            "masks), or save the mask as PNG",
-        )
-    _alpha_only(p)
-    if p.is_gray:
-        rule = _gray_rule(p.plane("gray"), p.top)
-    else:
-        colours = _colours(p)
-        if len(colours) > 2:
-            raise MaskError(
-                "colour mask is not binary: more than two colours (JPEG noise or "
-                "anti-aliased edges)",
-                "pass --mask-threshold T (brightest channel above T is foreground; add "
-                f"--mask-channel {_varying_channels(p)} when the background is not black), "
-                "or save it as 0/255 gray PNG",
-            )
-        if len(colours) == 2 and (0, 0, 0) not in colours:
-            raise MaskError(
-                f"colour mask has two colours {colours[0]} and {colours[1]}, neither black: "
-                "which one is foreground is ambiguous",
-                f"pass --mask-channel {_varying_channels(p)} (the channel higher in the "
-                "foreground), or save it as 0/255 gray PNG",
-            )
-        rule = "rgb-nonblack" if p.indices is None else _palette_rule(p)
-    if p.alpha is not None and np.ptp(p.alpha) > 0:
-        disagree = int(np.count_nonzero((p.alpha > 0) != p.foreground(rule)))
-        if disagree:
-            raise MaskError(
-                f"alpha channel and colour disagree on {disagree} pixel(s) of the foreground",
-                "pass --mask-channel alpha or --mask-channel red|green|blue|gray to choose, "
-                "or save the mask without alpha",
-            )
-    return rule
-
-
-def _palette_rule(p: Planes) -> str:
-    """Black must be the lowest index drawn (index 0 is background by convention)."""
-    assert p.indices is not None and p.palette is not None
-    used = _distinct(p.indices)
-    first = tuple(int(v) for v in p.palette[used[0]]) if used[0] < len(p.palette) else (0, 0, 0)
-    if len(used) > 1 and first != (0, 0, 0):
-        raise MaskError(
-            f"palette mask's background index {int(used[0])} is {first}, not black, and "
-            "black is drawn at a higher index: background and foreground are ambiguous",
-            "make the background palette entry black, or save the mask as 0/255 gray PNG",
-        )
-    return "palette-nonblack"
-
-
-def _threshold_rule(p: Planes, threshold: float) -> str:
-    _alpha_only(p)
-    rule = rule_name("gray" if p.is_gray else "any", threshold)
-    if not p.is_gray:
-        # "brightest channel above T" assumes a black background; with a coloured one the
-        # foreground it finds holds two colours: a channel high in some of it, low in the rest
-        fg = p.foreground(rule)
-        scale = np.float32(257.0 if p.top == 65535 else 1.0)
-        high = (p.rgb[fg].astype(np.float32) / scale > np.float32(threshold)).mean(axis=0)
-        split = [PLANES[1 + i] for i in range(3) if 0.05 < high[i] < 0.95]
-        if fg.all() or split:
-            raise MaskError(
-                f"the pixels whose brightest channel is above {threshold} are of two colours "
-                "(or are all pixels): the background is not black",
-                f"add --mask-channel {'|'.join(split) or _varying_channels(p)} (the one high "
-                "in the foreground only)",
-            )
-    return rule
-
-
-def _channel_rule(p: Planes, channel: str, threshold: float | None) -> str:
-    if channel == "alpha" and p.alpha is None:
-        raise MaskError(
-            f"mask (mode {p.mode}) has no alpha channel", "drop --mask-channel alpha for it"
-        )
-    if channel == "gray" and not p.is_gray:
-        raise MaskError(
-            "mask is colour, not gray", f"pass --mask-channel {_varying_channels(p)} instead"
-        )
-    if threshold is None:
-        values = _distinct(p.plane(channel))
-        if p.lossy or len(values) > 2 or (p.top == 65535 and values[0] != 0 and len(values) == 2):
-            raise MaskError(
-                f"{channel} channel is not binary: values {_values_text(values)}"
-                + (" (JPEG)" if p.lossy else ""),
-                "add --mask-threshold T (values above T are foreground)",
-            )
-        threshold = float(values[0]) if len(values) == 2 else 0.0
-    return rule_name(channel, threshold)
-
-
-def decide_rule(p: Planes, choice: MaskChoice = SILENT_RULES) -> str:
-    """The rule reading this mask's foreground, from its planes and the user's choice.
-
-    Raises:
-        MaskError: ambiguous or unreadable, with the fix (often the flag that reads it).
-    """
-    if choice.channel is not None:
-        return _channel_rule(p, choice.channel, choice.threshold)
-    if choice.threshold is not None:
-        return _threshold_rule(p, choice.threshold)
-    return _silent_rule(p)
-
-
-def mask_foreground(img: Image.Image, choice: MaskChoice = SILENT_RULES) -> tuple[np.ndarray, str]:
-    """Foreground (bool HxW) and the rule name of a decoded mask.
-
-    Raises:
-        MaskError: see :func:`decide_rule`.
-    """
-    planes = mask_planes(img)
-    if img.format == "JPEG":
-        planes = replace(planes, lossy=True)
-    rule = decide_rule(planes, choice)
-    return planes.foreground(rule), rule
 
 
 def _bmp_problem(path: str, img: Image.Image) -> str | None:
@@ -377,13 +76,13 @@ def decoder_problem(path: str, img: Image.Image, shown: str) -> Problem | None:
     if path.lower().endswith((".tif", ".tiff")):
         if img.mode in TIFF_MODES:
             return None
-        return Problem(shown, f"TIFF mode {img.mode} is not supported", _PNG_FIX)
+        return Problem(shown, f"TIFF mode {img.mode} is not supported", PNG_FIX)
     if img.format not in ("PNG", "JPEG", "BMP"):
         kind = os.path.splitext(path)[1] or "extension-less"
-        return Problem(shown, f"holds {img.format} data under a {kind} name", _PNG_FIX)
+        return Problem(shown, f"holds {img.format} data under a {kind} name", PNG_FIX)
     reason = _bmp_problem(path, img) if img.format == "BMP" else None
     if reason:
-        return Problem(shown, f"{reason}: training's BMP decoder cannot read it", _PNG_FIX)
+        return Problem(shown, f"{reason}: training's BMP decoder cannot read it", PNG_FIX)
     return None
 
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from segbalance import __version__
-from segbalance.data.check import parse_rule
+from segbalance.data.mask_rules import parse_rule
 from segbalance.errors import InvalidDataError, Problem, UserError
 from segbalance.io import atomic_write
 

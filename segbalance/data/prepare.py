@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segbalance.data.check import DEFAULT_MAX_PIXELS, SILENT_RULES, MaskChoice, check_pairs
+from segbalance.data.check import DEFAULT_MAX_PIXELS, check_pairs
 from segbalance.data.discover import Discovery, Reject, discover
 from segbalance.data.manifest import (
     DEFAULT_DIRNAME,
@@ -32,6 +32,7 @@ from segbalance.data.manifest import (
     path_problem,
     write_manifest,
 )
+from segbalance.data.mask_rules import SILENT_RULES, MaskChoice
 from segbalance.errors import InvalidDataError, Problem, UserError
 from segbalance.io import write_text
 from segbalance.text import table_lines

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from segbalance.data.check import LEGACY_RULES, PLANES
+from segbalance.data.mask_rules import LEGACY_RULES, PLANES
 from segbalance.errors import UserError
 
 _TIFF = r"(?i).*\.tiff?"
