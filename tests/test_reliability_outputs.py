@@ -110,7 +110,13 @@ def models(tmp_path_factory) -> dict[str, Path]:
             if name != "config.json":
                 zout.writestr(name, zin.read(name))
     (d / "folder.keras").mkdir()
-    for name in ("trunc", "empty", "text", "h5", "noconfig", "folder"):
+    crc = bytearray(data)  # the zip's directory intact, the weights' bytes damaged
+    with zipfile.ZipFile(good) as archive:
+        info = archive.getinfo("model.weights.h5")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra) + 100
+    crc[start : start + 50] = b"\xff" * 50
+    (d / "crc.keras").write_bytes(bytes(crc))
+    for name in ("trunc", "empty", "text", "h5", "noconfig", "folder", "crc"):
         files[name] = d / f"{name}.keras"
     files["missing"] = d / "missing.keras"
     files["good"] = good
@@ -136,6 +142,7 @@ MODEL_CASES = [
     ("noconfig", "no config.json"),
     ("folder", "is a folder"),
     ("missing", "does not exist"),
+    ("crc", "Bad CRC-32"),
 ]
 
 
@@ -337,10 +344,13 @@ def _out_cases(tmp_path: Path, a_file: Path, ro_dir: Path) -> dict[str, tuple[Pa
         "out_is_a_file": (a_file, "is a file"),
         "out_under_a_file": (a_file / "out", "which is a file"),
         "out_read_only": (ro_dir / "segbalance-out", "cannot write in"),
+        "out_is_read_only": (ro_dir, "cannot write in"),
     }
 
 
-@pytest.mark.parametrize("case", ["out_is_a_file", "out_under_a_file", "out_read_only"])
+@pytest.mark.parametrize(
+    "case", ["out_is_a_file", "out_under_a_file", "out_read_only", "out_is_read_only"]
+)
 def test_predict_refuses_an_unwritable_out_before_any_work(
     model_file, tmp_path, capsys, a_file, ro_dir, case
 ) -> None:
@@ -350,7 +360,24 @@ def test_predict_refuses_an_unwritable_out_before_any_work(
     code, _, err = run(capsys, "predict", model_file, src, "--out", out)
     assert code == 2 and str(out) in err and says in err, err
     assert tree(tmp_path) == before  # nothing written, nothing changed
-    assert out == a_file or not out.exists()
+    assert out in (a_file, ro_dir) or not out.exists()
+
+
+def test_predict_refuses_an_out_whose_masks_is_a_file(model_file, tmp_path, capsys) -> None:
+    src = image(tmp_path / "in" / "a.png")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "masks").write_text("mine\n")
+    code, _, err = run(capsys, "predict", model_file, src, "--out", tmp_path / "out")
+    assert code == 2 and str(tmp_path / "out" / "masks") in err and "is a file" in err
+    assert tree(tmp_path / "out") == {"masks": b"mine\n"}
+
+
+def test_an_output_name_that_is_also_a_folder_is_reported(model_file, tmp_path, capsys) -> None:
+    image(tmp_path / "in" / "d.png")
+    image(tmp_path / "in" / "d.png.png" / "e.png")  # d.png.png/ is also d.png's mask name
+    code, out, err = run(capsys, "predict", model_file, tmp_path / "in", "--out", tmp_path / "o")
+    assert code == 2 and "wrote 1 image(s)" in out and "same output name" in err, err
+    assert str(tmp_path / "in" / "d.png.png" / "e.png") in err
 
 
 def test_predict_never_replaces_a_users_file_in_an_out_it_did_not_create(
