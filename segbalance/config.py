@@ -61,8 +61,13 @@ class DataConfig(_Stage):
     epoch_length: int | None = Field(
         None, ge=1, description="samples per epoch; default (null): the number of train images"
     )
-    cache_decoded: bool = Field(
-        False, description="decode+resize train images once and keep them in memory (uint8)"
+    cache_decoded: bool | Literal["auto"] = Field(
+        "auto",
+        description="keep decoded+resized rows in memory: true, false, or auto (when they fit "
+        "data.cache_budget)",
+    )
+    cache_budget: float = Field(
+        0.25, gt=0.0, le=0.9, description="share of available memory the cache may take (auto)"
     )
 
     @field_validator("groups", mode="before")

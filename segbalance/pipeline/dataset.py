@@ -222,9 +222,13 @@ def build_train_dataset(
 
 
 def build_eval_dataset(
-    manifest: Manifest, *, image_size: Sequence[int], batch_size: int
+    manifest: Manifest, *, image_size: Sequence[int], batch_size: int, cache: bool = False
 ) -> tf.data.Dataset:
-    """Every row of ``manifest`` in row order, decoded and resized, never augmented."""
+    """Every row of ``manifest`` in row order, decoded and resized, never augmented.
+
+    Args:
+        cache: keep the decoded rows in memory after the first pass (the same tensors).
+    """
     idx = np.arange(len(manifest), dtype=np.int64)
     size = _size(image_size)
 
@@ -235,4 +239,6 @@ def build_eval_dataset(
 
     ds = tf.data.Dataset.from_tensor_slices(_row_table(manifest, idx))
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if cache:
+        ds = ds.cache()
     return ds.batch(int(batch_size)).prefetch(AUTOTUNE).with_options(_options())

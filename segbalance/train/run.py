@@ -22,14 +22,22 @@ from pathlib import Path
 import keras
 
 from segbalance.config import Config
+from segbalance.data.manifest import Manifest
 from segbalance.errors import unknown_name_error
 from segbalance.models import model_names
-from segbalance.train.fingerprint import check_same_data, data_fingerprint, write_fingerprint
+from segbalance.pipeline.budget import CacheChoice, available_memory, choose_cache
+from segbalance.train.fingerprint import (
+    DATA,
+    check_same_data,
+    data_fingerprint,
+    read_fingerprint,
+    write_fingerprint,
+)
 from segbalance.train.plan import load_data, training_plan
 from segbalance.train.result import TrainResult, complete_result
 from segbalance.train.runtime import make_runtime
 from segbalance.train.trainer import Trainer
-from segbalance.train.workdir import check_work_dir, create_work_dir
+from segbalance.train.workdir import WorkDir, check_work_dir, create_work_dir
 
 
 def check_config(cfg: Config) -> None:
@@ -40,6 +48,23 @@ def check_config(cfg: Config) -> None:
     """
     if cfg.model.name not in model_names():
         raise unknown_name_error("model", cfg.model.name, model_names())
+
+
+def cache_choice(
+    cfg: Config, data: tuple[Manifest, Manifest], resumed: WorkDir | None
+) -> CacheChoice:
+    """``data.cache_decoded`` for this run; a resume keeps the choice the run started with.
+
+    The train cache rounds resized pixels, so switching it on a resume (other free memory)
+    would make the resumed run differ from an uninterrupted one.
+    """
+    if resumed is not None:
+        recorded = read_fingerprint(resumed.root) or {}
+        was = recorded.get("cache")
+        if isinstance(was, dict):
+            reason = f"cache as the run started ({resumed.root / DATA})"
+            return CacheChoice(bool(was.get("train")), bool(was.get("valid")), reason)
+    return choose_cache(cfg.data, len(data[0]), len(data[1]), available_memory())
 
 
 def train(
@@ -70,6 +95,8 @@ def train(
     fingerprint = data_fingerprint(*data)
     if resume:
         check_same_data(wd.root, fingerprint)
+    cache = cache_choice(cfg, data, wd if resume else None)
+    fingerprint["cache"] = {"train": cache.train, "valid": cache.valid}
     runtime = make_runtime(cfg.distribute)
     runtime.check_batch("train.batch_size", cfg.train.batch_size)
     valid_batch = cfg.train.validation_batch_size or cfg.train.batch_size
@@ -81,7 +108,7 @@ def train(
         write_fingerprint(wd.root, fingerprint)
     policy = keras.mixed_precision.global_policy()
     try:  # the run sets the global dtype policy; callers get theirs back
-        trainer = Trainer(cfg, wd, runtime, data, plan, callbacks)
+        trainer = Trainer(cfg, wd, runtime, data, plan, cache, callbacks)
         return trainer.run(resume=resume)
     finally:
         keras.mixed_precision.set_global_policy(policy)

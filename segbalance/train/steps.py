@@ -79,11 +79,13 @@ def eval_dataset(
     image_size: Sequence[int],
     batch: int,
     worker: tuple[int, int] = (0, 1),
+    cache: bool = False,
 ) -> tuple[Any, int, int]:
     """The validation rows padded to whole global batches, split over the workers.
 
     Args:
         worker: (this worker's index, number of workers).
+        cache: keep each worker's decoded rows in memory after the first pass.
 
     Returns:
         (distributed dataset, steps per pass, real rows in this worker's chunk).
@@ -98,7 +100,7 @@ def eval_dataset(
         w = ctx.input_pipeline_id
         mine = valid.take(rows[w * chunk : (w + 1) * chunk])
         size = ctx.get_per_replica_batch_size(batch)
-        return build_eval_dataset(mine, image_size=image_size, batch_size=size)
+        return build_eval_dataset(mine, image_size=image_size, batch_size=size, cache=cache)
 
     ds = strategy.distribute_datasets_from_function(dataset_fn)
     return ds, padded_len // batch, int(np.clip(n - index * chunk, 0, chunk))

@@ -37,6 +37,7 @@ from segbalance.errors import InvalidDataError
 from segbalance.losses import get_loss
 from segbalance.metrics import metrics_from_counts
 from segbalance.models import build_model, set_encoder_trainable
+from segbalance.pipeline.budget import CacheChoice
 from segbalance.pipeline.cache import DecodedCache
 from segbalance.pipeline.verify import DATA_ERRORS, undecodable
 from segbalance.sampling import SamplingPlan
@@ -60,6 +61,8 @@ class Trainer:
         data: the train and valid rows (:func:`segbalance.train.plan.load_data`).
         plan: the sampling plan over the train rows and the per-row loss weights
             (:func:`segbalance.train.plan.training_plan`).
+        cache: which rows to keep decoded in memory (:func:`segbalance.pipeline.budget.
+            choose_cache`).
         callbacks: ``keras.callbacks.Callback`` objects observing the run.
     """
 
@@ -70,9 +73,10 @@ class Trainer:
         runtime: Runtime,
         data: tuple[Manifest, Manifest],
         plan: tuple[SamplingPlan, np.ndarray | None],
+        cache: CacheChoice,
         callbacks: Sequence[keras.callbacks.Callback] = (),
     ) -> None:
-        self.cfg, self.wd, self.runtime = cfg, wd, runtime
+        self.cfg, self.wd, self.runtime, self.cache = cfg, wd, runtime, cache
         self.strategy = runtime.strategy
         self.train_rows, self.valid_rows = data
         self._cache: DecodedCache | None = None
@@ -154,7 +158,7 @@ class Trainer:
 
     def decoded_cache(self) -> DecodedCache | None:
         """The train rows decoded once (``data.cache_decoded``), built on first use."""
-        if not self.cfg.data.cache_decoded:
+        if not self.cache.train:
             return None
         if self._cache is None:
             self._cache = DecodedCache.build(self.train_rows, self.cfg.data.image_size)
@@ -173,6 +177,7 @@ class Trainer:
             cfg.data.image_size,
             cfg.train.validation_batch_size or self.batch,
             (self.runtime.worker_index, self.runtime.num_workers),
+            cache=self.cache.valid,
         )
         eval_step = steps.make_eval_step(
             self.strategy, self.model, self.loss_fn, len(self.groups), cfg.train.threshold, real
@@ -369,6 +374,7 @@ class Trainer:
             f"{self.runtime.replicas} replica(s), {self.runtime.num_workers} worker(s)",
             f"plan {plan.balance}/{plan.mode}: {self.steps} steps of {self.batch} per epoch; "
             f"target mix {mix}",
+            f"input: {self.cache.reason}",
         ]
         lines += plan.report([0])["warnings"]
         return "\n".join(lines)
