@@ -21,7 +21,9 @@ HERE = Path(__file__).resolve().parent
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--only", default="", help="comma list: plan,drift,pipeline,groups,train,workers,prepare"
+        "--only",
+        default="",
+        help="comma list: plan,drift,pipeline,groups,train,fit,workers,prepare",
     )
     args = parser.parse_args()
     data = Path(tempfile.mkdtemp(prefix="segbalance-bench-"))
@@ -36,6 +38,7 @@ def main() -> int:
         "pipeline": ["bench_pipeline.py"],
         "groups": ["bench_groups.py", "--tutorial"],
         "train": ["bench_train.py"],
+        "fit": ["bench_fit.py", "--scale", "0.3"],
         "workers": ["bench_workers.py"],
     }
     wanted = [w for w in args.only.split(",") if w] or list(runs)
