@@ -416,7 +416,14 @@ def test_a_full_disk_stops_predict_cleanly(model_file, tmp_path, capsys, monkeyp
 
 
 @pytest.mark.parametrize(
-    "case", ["json_is_a_folder", "json_under_a_file", "json_read_only", "json_full_disk"]
+    "case",
+    [
+        "json_is_a_folder",
+        "json_under_a_file",
+        "json_read_only",
+        "json_full_disk",
+        "json_is_the_model",
+    ],
 )
 def test_evaluate_json_is_checked_before_the_evaluation(
     model_file, tmp_path, capsys, monkeypatch, a_file, case
@@ -442,6 +449,7 @@ def test_evaluate_json_is_checked_before_the_evaluation(
             "json_is_a_folder": (tmp_path, "is a folder"),
             "json_under_a_file": (a_file / "eval.json", "which is a file"),
             "json_read_only": (_unwritable(tmp_path) / "eval.json", "cannot write in"),
+            "json_is_the_model": (a_file, "not a .json file"),
         }[case]
     before = tree(tmp_path)
     code, _, err = run(capsys, "evaluate", model_file, tmp_path / "m.csv", "--json", target)

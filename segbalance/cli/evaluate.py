@@ -59,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
     read_meta(args.model)
     if args.json is not None:
         check_output_path(args.json, "--json", folder=False)
+        if args.json.is_file() and args.json.suffix.lower() != ".json":
+            # e.g. the model or the manifest given by mistake: not an earlier result
+            raise UserError(
+                f"--json {args.json} exists and is not a .json file; it is replaced only "
+                "if it is an earlier result (*.json): choose another --json"
+            )
     result = evaluate(
         args.model,
         args.data,
