@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 from segbalance.data.manifest import (
     COLUMNS,
     Manifest,
-    assign_splits,
     natural_sort,
-    path_problem,
     read_manifest,
     sidecar_path,
     write_manifest,
 )
+from segbalance.data.paths import path_problem
+from segbalance.data.prepare import assign_splits
 from segbalance.errors import InvalidDataError, UserError
 
 

@@ -7,9 +7,9 @@ folder's parent when that folder is called ``segbalance`` (the default output pl
 the CSV's folder.
 
 A manifest is input too: every row's paths must be relative and stay inside the root, also
-through symlinks (:func:`path_problem`), unless its sidecar records ``allow_outside_root``
-(``prepare --allow-outside-root``). So an edited manifest cannot make a command open files
-elsewhere.
+through symlinks (:mod:`segbalance.data.paths`), unless its sidecar records
+``allow_outside_root`` (``prepare --allow-outside-root``). So an edited manifest cannot make
+a command open files elsewhere.
 
 Example:
     >>> m = read_manifest("data/segbalance/manifest.csv")
@@ -26,7 +26,6 @@ import math
 import os
 import posixpath
 import re
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,40 +35,15 @@ import numpy as np
 
 from segbalance import __version__
 from segbalance.data.mask_rules import parse_rule
+from segbalance.data.paths import outside_root_problems
 from segbalance.errors import InvalidDataError, Problem, UserError
 from segbalance.io import atomic_write
 
 COLUMNS = ("image", "mask", "group", "split", "height", "width", "coverage", "mask_rule")
 SPLITS = ("train", "valid", "test")
-MASK_RULES = ("0/255", "0/1", "palette-nonblack", "rgb-nonblack")
 DEFAULT_DIRNAME = "segbalance"
 
 _DIGITS = re.compile(r"(\d+)")
-_DRIVE = re.compile(r"^[A-Za-z]:")  # C:\x, C:/x, C:x
-
-
-def path_problem(value: str, root: Path, real_root: Path | None = None) -> str | None:
-    """Why a path listed relative to ``root`` may not be opened, or None when it may.
-
-    Backslashes count as separators here (a CSV written on Windows); refused are absolute
-    paths, paths that climb out of the root once normalised, and paths inside the root
-    whose real file (symlinks followed) lies outside ``real_root`` (default: root resolved).
-
-    Example:
-        >>> path_problem("../../etc/passwd", Path("data"))
-        "path '../../etc/passwd' climbs out of the data root"
-    """
-    text = value.strip().replace("\\", "/")
-    if text.startswith("/") or _DRIVE.match(text):
-        return f"path '{value}' is absolute"
-    norm = posixpath.normpath(text)
-    if norm == ".." or norm.startswith("../"):
-        return f"path '{value}' climbs out of the data root"
-    real_root = real_root or root.resolve()
-    real = (root / value).resolve()
-    if real != real_root and not real.is_relative_to(real_root):
-        return f"path '{value}' leads outside the data root through a symlink (to {real})"
-    return None
 
 
 def natural_key(text: str) -> tuple[Any, ...]:
@@ -299,26 +273,6 @@ def _allows_outside(path: Path) -> bool:
     return isinstance(meta, dict) and meta.get("allow_outside_root") is True
 
 
-def _outside_problems(
-    where: str, paths: Sequence[str], root: Path, real_root: Path
-) -> list[Problem]:
-    """One problem per image/mask path of a row that points outside the data root."""
-    out = []
-    for col, value in zip(("image", "mask"), paths, strict=True):
-        reason = path_problem(value, root, real_root)
-        if reason:
-            out.append(
-                Problem(
-                    where,
-                    f"{col} {reason}",
-                    f"paths must stay inside the data root {os.path.abspath(root)}; run "
-                    "'segbalance prepare' again (with --allow-outside-root to keep files "
-                    "outside it)",
-                )
-            )
-    return out
-
-
 def _parse_row(row: dict[str, str], where: str, problems: list[Problem]) -> tuple[Any, ...] | None:
     bad = len(problems)
     values = {c: (row.get(c) or "").strip() for c in COLUMNS}
@@ -401,7 +355,7 @@ def read_manifest(
         if parsed is None:
             continue
         if real_base is not None:  # checked before any file is opened
-            outside = _outside_problems(where, parsed[:2], base, real_base)
+            outside = outside_root_problems(where, parsed[:2], base, real_base)
             if outside:
                 problems += outside
                 continue
@@ -433,36 +387,3 @@ def read_manifest(
         raise UserError(f"manifest {path} has no rows; run 'segbalance prepare' on your data")
     cols = list(zip(*rows, strict=True))
     return Manifest(base, *cols)  # type: ignore[arg-type]
-
-
-def assign_splits(
-    keys: Sequence[str], groups: Sequence[str], valid_fraction: float, seed: int
-) -> list[str]:
-    """Split rows train/valid, stratified by group, reproducibly from ``seed``.
-
-    Each group with n >= 2 rows gets ``round(n * valid_fraction)`` valid rows, at least 1
-    and at most n - 1; a single-row group stays in train. A group's draw depends only on
-    the seed, the group name and its sorted keys, so adding a group changes no other.
-
-    Args:
-        keys: a stable identity per row (e.g. the image path).
-        groups: the group of each row.
-        valid_fraction: in (0, 1).
-        seed: the run seed.
-    """
-    if not 0.0 < valid_fraction < 1.0:
-        raise UserError(f"--valid-fraction {valid_fraction} must be between 0 and 1 (exclusive)")
-    by_group: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        by_group.setdefault(g, []).append(i)
-    out = ["train"] * len(keys)
-    for g, rows in by_group.items():
-        n = len(rows)
-        if n < 2:
-            continue
-        n_valid = min(max(round(n * valid_fraction), 1), n - 1)
-        ordered = sorted(rows, key=lambda i: natural_key(keys[i]))
-        rng = np.random.default_rng([seed, zlib.crc32(g.encode("utf-8"))])
-        for pos in rng.permutation(n)[:n_valid]:
-            out[ordered[pos]] = "valid"
-    return out

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import csv
 import io
-import os
+import zlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,13 +27,12 @@ from segbalance.data.discover import Discovery, Reject, discover
 from segbalance.data.manifest import (
     DEFAULT_DIRNAME,
     Manifest,
-    assign_splits,
     natural_key,
     natural_sort,
-    path_problem,
     write_manifest,
 )
 from segbalance.data.mask_rules import SILENT_RULES, MaskChoice
+from segbalance.data.paths import path_problem, root_relative
 from segbalance.errors import InvalidDataError, Problem, UserError
 from segbalance.io import write_text
 from segbalance.text import table_lines
@@ -104,14 +104,6 @@ class PrepareResult:
         return "\n".join(lines)
 
 
-def _relative(path: Path, root: Path) -> str:
-    """POSIX path relative to the root; absolute when it lies outside (allowed only then)."""
-    rel = os.path.relpath(path, root)
-    if rel.split(os.sep)[0] == "..":
-        return Path(os.path.abspath(path)).as_posix()
-    return Path(rel).as_posix()
-
-
 def _drop_outside(found: Discovery, root: Path) -> None:
     """Move pairs whose files really lie outside the root (symlinks) to the rejects.
 
@@ -120,7 +112,7 @@ def _drop_outside(found: Discovery, root: Path) -> None:
     real_root = root.resolve()
     kept = []
     for pair in found.pairs:
-        names = (_relative(pair.image, root), _relative(pair.mask, root))
+        names = (root_relative(pair.image, root), root_relative(pair.mask, root))
         bad = [(n, r) for n in names if (r := path_problem(n, root, real_root))]
         if not bad:
             kept.append(pair)
@@ -129,6 +121,39 @@ def _drop_outside(found: Discovery, root: Path) -> None:
         problem = Problem(bad[0][0], bad[0][1], fix)
         found.rejects.append(Reject(names[0], names[1], pair.group, problem))
     found.pairs[:] = kept
+
+
+def assign_splits(
+    keys: Sequence[str], groups: Sequence[str], valid_fraction: float, seed: int
+) -> list[str]:
+    """Split rows train/valid, stratified by group, reproducibly from ``seed``.
+
+    Each group with n >= 2 rows gets ``round(n * valid_fraction)`` valid rows, at least 1
+    and at most n - 1; a single-row group stays in train. A group's draw depends only on
+    the seed, the group name and its sorted keys, so adding a group changes no other.
+
+    Args:
+        keys: a stable identity per row (e.g. the image path).
+        groups: the group of each row.
+        valid_fraction: in (0, 1).
+        seed: the run seed.
+    """
+    if not 0.0 < valid_fraction < 1.0:
+        raise UserError(f"--valid-fraction {valid_fraction} must be between 0 and 1 (exclusive)")
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    out = ["train"] * len(keys)
+    for g, rows in by_group.items():
+        n = len(rows)
+        if n < 2:
+            continue
+        n_valid = min(max(round(n * valid_fraction), 1), n - 1)
+        ordered = sorted(rows, key=lambda i: natural_key(keys[i]))
+        rng = np.random.default_rng([seed, zlib.crc32(g.encode("utf-8"))])
+        for pos in rng.permutation(n)[:n_valid]:
+            out[ordered[pos]] = "valid"
+    return out
 
 
 def scan(
@@ -156,7 +181,7 @@ def scan(
     found = discover(root, groups_csv, allow_outside_root)
     if not allow_outside_root:
         _drop_outside(found, root)
-    names = [(_relative(p.image, root), _relative(p.mask, root)) for p in found.pairs]
+    names = [(root_relative(p.image, root), root_relative(p.mask, root)) for p in found.pairs]
     paths = [(str(p.image), str(p.mask)) for p in found.pairs]
     checks = check_pairs(
         paths, names, max_pixels=max_pixels, workers=workers, progress=progress, choice=mask_choice

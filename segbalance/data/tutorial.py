@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from segbalance.data.manifest import natural_key, path_problem
+from segbalance.data.manifest import natural_key
 from segbalance.data.pairing import (
     SINGLE_GROUP,
     SPLIT_ALIASES,
@@ -44,13 +43,13 @@ from segbalance.data.pairing import (
     pair_key,
     read_csv,
 )
+from segbalance.data.paths import has_drive, path_problem
 from segbalance.errors import Problem
 
 _OUTSIDE_FIX = (
     "write the path relative to the {kind} folder, as the tutorial does (1/a.png or "
     "/1/a.png), or pass --allow-outside-root"
 )
-_DRIVE = re.compile(r"^[A-Za-z]:")  # C:\x or C:/x, absolute on Windows
 _TRUE, _FALSE = {"1", "1.0", "true", "yes"}, {"0", "0.0", "false", "no"}
 
 
@@ -121,7 +120,7 @@ class _Tutorial:
     def locate(self, raw: str, tops: list[_Top], kind: str) -> _Hit | Problem:
         """The file a listed path names, with its folder pair, or why it is refused."""
         text = raw.strip().replace("\\", "/")
-        drive = bool(_DRIVE.match(text)) or text.startswith("//")
+        drive = has_drive(text) or text.startswith("//")
         rel = text.lstrip("/")  # the tutorial's "/1/a.png" is relative to the folder
         fix = _OUTSIDE_FIX.format(kind=kind)
         climbs = posixpath.normpath(rel).split("/")[0] == ".."
