@@ -62,7 +62,7 @@ def register(sub: Any) -> None:
         "--max-pixels",
         type=int,
         default=None,
-        help="skip larger images (default: prepare's cap, 80 Mpx)",
+        help="skip larger images; unset means prepare's cap, 80 Mpx",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
