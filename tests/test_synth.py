@@ -14,7 +14,8 @@ from PIL import Image
 
 from segbalance.cli import main
 from segbalance.data import synth
-from segbalance.data.synth import TUTORIAL_COUNTS, generate, group_counts, render
+from segbalance.data.synth import TUTORIAL_COUNTS, generate, group_counts
+from segbalance.data.synth_draw import render
 from segbalance.errors import UserError
 
 
