@@ -123,6 +123,26 @@ def _epoch(ds: tf.data.Dataset, e: int, steps: int) -> list[np.ndarray]:
     return [t.numpy() for batch in ds.skip(e * steps).take(1) for t in batch]
 
 
+def _trainers_batch(manifest: Path, epoch: int, seed: int, ops: list[Any]) -> dict[str, Any]:
+    """The first batch of ``epoch`` as the trainer's pipeline reads it on one device."""
+    values = {"data.manifest": str(manifest), "data.image_size": SIZE, "train.seed": seed}
+    cfg = load_config(None, {**values, "train.batch_size": BATCH, "augment.default": ops})
+    rows = training_rows(cfg, read_manifest(str(manifest)))
+    positions, indices = training_plan(cfg, rows)[0].shard(epoch, BATCH, 1, 0)
+    size, augment = (SIZE, SIZE), cfg.augment
+    ds = build_train_dataset(
+        rows,
+        indices,
+        positions,
+        image_size=size,
+        batch_size=BATCH,
+        augment=augment,
+        seed=seed,
+        epoch=epoch,
+    )
+    return {k: v.numpy() for k, v in next(iter(ds)).items()}
+
+
 def test_same_seed_same_batches_and_train_reads_the_same(synth_manifest: Path) -> None:
     ops = [{"type": "flip", "p": 0.5}, get_op("brightness")(p=0.5)]
     kwargs: dict[str, Any] = {"image_size": SIZE, "batch_size": BATCH, "augment": ops}
@@ -136,35 +156,10 @@ def test_same_seed_same_batches_and_train_reads_the_same(synth_manifest: Path) -
     assert not all(
         np.array_equal(x, y) for x, y in zip(first, _epoch(other, 1, steps), strict=True)
     )
-    # the first batch of epoch 1 is the one the trainer's pipeline reads on one device
-    cfg = load_config(
-        None,
-        {
-            "data.manifest": str(synth_manifest),
-            "data.image_size": SIZE,
-            "train.batch_size": BATCH,
-            "train.seed": 3,
-            "augment.default": [{"type": "flip", "p": 0.5}, {"type": "brightness", "p": 0.5}],
-        },
-    )
-    rows = training_rows(cfg, read_manifest(str(synth_manifest)))
-    positions, indices = training_plan(cfg, rows)[0].shard(1, BATCH, 1, 0)
-    theirs = next(
-        iter(
-            build_train_dataset(
-                rows,
-                indices,
-                positions,
-                image_size=(SIZE, SIZE),
-                batch_size=BATCH,
-                augment=cfg.augment,
-                seed=3,
-                epoch=1,
-            )
-        )
-    )
+    dumped = [{"type": "flip", "p": 0.5}, {"type": "brightness", "p": 0.5}]
+    theirs = _trainers_batch(synth_manifest, 1, 3, dumped)
     for x, key in zip(first, ("image", "mask", "group"), strict=True):
-        np.testing.assert_array_equal(x, theirs[key].numpy())
+        np.testing.assert_array_equal(x, theirs[key])
 
 
 def _train_error(tmp_path: Path, overrides: dict[str, Any]) -> str:
