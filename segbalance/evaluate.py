@@ -38,9 +38,19 @@ from segbalance.metrics import GroupMetrics, confusion_counts, logit_threshold
 from segbalance.pipeline.dataset import build_eval_dataset
 from segbalance.pipeline.decode import decode_mask
 from segbalance.text import table_lines
+from segbalance.uncertainty import DEFAULT_SAMPLES, bootstrap_iou
 
 SPLITS = ("train", "valid", "test", "all")
-JSON_KEYS = ("groups", "mean_group_iou", "worst_group_iou", "overall_iou", "threshold")
+JSON_KEYS = (
+    "groups",
+    "mean_group_iou",
+    "worst_group_iou",
+    "overall_iou",
+    "threshold",
+    "mean_group_iou_ci",
+    "worst_group_iou_ci",
+    "bootstrap",
+)
 
 
 def load_data(data: str | Path, split: str | None = None) -> Any:
@@ -118,6 +128,8 @@ def evaluate(
     split: str | None = None,
     threshold: float | None = None,
     batch_size: int = 8,
+    bootstrap: int = DEFAULT_SAMPLES,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Evaluate a saved segbalance model per group.
 
@@ -127,12 +139,18 @@ def evaluate(
         split: ``train``/``valid``/``test``, or ``None``/``all`` for every row.
         threshold: probability threshold; default the model's.
         batch_size: images per forward pass.
+        bootstrap: replicates of the 95 % intervals (:mod:`segbalance.uncertainty`); 0 for
+            none (the ``*_ci`` values are then null).
+        seed: fixes the bootstrap replicates.
 
     Returns:
-        ``{"groups": {g: {"images", "iou", "dice", "precision", "recall"}},
-        "mean_group_iou", "worst_group_iou", "overall_iou", "threshold"}`` plus
-        ``unknown_groups`` (data groups the model was not trained on) and ``rows``.
+        ``{"groups": {g: {"images", "iou", "dice", "precision", "recall", "iou_ci"}},
+        "mean_group_iou", "worst_group_iou", "overall_iou", "threshold",
+        "mean_group_iou_ci", "worst_group_iou_ci", "bootstrap"}`` plus ``unknown_groups``
+        (data groups the model was not trained on) and ``rows``.
     """
+    if bootstrap < 0:
+        raise UserError(f"--bootstrap must be >= 0 (0: no intervals), got {bootstrap}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     manifest = load_data(data, split)
@@ -143,13 +161,37 @@ def evaluate(
     counts = predict_counts(model, manifest, size, t, batch_size)
     present = [g for g in manifest.groups if g in set(manifest.group)]
     local = {g: i for i, g in enumerate(present)}
+    ids = np.array([local[g] for g in manifest.group], np.int64)
     metrics = GroupMetrics(present)
-    metrics.update(np.array([local[g] for g in manifest.group], np.int64), counts)
+    metrics.update(ids, counts)
     result: dict[str, Any] = metrics.result()
+    add_intervals(result, counts, ids, present, bootstrap, seed)
     result["threshold"] = t
     result["unknown_groups"] = [g for g in present if g not in set(meta.groups)]
     result["rows"] = len(manifest)
     return result
+
+
+def add_intervals(
+    result: dict[str, Any],
+    counts: np.ndarray,
+    ids: np.ndarray,
+    groups: list[str],
+    samples: int,
+    seed: int,
+) -> None:
+    """Put bootstrap intervals into an evaluation result (null when ``samples`` is 0)."""
+    result["bootstrap"] = {"samples": samples, "level": 0.95, "seed": seed}
+    if samples == 0:
+        for name in groups:
+            result["groups"][name]["iou_ci"] = None
+        result["mean_group_iou_ci"] = result["worst_group_iou_ci"] = None
+        return
+    ci = bootstrap_iou(counts, ids, len(groups), samples=samples, seed=seed)
+    for name, interval in zip(groups, ci.groups, strict=True):
+        result["groups"][name]["iou_ci"] = None if interval is None else list(interval)
+    result["mean_group_iou_ci"] = None if ci.mean is None else list(ci.mean)
+    result["worst_group_iou_ci"] = None if ci.worst is None else list(ci.worst)
 
 
 def json_view(result: dict[str, Any]) -> dict[str, Any]:
@@ -166,6 +208,10 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _fmt_ci(interval: list[float] | None) -> str:
+    return "-" if interval is None else f"{interval[0]:.3f}-{interval[1]:.3f}"
+
+
 def format_evaluation(result: dict[str, Any]) -> str:
     """A terminal table: one row per group, then the summary lines.
 
@@ -176,15 +222,19 @@ def format_evaluation(result: dict[str, Any]) -> str:
         ...
     """
     unknown = set(result.get("unknown_groups", []))
-    header = ("group", "images", "iou", "dice", "precision", "recall")
+    header = ("group", "images", "iou", "iou 95% CI", "dice", "precision", "recall")
     rows: list[tuple[str, ...]] = []
     for name, g in result["groups"].items():
         label = f"{name}*" if name in unknown else name
-        rows.append((label, str(g["images"]), *(_fmt(g[k]) for k in header[2:])))
+        values = (_fmt(g[k]) for k in ("dice", "precision", "recall"))
+        rows.append((label, str(g["images"]), _fmt(g["iou"]), _fmt_ci(g.get("iou_ci")), *values))
     lines = table_lines(header, rows)
     lines.append("")
-    lines.append(f"mean_group_iou   {_fmt(result['mean_group_iou'])}")
-    lines.append(f"worst_group_iou  {_fmt(result['worst_group_iou'])}")
+    mean_ci, worst_ci = result.get("mean_group_iou_ci"), result.get("worst_group_iou_ci")
+    lines.append(f"mean_group_iou   {_fmt(result['mean_group_iou'])}   (95% CI {_fmt_ci(mean_ci)})")
+    lines.append(
+        f"worst_group_iou  {_fmt(result['worst_group_iou'])}   (95% CI {_fmt_ci(worst_ci)})"
+    )
     lines.append(f"overall_iou      {_fmt(result['overall_iou'])}   (all pixels)")
     lines.append(f"threshold        {result['threshold']:g}   (metrics at original mask size)")
     if unknown:

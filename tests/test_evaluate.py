@@ -125,11 +125,18 @@ def test_cli_writes_exact_json_keys_and_table(data, model_file, tmp_path, capsys
         "worst_group_iou",
         "overall_iou",
         "threshold",
+        "mean_group_iou_ci",
+        "worst_group_iou_ci",
+        "bootstrap",
     ]
+    assert saved["bootstrap"] == {"samples": 1000, "level": 0.95, "seed": 0}
     assert set(saved["groups"]) == {"0", "1", "9"}
     for entry in saved["groups"].values():
-        assert list(entry) == ["images", "iou", "dice", "precision", "recall"]
+        assert list(entry) == ["images", "iou", "dice", "precision", "recall", "iou_ci"]
         assert entry["images"] == 1  # one valid image per group
+        assert entry["iou_ci"] == [entry["iou"], entry["iou"]]  # one image: no spread
+    lo, hi = saved["worst_group_iou_ci"]
+    assert lo <= saved["worst_group_iou"] <= hi
     assert saved["threshold"] == 0.5
     printed = capsys.readouterr().out
     assert "mean_group_iou" in printed and "9*" in printed  # unknown group flagged
@@ -155,7 +162,9 @@ def test_data_root_is_prepared_on_the_fly(data, model_file) -> None:
     from_csv = evaluate(model_file, csv, batch_size=3)
     assert list(from_root["groups"]) == list(from_csv["groups"])
     for g, entry in from_csv["groups"].items():
-        assert from_root["groups"][g] == pytest.approx(entry)
+        mine = dict(from_root["groups"][g])
+        assert mine.pop("iou_ci") == pytest.approx(entry["iou_ci"])
+        assert mine == pytest.approx({k: v for k, v in entry.items() if k != "iou_ci"})
     assert from_root["overall_iou"] == pytest.approx(from_csv["overall_iou"])
 
 

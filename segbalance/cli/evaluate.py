@@ -12,6 +12,7 @@ EXAMPLES = """
 segbalance evaluate runs/exp/best.keras data/segbalance/manifest.csv --split valid
 segbalance evaluate runs/exp/best.keras data/nails --json runs/exp/eval.json
 segbalance evaluate best.keras manifest.csv --threshold 0.4 --batch-size 16
+segbalance evaluate best.keras manifest.csv --bootstrap 0     # no intervals (faster)
 """
 
 
@@ -47,6 +48,14 @@ def register(sub: Any) -> None:
         help="also write the result to this file (its folder is created; checked first)",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="replicates of the 95%% intervals of each group's IoU (0: none)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="fixes the bootstrap replicates")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         split=args.split,
         threshold=args.threshold,
         batch_size=args.batch_size,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
     )
     print(f"{args.model} on {args.data} (split {args.split}, {result['rows']} images)")
     print(format_evaluation(result))
