@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from segbalance.version import __version__
 
 __all__ = ["__version__", "balanced_dataset", "steps_per_epoch"]
 
@@ -20,9 +20,8 @@ _API = ("balanced_dataset", "steps_per_epoch")
 def __getattr__(name: str) -> Any:
     """``segbalance.balanced_dataset`` etc.: import :mod:`segbalance.api` on first use (PEP 562)."""
     if name in _API:
-        # importlib, not an import statement: segbalance.api reaches modules that read
-        # __version__ from this package, so a package-level import of it would be a cycle.
-        # By the time an attribute is asked for, this package is fully initialised.
+        # Imported on first use, not with the package: segbalance.api imports TensorFlow,
+        # which `import segbalance` (the CLI's --help) must not pay for.
         return getattr(importlib.import_module("segbalance.api"), name)
     raise AttributeError(f"module 'segbalance' has no attribute {name!r}")
 

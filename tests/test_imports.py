@@ -169,7 +169,7 @@ def test_graph_sees_the_kinds_of_import() -> None:
     modules = build_graph()
     assert "segbalance.data.pairing" in modules["segbalance.data.discover"].edges
     assert "segbalance.pipeline.cache" in modules["segbalance.pipeline"].edges
-    assert "segbalance" in modules["segbalance.cli"].edges  # from segbalance import __version__
+    assert "segbalance.version" in modules["segbalance.cli"].edges  # its __version__
     fake = Module("segbalance.data.x", ROOT / "data/x.py", False, ast.parse(""))
     rel = ast.parse("from . import pairing\nfrom ..errors import UserError").body
     assert [_absolute(fake, n) for n in rel if isinstance(n, ast.ImportFrom)] == [
@@ -248,3 +248,12 @@ def test_every_module_starts_with_a_docstring() -> None:
         if not (ast.get_docstring(module.tree) or "").strip()
     ]
     assert not bare, "modules without a docstring: " + ", ".join(bare)
+
+
+def test_the_package_version_is_the_one_pyproject_declares() -> None:
+    import tomllib
+
+    from segbalance.version import __version__
+
+    declared = tomllib.loads((ROOT.parent / "pyproject.toml").read_text())["project"]["version"]
+    assert __version__ == declared

@@ -17,8 +17,8 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from segbalance import __version__
 from segbalance.errors import UserError
+from segbalance.version import __version__
 
 # Order is the order shown in ``segbalance --help``: the story of a run.
 COMMANDS = ("synth", "prepare", "stats", "plan", "train", "evaluate", "predict", "export", "demo")

@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from segbalance import __version__
 from segbalance.data.mask_rules import parse_rule
 from segbalance.data.paths import outside_root_problems
 from segbalance.errors import InvalidDataError, Problem, UserError
 from segbalance.io import atomic_write
+from segbalance.version import __version__
 
 COLUMNS = ("image", "mask", "group", "split", "height", "width", "coverage", "mask_rule")
 SPLITS = ("train", "valid", "test")

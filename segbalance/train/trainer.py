@@ -29,7 +29,6 @@ from typing import Any
 import keras
 import numpy as np
 
-from segbalance import __version__
 from segbalance.artifacts import ModelMeta, save_model
 from segbalance.config import Config
 from segbalance.data.manifest import Manifest
@@ -49,6 +48,7 @@ from segbalance.train.monitor import Monitor
 from segbalance.train.result import TrainResult, result_from, run_summary
 from segbalance.train.runtime import Runtime, synchronize_batch_norm
 from segbalance.train.workdir import WorkDir
+from segbalance.version import __version__
 
 
 class Trainer:
