@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -218,7 +219,7 @@ def _cmd_train(path: Path, tmp: Path) -> tuple[list[str], Path]:
 
 
 def _cmd_evaluate(path: Path, tmp: Path) -> tuple[list[str], Path]:
-    # the data is read before the model, so no model file is needed to see the refusal
+    # evaluate checks the model file first, so a real one is needed to reach the data
     argv = ["evaluate", str(tmp / "model.keras"), str(path), "--json", str(tmp / "e.json")]
     return argv, tmp / "e.json"
 
@@ -233,8 +234,9 @@ COMMANDS = {
 
 @pytest.mark.parametrize("command", list(COMMANDS), ids=list(COMMANDS))
 def test_every_manifest_reader_refuses_an_escaping_row(
-    synth_manifest: Path, tmp_path: Path, capsys, command: str
+    synth_manifest: Path, model_file: Path, tmp_path: Path, capsys, command: str
 ) -> None:
+    shutil.copy(model_file, tmp_path / "model.keras")
     path = _edited(synth_manifest, tmp_path / "in", 4, "../../../etc/passwd")
     argv, written = COMMANDS[command](path, tmp_path)
     code, _out, err = _run(capsys, *argv)
