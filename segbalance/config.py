@@ -29,7 +29,7 @@ from pydantic import (
 
 from segbalance.augment_ops import OpList
 from segbalance.errors import UserError
-from segbalance.sampling.weights import parse_balance, parse_weights
+from segbalance.sampling.weights import adaptive_base, parse_balance, parse_weights
 
 #: Largest side ``data.image_size`` accepts (8192 x 8192 x 3 floats is ~800 MB an image).
 MAX_IMAGE_SIZE = 8192
@@ -100,11 +100,29 @@ class SamplingConfig(_Stage):
     """How groups are balanced (see segbalance.sampling)."""
 
     balance: str = Field(
-        "uniform", description="proportional | uniform | power:A | sqrt | custom | repeat-factor:T"
+        "uniform",
+        description="proportional | uniform | power:A | sqrt | custom | repeat-factor:T | "
+        "adaptive[:BASE]",
     )
     mode: Literal["exact", "random"] = "exact"
     weights: dict[str, float] | None = None
     sample_weights: bool = Field(False, description="also emit per-sample loss weights")
+    # balance: adaptive (segbalance.sampling.adaptive); defaults: see docs/ARCHITECTURE.md.
+    adaptive_eta: float = Field(
+        1.0, ge=0.0, le=100.0, description="adaptive: step size of q <- q * exp(eta * L)"
+    )
+    adaptive_mix: float = Field(
+        0.5, ge=0.0, le=1.0, description="adaptive: share lambda of q in (1-lambda)*base + lambda*q"
+    )
+    adaptive_floor: float = Field(
+        0.25, ge=0.0, le=1.0, description="adaptive: least probability of a group, x 1/groups"
+    )
+    adaptive_cap: float = Field(
+        10.0, gt=0.0, le=1000.0, description="adaptive: most mean showings per image per epoch"
+    )
+    adaptive_signal: Literal["valid_loss", "valid_iou"] = Field(
+        "valid_loss", description="adaptive: L_g is the validation loss or 1 - IoU of group g"
+    )
 
     @field_validator("balance")
     @classmethod
@@ -131,7 +149,11 @@ class SamplingConfig(_Stage):
 
     @model_validator(mode="after")
     def _custom_needs_weights(self) -> SamplingConfig:
-        if parse_balance(self.balance)[0] == "custom" and not self.weights:
+        base = adaptive_base(self.balance)
+        if base is not None and self.sample_weights:
+            # Loss weights are fixed from one mix at the start; adaptive changes the mix.
+            raise ValueError("balance 'adaptive' samples by weights; unset sample_weights")
+        if parse_balance(base or self.balance)[0] == "custom" and not self.weights:
             raise ValueError(
                 "balance 'custom' needs weights: pass --weights GROUP=WEIGHT,... (e.g. "
                 "'0=1,4=2') or set sampling.weights"

@@ -16,6 +16,7 @@ from segbalance.sampling.plan import (
 from segbalance.sampling.weights import (
     STRATEGIES,
     SamplingWarning,
+    adaptive_base,
     group_probabilities,
     parse_balance,
     parse_weights,
@@ -26,6 +27,7 @@ __all__ = [
     "STRATEGIES",
     "SamplingPlan",
     "SamplingWarning",
+    "adaptive_base",
     "group_probabilities",
     "largest_remainder",
     "parse_balance",

@@ -15,6 +15,12 @@ How an epoch is built (see docs/ARCHITECTURE.md, "Sampling"):
 * **Order.** The positions of the epoch are a uniformly random interleaving of the groups
   seeded by ``(seed, e)``; inside it each group keeps its stream order.
 
+* **Per-epoch targets.** :meth:`SamplingPlan.set_target` gives epoch e its own mix p_e
+  (adaptive balancing); its counts come from p_e as above, and each group's cursor is the
+  sum of the earlier epochs' counts, so the no-repeat-before-all-shown streams carry on
+  across changing mixes. Epochs without a target use the plan's own mix; a plan with no
+  targets builds exactly the epochs it built before targets existed.
+
 So ``plan.epoch(7)`` is the same whether epochs 0..6 were built or not (resuming), and
 costs O(E + sizes of the touched groups) time with vectorised numpy. Plans are identical
 across machines for one numpy version; numpy does not promise that ``shuffle``,
@@ -196,6 +202,8 @@ class SamplingPlan:
         self.quotas = dict(zip(names, self._quota.tolist(), strict=True))
         self._cum: tuple[int, np.ndarray] = (0, np.zeros(len(names), np.int64))
         self._cache: tuple[int, np.ndarray] | None = None
+        # epoch -> (its probabilities, its exact-mode quotas); absent: the plan's own mix.
+        self._targets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         starved = [
             g for g, p, q in zip(names, self._p, self._quota, strict=True) if p > 0 and q == 0
         ]
@@ -207,17 +215,49 @@ class SamplingPlan:
                 stacklevel=2,
             )
 
+    # ---------------------------------------------------------------------------- targets
+    def set_target(
+        self, e: int, target: Mapping[str, float] | Sequence[float] | np.ndarray
+    ) -> None:
+        """Sample epoch e from the mix ``target`` (by group name or in group order).
+
+        Raises:
+            UserError: a wrong length, a negative or non-finite value, no mass, or mass on a
+                group without images.
+        """
+        e = self._check_epoch(e)
+        if isinstance(target, Mapping):
+            target = [float(target.get(g, 0.0)) for g in self.group_names]
+        p = np.asarray(target, dtype=np.float64)
+        if p.shape != self._p.shape or not np.isfinite(p).all() or (p < 0).any():
+            raise UserError(f"epoch {e}: a target needs {len(self._p)} finite values >= 0")
+        if not p.sum() > 0 or (p[self._n == 0] > 0).any():
+            raise UserError(f"epoch {e}: a target must put its mass on groups with images")
+        p = p / p.sum()
+        self._targets[e] = (p, largest_remainder(p, self.epoch_length))
+        # Epoch e and every later cursor may change: forget what was built from them.
+        if self._cum[0] > e:
+            self._cum = (0, np.zeros_like(self._cum[1]))
+        if self._cache is not None and self._cache[0] >= e:
+            self._cache = None
+
+    def target_of(self, e: int) -> dict[str, float]:
+        """The mix epoch e samples from (its target, else the plan's own)."""
+        p = self._targets.get(self._check_epoch(e), (self._p, self._quota))[0]
+        return dict(zip(self.group_names, p.tolist(), strict=True))
+
     # ----------------------------------------------------------------------------- counts
     def _counts(self, e: int) -> np.ndarray:
         """Samples of each group in epoch e."""
+        p, quota = self._targets.get(e, (self._p, self._quota))
         if self.mode == "exact":
-            return self._quota.copy()
-        return _rng(self.seed, _COUNTS, e).multinomial(self.epoch_length, self._p)
+            return quota.copy()
+        return _rng(self.seed, _COUNTS, e).multinomial(self.epoch_length, p)
 
     def _offsets(self, e: int) -> np.ndarray:
         """Stream position of each group at the start of epoch e (samples used before)."""
-        if self.mode == "exact":
-            return self._quota * e
+        if self.mode == "exact" and not any(prev < e for prev in self._targets):
+            return self._quota * e  # closed form while every earlier epoch has the base mix
         done, cum = self._cum
         if done > e:  # asked for an earlier epoch: recount from 0 (counts only, O(G) each)
             done, cum = 0, np.zeros_like(cum)

@@ -10,7 +10,12 @@ probabilities are the weights normalised to sum to 1.
 ``sqrt``               ``power:0.5``
 ``custom``             p_g ∝ w_g, the weights given (groups not named keep weight 1)
 ``repeat-factor:T``    LVIS: p_g ∝ n_g * r_g, r_g = max(1, sqrt(T / f_g)), f_g = n_g / N, 0 < T <= 1
+``adaptive[:BASE]``    BASE (default uniform) for the first epoch, then adapted to the groups'
+                       losses during training (:mod:`segbalance.sampling.adaptive`)
 =====================  =====================================================================
+
+Here (and so in ``segbalance plan``) ``adaptive:BASE`` means the probabilities of BASE: the
+later epochs' weights depend on training and are recorded by the run.
 
 User weights (``--weights 0=1,4=2`` or ``sampling.weights`` in the config) are multipliers
 on top of any strategy: a group not named keeps multiplier 1, so ``uniform`` with ``4=2``
@@ -36,15 +41,27 @@ import numpy as np
 from segbalance.errors import UserError, unknown_name_error
 
 __all__ = [
+    "ADAPTIVE_DEFAULT_BASE",
     "STRATEGIES",
     "SamplingWarning",
+    "adaptive_base",
     "group_probabilities",
     "parse_balance",
     "parse_weights",
 ]
 
 # Names as the user writes them; a value after ':' is the strategy's parameter.
-STRATEGIES = ("proportional", "uniform", "power:ALPHA", "sqrt", "custom", "repeat-factor:T")
+STRATEGIES = (
+    "proportional",
+    "uniform",
+    "power:ALPHA",
+    "sqrt",
+    "custom",
+    "repeat-factor:T",
+    "adaptive:BASE",
+)
+# The base plan of a bare ``adaptive``: every group equally likely (Group DRO starts there).
+ADAPTIVE_DEFAULT_BASE = "uniform"
 
 
 class SamplingWarning(UserWarning):
@@ -67,11 +84,30 @@ def _parameter(name: str, text: str, low: float, high: float, low_open: bool) ->
     return value
 
 
+def adaptive_base(balance: str) -> str | None:
+    """The base strategy of ``adaptive[:BASE]`` (checked), or None for a static strategy.
+
+    Example:
+        >>> adaptive_base("adaptive"), adaptive_base("adaptive:sqrt"), adaptive_base("sqrt")
+        ('uniform', 'sqrt', None)
+    """
+    text = balance.strip()
+    name, _, base = text.partition(":")
+    if name.strip().lower() != "adaptive":
+        return None
+    base = base.strip() or ADAPTIVE_DEFAULT_BASE
+    if adaptive_base(base) is not None:
+        raise UserError(f"balance '{text}': the base of adaptive must be a static strategy")
+    parse_balance(base)
+    return base
+
+
 def parse_balance(balance: str) -> tuple[str, float | None]:
     """Split and check a strategy name such as ``power:0.3``.
 
     Returns:
-        (kind, parameter) with kind in proportional, uniform, power, custom, repeat-factor.
+        (kind, parameter) with kind in proportional, uniform, power, custom, repeat-factor,
+        adaptive (whose base is checked too, see :func:`adaptive_base`).
 
     Raises:
         UserError: unknown name (listing the valid ones) or a bad parameter.
@@ -83,6 +119,9 @@ def parse_balance(balance: str) -> tuple[str, float | None]:
     text = balance.strip()
     name, _, param = text.partition(":")
     name = name.strip().lower()
+    if name == "adaptive":
+        adaptive_base(text)
+        return name, None
     if name == "sqrt" and not param:
         return "power", 0.5
     if name in ("proportional", "uniform", "custom"):
@@ -182,6 +221,9 @@ def group_probabilities(
         raise UserError("no groups to sample from: the data has no rows")
     if (n < 0).any():
         raise UserError(f"image counts must be >= 0, got {dict(counts)}")
+    base = adaptive_base(balance)
+    if base is not None:  # the first epoch's mix; later ones adapt during training
+        return group_probabilities(counts, base, weights)
     kind, param = parse_balance(balance)
     if kind == "custom" and not weights:
         raise UserError(

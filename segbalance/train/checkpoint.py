@@ -29,9 +29,12 @@ class RunState:
         run_loss, run_counts: sums of the step losses and [4] train counts of the epoch in
             progress (a mid-epoch resume reports the whole epoch).
         done: the run finished (all epochs or early stop); stopped_early: by early stopping.
+        group_q, group_p: adaptive balancing only (``adaptive=(epochs, groups)``): the
+            weights q after the last update [G] and the mix p_e each epoch samples from
+            [epochs, G] (NaN rows: not decided yet), so a resume rebuilds the same epochs.
     """
 
-    def __init__(self, lr: float) -> None:
+    def __init__(self, lr: float, adaptive: tuple[int, int] | None = None) -> None:
         def var(value: Any, dtype: Any, name: str) -> Any:
             return tf.Variable(value, dtype=dtype, trainable=False, name=name)
 
@@ -47,6 +50,10 @@ class RunState:
         self.run_counts = var(np.zeros(4), tf.float64, "run_counts")
         self.done = var(False, tf.bool, "done")
         self.stopped_early = var(False, tf.bool, "stopped_early")
+        if adaptive is not None:  # static runs keep the checkpoint layout they always had
+            epochs, groups = adaptive
+            self.group_q = var(np.zeros(groups), tf.float64, "group_q")
+            self.group_p = var(np.full((epochs, groups), np.nan), tf.float64, "group_p")
 
     def trackables(self) -> dict[str, Any]:
         """Keyword arguments for ``tf.train.Checkpoint``."""

@@ -7,7 +7,9 @@ whose methods write nothing but keep the rows (so the loop has no ``if chief`` a
 it will run again (a kill between the row and the checkpoint), so every epoch appears
 exactly once. ``epoch`` counts from 1. Columns: ``epoch, loss, iou, val_loss, val_iou,
 val_dice, mean_group_iou, worst_group_iou, worst_group, lr, seconds, images_per_s`` then
-``iou_<g>`` and ``dice_<g>`` for every group.
+``iou_<g>`` and ``dice_<g>`` for every group; an adaptive run (``balance: adaptive``) adds
+``weight_<g>`` (the mix p_e the epoch sampled from) and ``val_loss_<g>`` (each group's mean
+validation loss), and TensorBoard ``group_weight/<g>`` scalars.
 """
 
 from __future__ import annotations
@@ -49,9 +51,12 @@ MONITORS = {
 }
 
 
-def history_columns(groups: Sequence[str]) -> list[str]:
-    """Every column of history.csv for these groups."""
-    return [*BASE_COLUMNS, *(f"iou_{g}" for g in groups), *(f"dice_{g}" for g in groups)]
+def history_columns(groups: Sequence[str], adaptive: bool = False) -> list[str]:
+    """Every column of history.csv for these groups (``adaptive``: weights, group losses)."""
+    columns = [*BASE_COLUMNS, *(f"iou_{g}" for g in groups), *(f"dice_{g}" for g in groups)]
+    if adaptive:
+        columns += [*(f"weight_{g}" for g in groups), *(f"val_loss_{g}" for g in groups)]
+    return columns
 
 
 def _parse(value: str) -> Any:
@@ -70,11 +75,13 @@ def read_history(path: Path) -> list[dict[str, Any]]:
         return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
-def history_text(rows: Sequence[Mapping[str, Any]], groups: Sequence[str]) -> str:
+def history_text(
+    rows: Sequence[Mapping[str, Any]], groups: Sequence[str], adaptive: bool = False
+) -> str:
     """The CSV text of the rows, columns in :func:`history_columns` order."""
     buf = io.StringIO()
     writer = csv.DictWriter(
-        buf, history_columns(groups), extrasaction="ignore", lineterminator="\n"
+        buf, history_columns(groups, adaptive), extrasaction="ignore", lineterminator="\n"
     )
     writer.writeheader()
     for row in rows:
@@ -96,24 +103,31 @@ class RunLog:
         groups: group names (per-group columns and TensorBoard tags).
         chief: write files and print (False on other workers).
         done_epochs: epochs the restored checkpoint has finished; later rows are dropped.
+        adaptive: the run adapts its group weights (more columns and scalars).
     """
 
     def __init__(
-        self, wd: WorkDir, groups: Sequence[str], *, chief: bool, done_epochs: int = 0
+        self,
+        wd: WorkDir,
+        groups: Sequence[str],
+        *,
+        chief: bool,
+        done_epochs: int = 0,
+        adaptive: bool = False,
     ) -> None:
-        self.wd, self.groups, self.chief = wd, list(groups), chief
+        self.wd, self.groups, self.chief, self.adaptive = wd, list(groups), chief, adaptive
         self.rows = [r for r in read_history(wd.history) if r["epoch"] <= done_epochs]
         self._writer: Any = None
         if chief:
             self._writer = tf.summary.create_file_writer(str(wd.logs))
-            write_text(wd.history, history_text(self.rows, self.groups))
+            write_text(wd.history, history_text(self.rows, self.groups, adaptive))
 
     def epoch_end(self, row: dict[str, Any], mix: Mapping[str, int]) -> None:
         """Append a history row, write it atomically, log scalars and the group mix."""
         self.rows.append(row)  # every worker keeps the rows: its result reports them
         if not self.chief:
             return
-        write_text(self.wd.history, history_text(self.rows, self.groups))
+        write_text(self.wd.history, history_text(self.rows, self.groups, self.adaptive))
         total = max(sum(mix.values()), 1)
         scalars = {f"epoch/{k}": row[k] for k in ("loss", "iou", "val_loss", "val_iou")}
         scalars.update({"epoch/val_dice": row["val_dice"], "epoch/lr": row["lr"]})
@@ -123,6 +137,9 @@ class RunLog:
         for g in self.groups:
             scalars[f"group_iou/{g}"] = row.get(f"iou_{g}")
             scalars[f"group_mix/{g}"] = mix.get(g, 0) / total
+            if self.adaptive:
+                scalars[f"group_weight/{g}"] = row.get(f"weight_{g}")
+                scalars[f"group_val_loss/{g}"] = row.get(f"val_loss_{g}")
         write_scalars(self._writer, int(row["epoch"]), scalars)
 
     def close(self) -> None:

@@ -10,7 +10,10 @@ with 1. Reducing first makes a replicated step compute exactly the single-device
 
 Validation pads its rows to whole global batches; padded rows carry a local index past the
 real rows and fall into a spare segment, so every replica runs the same number of steps (no
-hang on uneven shards) and per-group counts are exact sums.
+hang on uneven shards) and per-group counts are exact sums. Every sum is reduced (SUM)
+over replicas and, under MultiWorkerMirroredStrategy, over workers before it leaves the
+step, so every worker holds the same per-group numbers (adaptive balancing relies on it to
+compute the same weights everywhere).
 """
 
 from __future__ import annotations
@@ -149,6 +152,9 @@ def make_train_step(
     return step
 
 
+EvalStep = Callable[[Any], tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]]
+
+
 def make_eval_step(
     strategy: tf.distribute.Strategy,
     model: Any,
@@ -156,11 +162,11 @@ def make_eval_step(
     num_groups: int,
     threshold: float,
     real_rows: int,
-) -> Callable[[Any], tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
-    """A compiled step: per-group [G, 4] counts, images per group [G], summed loss."""
+) -> EvalStep:
+    """A compiled step: per-group [G, 4] counts, images [G], summed loss, loss per group [G]."""
     limit = tf.constant(real_rows, tf.int64)
 
-    def replica_step(batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    def replica_step(batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
         logits = model(batch["image"], training=False)
         per_sample = tf.cast(loss_fn.call(batch["mask"], logits), tf.float32)
         real = batch["index"] < limit
@@ -170,23 +176,25 @@ def make_eval_step(
         group_counts = tf.math.unsorted_segment_sum(counts, segment, num_groups + 1)
         images = tf.math.unsorted_segment_sum(tf.ones_like(per_sample), segment, num_groups + 1)
         loss_sum = tf.reduce_sum(tf.where(real, per_sample, 0.0))
-        return group_counts[:num_groups], images[:num_groups], loss_sum
+        group_loss = tf.math.unsorted_segment_sum(per_sample, segment, num_groups + 1)
+        return group_counts[:num_groups], images[:num_groups], loss_sum, group_loss[:num_groups]
 
     @tf.function(autograph=False)  # no tensor-dependent Python control flow: faster trace
-    def step(batch: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        counts, images, loss = strategy.run(replica_step, args=(batch,))
-        # Counts are summed over replicas before any ratio is taken.
+    def step(batch: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        counts, images, loss, group_loss = strategy.run(replica_step, args=(batch,))
+        # Sums over replicas (and workers) before any ratio is taken.
         return (
             strategy.reduce(SUM, counts, axis=None),
             strategy.reduce(SUM, images, axis=None),
             strategy.reduce(SUM, loss, axis=None),
+            strategy.reduce(SUM, group_loss, axis=None),
         )
 
     return step
 
 
 def validate(
-    step: Callable[[Any], tuple[tf.Tensor, tf.Tensor, tf.Tensor]],
+    step: EvalStep,
     dataset: Any,
     steps: int,
     group_names: Sequence[str],
@@ -195,16 +203,18 @@ def validate(
 
     Returns:
         ``val_loss``, ``val_iou``, ``val_dice``, ``mean_group_iou``, ``worst_group_iou``,
-        ``worst_group`` and ``groups`` (evaluate JSON shape per group).
+        ``worst_group``, ``groups`` (evaluate JSON shape per group) and ``group_loss``
+        (mean validation loss of each group's images; NaN for a group with none).
     """
     G = len(group_names)
-    counts, images, loss_sum = np.zeros((G, 4)), np.zeros(G), 0.0
+    counts, images, loss_sum, group_loss = np.zeros((G, 4)), np.zeros(G), 0.0, np.zeros(G)
     iterator = iter(dataset)
     for _ in range(steps):
-        c, n, loss = step(next(iterator))
+        c, n, loss, per_group = step(next(iterator))
         counts += c.numpy()
         images += n.numpy()
         loss_sum += float(loss.numpy())
+        group_loss += per_group.numpy()
     acc = GroupMetrics(group_names)
     acc.add_totals(counts, images)
     result = acc.result()
@@ -220,4 +230,8 @@ def validate(
         "worst_group_iou": nan if result["worst_group_iou"] is None else result["worst_group_iou"],
         "worst_group": worst,
         "groups": result["groups"],
+        "group_loss": {
+            g: float(group_loss[i] / images[i]) if images[i] > 0 else nan
+            for i, g in enumerate(group_names)
+        },
     }

@@ -4,7 +4,9 @@ Per epoch ``e`` the sampling plan gives the row order; each worker reads its sha
 global batch (:meth:`Trainer.epoch_reads`) through ``distribute_datasets_from_function``; a
 compiled ``strategy.run`` step takes the gradient (``model.fit`` fails under
 MultiWorkerMirroredStrategy in Keras 3). After each epoch: validation per group,
-``best.keras`` when the monitored value improved, a history row, a checkpoint.
+``best.keras`` when the monitored value improved, a history row, a checkpoint. An adaptive
+balance (:mod:`segbalance.train.adaptive`) decides the next epoch's group mix from that
+validation, before the checkpoint, which records it.
 
 Every worker runs the same steps, validations and checkpoint saves (they are collective
 under MWMS); only the chief writes files. Best score, reduce-on-plateau and early stopping
@@ -43,6 +45,7 @@ from segbalance.sampling import SamplingPlan
 from segbalance.train import logs as runlog
 from segbalance.train import precision as prec
 from segbalance.train import schedule, steps
+from segbalance.train.adaptive import AdaptiveBalance
 from segbalance.train.checkpoint import Checkpoints, RunState, make_checkpoint
 from segbalance.train.monitor import Monitor
 from segbalance.train.result import TrainResult, result_from, run_summary
@@ -84,6 +87,7 @@ class Trainer:
         self.batch = cfg.train.batch_size
         self.policy = prec.apply_precision(prec.resolve_precision(cfg.train.precision))
         self.plan, self.sample_weights = plan
+        self.adaptive = AdaptiveBalance.for_run(cfg.sampling, self.plan, cfg.train.epochs)
         self.steps = self.plan.epoch_length // self.batch
         keras.utils.set_random_seed(cfg.train.seed)  # identical initial weights everywhere
         with self.strategy.scope():
@@ -93,7 +97,8 @@ class Trainer:
             )
             # Built on every variable, so unfreezing the encoder later needs no rebuild.
             self.optimizer.build(self.model.trainable_variables)
-            self.state = RunState(cfg.optimizer.lr)
+            shape = None if self.adaptive is None else (cfg.train.epochs, len(self.groups))
+            self.state = RunState(cfg.optimizer.lr, adaptive=shape)
         self.monitor = Monitor(cfg, self.state, self._say)
         if runtime.replicas > 1:
             # Per-replica BN statistics would make replicas (and workers) diverge.
@@ -128,8 +133,14 @@ class Trainer:
             )
             where = f"epoch {state.get('epoch') + 1} step {state.get('step')}"
             self._say(f"resuming from {found} ({where})" if found else "no checkpoint: from 0")
+        if self.adaptive is not None:  # after the restore: the plan gets the recorded mixes
+            self.adaptive.begin(state, self.plan)
         self.log = runlog.RunLog(
-            self.wd, self.groups, chief=self.runtime.chief, done_epochs=state.get("epoch")
+            self.wd,
+            self.groups,
+            chief=self.runtime.chief,
+            done_epochs=state.get("epoch"),
+            adaptive=self.adaptive is not None,
         )
         self._say(self._header())
         self.model.stop_training = False
@@ -192,6 +203,9 @@ class Trainer:
             except DATA_ERRORS as err:
                 raise self._data_error(epoch) from err
             row = self._row(epoch, loss, counts, seconds, seen, val)
+            if self.adaptive is not None:  # state changes here are saved with epoch + 1
+                row.update(self.adaptive.row(epoch, val, self.plan))
+                self.adaptive.end_epoch(epoch, val, state, self.plan)
             improved = self.monitor.improved(epoch, row)
             if improved and self.runtime.chief:
                 save_model(self.model, self.wd.best, self._meta(epoch + 1, row))
@@ -354,6 +368,8 @@ class Trainer:
             "target_mix": self.plan.target,
             "quotas": self.plan.quotas,
         }
+        if self.adaptive is not None:
+            facts["adaptive"] = self.adaptive.facts(state)
         rows = self.log.rows
         stopped = bool(state.get("stopped_early"))
         summary = run_summary(
@@ -376,6 +392,8 @@ class Trainer:
             f"target mix {mix}",
             f"input: {self.cache.reason}",
         ]
+        if self.adaptive is not None:
+            lines.append(self.adaptive.describe())
         lines += plan.report([0])["warnings"]
         return "\n".join(lines)
 

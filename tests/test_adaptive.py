@@ -1,0 +1,327 @@
+"""Adaptive balancing: the update rule on hand-set numbers, the plan's per-epoch targets,
+the same q on two replicas, and an adaptive run resumed equals the uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+from segbalance.config import load_config
+from segbalance.errors import UserError
+from segbalance.sampling import SamplingPlan, group_probabilities, largest_remainder
+from segbalance.sampling.adaptive import initial_weights, mix, update_weights
+from segbalance.sampling.weights import adaptive_base, parse_balance
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_reliability_resume import Stop, StopAtEpoch
+from test_trainer import TINY as TRAINER_TINY
+
+
+# --------------------------------------------------------------------------- update rule
+def test_two_updates_by_hand() -> None:
+    q0 = initial_weights(np.array([0.2, 0.3, 0.5]))
+    q1 = update_weights(q0, np.array([0.2, 0.5, 1.0]), eta=2.0)
+    q2 = update_weights(q1, np.array([0.3, 0.3, 0.6]), eta=2.0)
+    # q2 ∝ exp(2 * (0.2 + 0.3)), exp(2 * (0.5 + 0.3)), exp(2 * (1.0 + 0.6)) = e^1, e^1.6, e^3.2
+    e = [math.exp(1.0), math.exp(1.6), math.exp(3.2)]
+    np.testing.assert_allclose(q2, [x / sum(e) for x in e], rtol=1e-12)
+    np.testing.assert_allclose(q2, [0.0844086, 0.1538025, 0.7617889], atol=1e-7)
+
+
+def test_eta_zero_and_equal_losses_leave_q_alone() -> None:
+    q = np.array([0.1, 0.6, 0.3])
+    np.testing.assert_allclose(update_weights(q, np.array([0.4, 0.9, 0.1]), eta=0.0), q)
+    np.testing.assert_allclose(update_weights(q, np.array([0.5, 0.5, 0.5]), eta=3.0), q)
+
+
+def test_a_group_without_signal_counts_as_the_mean_and_zero_stays_zero() -> None:
+    q = update_weights(np.array([0.25, 0.25, 0.5, 0.0]), np.array([1.0, 3.0, np.nan, 9.0]), 1.0)
+    # The NaN group gets the mean loss 2: q ∝ 0.25e^1, 0.25e^3, 0.5e^2, 0.
+    w = np.array([0.25 * math.e, 0.25 * math.e**3, 0.5 * math.e**2, 0.0])
+    np.testing.assert_allclose(q, w / w.sum(), rtol=1e-12)
+
+
+def test_huge_losses_do_not_overflow() -> None:
+    q = update_weights(np.array([0.5, 0.5]), np.array([1e4, 1e4 + 1.0]), eta=100.0)
+    assert np.isfinite(q).all() and q[1] == pytest.approx(1.0)
+
+
+def test_mix_without_bounds_is_the_convex_combination() -> None:
+    p = mix(np.array([0.5, 0.25, 0.25]), np.array([0.1, 0.1, 0.8]), 0.5, 0.0, 100.0,
+            np.array([100, 100, 100]), 300)  # fmt: skip
+    np.testing.assert_allclose(p, [0.3, 0.175, 0.525])
+
+
+def test_mix_honours_the_cap_and_the_floor() -> None:
+    sizes = np.array([34, 500, 1000])
+    base = np.full(3, 1 / 3)
+    # q wants group 0 (34 images) 90% of a 1000-sample epoch: 26 showings per image.
+    p = mix(base, np.array([0.9, 0.09, 0.01]), 1.0, 0.1, 5.0, sizes, 1000)
+    # Group 0 at its cap 5 * 34 / 1000; group 2 at the floor 0.1; group 1 takes the rest.
+    np.testing.assert_allclose(p, [0.17, 0.73, 0.1])
+    assert p[0] * 1000 / 34 <= 5.0 + 1e-9 and p.sum() == pytest.approx(1.0)
+
+
+def test_mix_scales_the_free_groups_proportionally() -> None:
+    p = mix(np.full(3, 1 / 3), np.array([0.9, 0.05, 0.05]), 1.0, 0.1, 5.0,
+            np.array([34, 500, 1000]), 1000)  # fmt: skip
+    np.testing.assert_allclose(p, [0.17, 0.415, 0.415])
+
+
+def test_a_cap_too_low_to_fill_the_epoch_gives_natural_proportions() -> None:
+    sizes = np.array([10, 30])
+    p = mix(np.array([0.5, 0.5]), np.array([0.5, 0.5]), 0.5, 0.0, 1.0, sizes, 100)
+    np.testing.assert_allclose(p, [0.25, 0.75])
+
+
+def test_a_floor_above_one_over_groups_and_left_out_groups() -> None:
+    base = np.array([0.5, 0.0, 0.5])  # group 1 left out (weight 0)
+    p = mix(base, np.array([1.0, 0.0, 0.0]), 1.0, 0.9, 100.0, np.array([5, 5, 5]), 10)
+    np.testing.assert_allclose(p, [0.5, 0.0, 0.5])  # floor lowered to 1/2
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_mix_is_a_distribution_inside_its_bounds(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    g = int(rng.integers(2, 12))
+    sizes = rng.integers(1, 300, g)
+    base, q = rng.dirichlet(np.ones(g)), rng.dirichlet(np.ones(g) * 0.2)
+    floor, cap, E = float(rng.uniform(0, 1 / g)), float(rng.uniform(1, 20)), int(sizes.sum())
+    p = mix(base, q, float(rng.uniform()), floor, cap, sizes, E)
+    assert p.sum() == pytest.approx(1.0) and (p >= 0).all()
+    hi = cap * sizes / E
+    assert (p <= hi + 1e-12).all() and (p >= np.minimum(min(floor, 1 / g), hi) - 1e-12).all()
+
+
+# --------------------------------------------------------------------------- strategies
+def test_adaptive_names_and_their_base() -> None:
+    assert adaptive_base("adaptive") == "uniform"
+    assert adaptive_base(" adaptive:power:0.3 ") == "power:0.3"
+    assert parse_balance("adaptive:sqrt") == ("adaptive", None)
+    sizes = {"a": 30, "b": 10}
+    assert group_probabilities(sizes, "adaptive:proportional") == {"a": 0.75, "b": 0.25}
+    for bad in ("adaptive:adaptive", "adaptive:nope", "adaptive:power:2"):
+        with pytest.raises(UserError):
+            parse_balance(bad)
+
+
+def test_config_keys_and_their_bounds() -> None:
+    cfg = load_config(None, {"sampling.balance": "adaptive:sqrt", "sampling.adaptive_eta": 0.5})
+    assert cfg.sampling.adaptive_eta == 0.5 and cfg.sampling.adaptive_signal == "valid_loss"
+    for key, value in [
+        ("sampling.adaptive_mix", 1.5),
+        ("sampling.adaptive_floor", -0.1),
+        ("sampling.adaptive_cap", 0),
+        ("sampling.adaptive_signal", "train_accuracy"),
+        ("sampling.balance", "adaptive:custom"),  # custom needs weights here too
+    ]:
+        with pytest.raises(UserError, match=key.split(".")[1] if "adaptive_" in key else "cust"):
+            load_config(None, {"sampling.balance": "adaptive", key: value})
+    with pytest.raises(UserError, match="sample_weights"):
+        load_config(None, {"sampling.balance": "adaptive", "sampling.sample_weights": True})
+
+
+# --------------------------------------------------------------------------- plan targets
+IDS = np.repeat([0, 1, 2], [7, 20, 3])
+NAMES = ["a", "b", "c"]
+TARGETS = {1: [0.2, 0.2, 0.6], 2: [0.6, 0.3, 0.1], 3: [0.1, 0.1, 0.8]}
+
+
+def _plan(mode: str = "exact") -> SamplingPlan:
+    return SamplingPlan(IDS, NAMES, balance="uniform", mode=mode, seed=5, epoch_length=24)
+
+
+def test_targets_give_each_epoch_its_counts_and_leave_earlier_epochs() -> None:
+    plan = _plan()
+    before = [plan.epoch(e).copy() for e in range(2)]
+    for e, p in TARGETS.items():
+        plan.set_target(e, p)
+    np.testing.assert_array_equal(plan.epoch(0), before[0])
+    assert plan.counts(0) == {"a": 8, "b": 8, "c": 8}
+    for e, p in TARGETS.items():
+        want = largest_remainder(np.array(p) / sum(p), 24).tolist()
+        assert list(plan.counts(e).values()) == want
+        assert np.bincount(IDS[plan.epoch(e)], minlength=3).tolist() == want
+        assert plan.target_of(e) == pytest.approx(dict(zip(NAMES, p, strict=True)))
+
+
+def test_streams_show_every_image_before_any_repeat_across_changing_mixes() -> None:
+    plan = _plan()
+    for e, p in TARGETS.items():
+        plan.set_target(e, p)
+    rows, ids = np.concatenate([plan.epoch(e) for e in range(5)]), IDS
+    for g in range(3):
+        seen, mine = rows[ids[rows] == g], np.flatnonzero(ids == g).tolist()
+        for k in range(0, len(seen) - len(mine) + 1, len(mine)):  # each pass: a permutation
+            assert sorted(seen[k : k + len(mine)].tolist()) == mine
+
+
+@pytest.mark.parametrize("mode", ["exact", "random"])
+def test_a_rebuilt_plan_gives_the_same_epochs(mode: str) -> None:
+    """Resume: a new plan given the recorded targets builds epoch e as the first one did."""
+    first = _plan(mode)
+    for e, p in TARGETS.items():
+        first.set_target(e, p)
+    epochs = [first.epoch(e).copy() for e in range(5)]
+    again = _plan(mode)
+    for e in sorted(TARGETS, reverse=True):  # order of setting does not matter
+        again.set_target(e, TARGETS[e])
+    for e in (4, 2, 3, 0, 1):
+        np.testing.assert_array_equal(again.epoch(e), epochs[e])
+
+
+def test_a_later_target_changes_only_later_epochs() -> None:
+    plan = _plan()
+    plan.set_target(1, TARGETS[1])
+    e1, e2 = plan.epoch(1).copy(), plan.epoch(2).copy()
+    plan.set_target(2, TARGETS[2])
+    np.testing.assert_array_equal(plan.epoch(1), e1)
+    assert not np.array_equal(plan.epoch(2), e2)
+
+
+def test_bad_targets_are_refused() -> None:
+    plan = SamplingPlan([0, 0, 1], ["a", "b", "empty"], seed=0)
+    for bad in ([0.5, 0.5], [0.5, -0.1, 0.6], [0.5, 0.5, math.nan], [0, 0, 0], [0.4, 0.4, 0.2]):
+        with pytest.raises(UserError, match="epoch 1"):
+            plan.set_target(1, bad)
+
+
+# --------------------------------------------------------------------------- replicas
+REPLICAS = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from segbalance.config import LossConfig
+    from segbalance.data.manifest import read_manifest
+    from segbalance.losses import get_loss
+    from segbalance.sampling.adaptive import initial_weights, update_weights
+    from segbalance.train import steps
+    valid = read_manifest(sys.argv[1]).select(split="valid")
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((64, 64, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 3, padding="same")(x))
+    loss_fn = get_loss(LossConfig(name="bce"))
+    groups = list(valid.groups)
+    out = {}
+    for name, strategy in [
+        ("one", tf.distribute.get_strategy()),
+        ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])),
+    ]:
+        ds, n, real = steps.eval_dataset(strategy, valid, (64, 64), 4)
+        step = steps.make_eval_step(strategy, model, loss_fn, len(groups), 0.5, real)
+        val = steps.validate(step, ds, n, groups)
+        losses = np.array([val["group_loss"][g] for g in groups])
+        q = initial_weights(np.ones(len(groups)))
+        for _ in range(2):
+            q = update_weights(q, losses, 5.0)
+        out[name] = {"losses": losses.tolist(), "q": q.tolist(), "val_loss": val["val_loss"]}
+    print(json.dumps(out))
+    """
+)
+
+
+def test_two_replicas_sum_the_group_losses_so_q_is_the_same(
+    synth_manifest: Path, tmp_path: Path
+) -> None:
+    script = tmp_path / "replicas.py"
+    script.write_text(REPLICAS)
+    done = subprocess.run(
+        [sys.executable, str(script), str(synth_manifest)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    one, two = out["one"], out["two"]
+    # Per-group means of the summed losses: equal up to the order of float additions.
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
+    np.testing.assert_allclose(two["q"], one["q"], rtol=1e-4)
+    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-5)
+    assert len(set(np.round(one["losses"], 6))) > 1  # the groups really differ
+
+
+# --------------------------------------------------------------------------- runs
+# The trainer tests' tiny run, three epochs so two updates shape the last one.
+TINY = {
+    **TRAINER_TINY,
+    "train.epochs": 3,
+    "sampling.balance": "adaptive",
+    # Strong steps so the 3-epoch run visibly moves its weights.
+    "sampling.adaptive_eta": 20.0,
+    "sampling.adaptive_mix": 1.0,
+    "sampling.adaptive_floor": 0.1,
+}
+
+
+class Record(keras.callbacks.Callback):
+    """Per epoch the group counts the trainer reads; the final weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: dict[int, dict[str, int]] = {}
+        self.weights: list[np.ndarray] = []
+
+    def on_epoch_begin(self, epoch: int, logs: object = None) -> None:
+        trainer = self.params["trainer"]
+        _, indices = trainer.epoch_reads(epoch, 0, 1, 0)
+        groups = [trainer.train_rows.group[i] for i in indices]
+        self.counts[epoch] = {g: groups.count(g) for g in trainer.groups}
+
+    def on_train_end(self, logs: object = None) -> None:
+        self.weights = self.model.get_weights()
+
+
+STABLE = ("seconds", "images_per_s")
+
+
+def _rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k not in STABLE} for r in history]
+
+
+@pytest.mark.heavy
+def test_adaptive_resume_equals_the_uninterrupted_run(synth_manifest: Path, tmp_path: Path) -> None:
+    from segbalance.train import train
+    from segbalance.train.logs import read_history
+
+    cfg = load_config(None, {**TINY, "data.manifest": str(synth_manifest)})
+    whole = Record()
+    full = train(cfg, tmp_path / "full", callbacks=[whole])
+    with pytest.raises(Stop):
+        train(cfg, tmp_path / "cut", callbacks=[StopAtEpoch(2)])
+    resumed_rec = Record()
+    resumed = train(cfg, tmp_path / "cut", resume=True, callbacks=[resumed_rec])
+
+    groups = list(full.metrics["groups"])
+    weights = [[r[f"weight_{g}"] for g in groups] for r in full.history]
+    assert weights[0] == pytest.approx([1 / len(groups)] * len(groups))  # the base plan
+    assert weights[2] != pytest.approx(weights[0], abs=1e-3)  # the mix moved
+    for e, row in enumerate(weights):  # each epoch read the counts of its recorded mix
+        want = largest_remainder(np.array(row), 8).tolist()
+        assert list(whole.counts[e].values()) == want
+    assert resumed_rec.counts[2] == whole.counts[2]
+    # history.csv as written (6 digits): weights, losses, IoUs of every epoch.
+    assert _rows(read_history(tmp_path / "cut" / "history.csv")) == _rows(
+        read_history(tmp_path / "full" / "history.csv")
+    )
+    assert resumed.metrics["adaptive"] == full.metrics["adaptive"]
+    for a, b in zip(resumed_rec.weights, whole.weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    header = (tmp_path / "full" / "history.csv").read_text().splitlines()[0].split(",")
+    assert {f"weight_{g}" for g in groups} | {f"val_loss_{g}" for g in groups} <= set(header)
+    final_q = full.metrics["adaptive"]["final_q"]
+    assert sum(final_q.values()) == pytest.approx(1.0)
