@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from segbalance.data.mask_rules import PNG_FIX, SILENT_RULES, MaskChoice, MaskError, mask_foreground
+from segbalance.data.orientation import SWAPPING, displayed_size, orientation
 from segbalance.errors import Problem
 
 DEFAULT_MAX_PIXELS = 80_000_000
@@ -143,22 +144,41 @@ def check_pair(
         problems.append(
             Problem(shown[0], f"image mode {img.mode} is not supported", "convert it to RGB")
         )
-    if img.size != msk.size:
-        problems.append(
-            Problem(
-                shown[1],
-                f"mask is {msk.width}x{msk.height} but its image {shown[0]} is "
-                f"{img.width}x{img.height} (WxH)",
-                "re-export the mask at the image's size (nearest-neighbour resize)",
-            )
-        )
+    size_problem = _size_problem(img, msk, shown)
+    if size_problem is not None:
+        problems.append(size_problem)
     try:
         fg, rule = mask_foreground(msk, choice)
     except MaskError as err:
         problems.append(Problem(shown[1], err.problem, err.fix))
     if problems:
         return PairCheck(problems=tuple(problems))
-    return PairCheck(img.height, img.width, float(fg.mean()), rule)
+    width, height = displayed_size(img)  # as viewers show it: what masks are drawn on
+    return PairCheck(height, width, float(fg.mean()), rule)
+
+
+def _size_problem(img: Image.Image, msk: Image.Image, shown: tuple[str, str]) -> Problem | None:
+    """The mask does not cover its image as both are displayed (EXIF orientation applied)."""
+    (iw, ih), (mw, mh) = displayed_size(img), displayed_size(msk)
+    if (iw, ih) == (mw, mh):
+        return None
+    said = f"mask is {mw}x{mh} but its image {shown[0]} is {iw}x{ih} (WxH, as displayed)"
+    turned = orientation(img) in SWAPPING or orientation(msk) in SWAPPING
+    if (iw, ih) == (mh, mw) and turned:
+        return Problem(
+            shown[1],
+            f"{said}: the photo's EXIF orientation turns it, and the mask matches the "
+            "unturned pixels",
+            "draw or export the mask on the photo as viewers show it, or save the photo "
+            "without its EXIF orientation (do not resize the mask: that distorts it)",
+        )
+    if (iw, ih) == (mh, mw):
+        return Problem(
+            shown[1],
+            f"{said}: height and width are swapped",
+            "rotate the mask (or the image) so that both are upright; do not resize it",
+        )
+    return Problem(shown[1], said, "re-export the mask at the image's size (nearest-neighbour)")
 
 
 def default_workers() -> int:

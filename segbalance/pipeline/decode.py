@@ -13,7 +13,8 @@ the plane (gray, red, green, blue, alpha, or ``any``, the brightest of the three
 on the 0..255 scale, above T. Without a rule the legacy one, ``any>0``, applies. Mask JPEGs
 decode with the accurate IDCT, the one PIL uses, so thresholds see the same values prepare
 saw. Masks are resized with nearest-neighbour so they stay binary; images bilinearly with
-antialiasing.
+antialiasing. Every file is turned by its EXIF orientation first (:mod:`segbalance.data.
+orientation`), so pixels are those a viewer shows.
 
 Example:
     >>> image, mask = decode_pair("a.png", "a_mask.png", (256, 256))  # doctest: +SKIP
@@ -30,6 +31,7 @@ import tensorflow as tf
 from PIL import Image
 
 from segbalance.data.mask_rules import LEGACY_RULES, PLANES
+from segbalance.data.orientation import read_orientation
 from segbalance.errors import UserError
 
 _TIFF = r"(?i).*\.tiff?"
@@ -97,7 +99,42 @@ def _decode_unit(path: tf.Tensor, accurate_jpeg: bool = False) -> tf.Tensor:
         return tf.ensure_shape(out, [None, None, None])
 
     is_tiff = tf.strings.regex_full_match(path, _TIFF)
-    return tf.cond(is_tiff, tiff, native)
+    return apply_orientation(tf.cond(is_tiff, tiff, native), exif_orientation(path))
+
+
+def _read_orientation(path: bytes | np.ndarray) -> np.int32:
+    raw = path.item() if isinstance(path, np.ndarray) else path  # eager calls pass a 0-d array
+    return np.int32(read_orientation(raw.decode("utf-8", "surrogateescape")))
+
+
+def exif_orientation(path: tf.Tensor) -> tf.Tensor:
+    """The file's EXIF orientation (1-8) as an int32 scalar tensor (reads the header only).
+
+    Read with PIL, as prepare reads it: TensorFlow's decoders ignore EXIF. It costs tens of
+    microseconds a file, and the decoded cache pays it once.
+    """
+    value = tf.numpy_function(_read_orientation, [path], tf.int32, stateful=False)
+    return tf.ensure_shape(value, [])
+
+
+def apply_orientation(x: tf.Tensor, orientation: tf.Tensor | int) -> tf.Tensor:
+    """Turn [H, W, C] pixels as EXIF ``orientation`` says a viewer shows them.
+
+    The same eight cases as PIL's ``ImageOps.exif_transpose``: 2 mirror, 3 rotate 180,
+    4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 anticlockwise.
+    """
+    branches = [
+        lambda: x,
+        lambda: tf.reverse(x, [1]),
+        lambda: tf.image.rot90(x, 2),
+        lambda: tf.reverse(x, [0]),
+        lambda: tf.transpose(x, [1, 0, 2]),
+        lambda: tf.image.rot90(x, 3),
+        lambda: tf.reverse(tf.transpose(x, [1, 0, 2]), [0, 1]),
+        lambda: tf.image.rot90(x, 1),
+    ]
+    index = tf.clip_by_value(tf.cast(orientation, tf.int32) - 1, 0, 7)
+    return tf.ensure_shape(tf.switch_case(index, branches), [None, None, None])
 
 
 def _to_rgb(unit: tf.Tensor) -> tf.Tensor:
