@@ -2,7 +2,9 @@
 
 Per group: images, target probability, samples per epoch, how often each image is shown
 per epoch on average (flagged when over-fitting is likely) and the realised counts of each
-epoch. ``--json`` prints the same as one JSON object.
+epoch. ``--json`` prints the same as one JSON object. With ``--balance adaptive[:BASE]``
+it shows the base plan, which the first epoch samples; later epochs adapt to the groups'
+losses during training, so only the run's history.csv (``weight_<g>``) can show them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ segbalance plan manifest.csv --balance sqrt --epochs 3
 segbalance plan manifest.csv --balance custom --weights 0=1,4=2 --json
 segbalance plan manifest.csv --mode random --epochs 10 --batch-size 16 --seed 1
 segbalance plan manifest.csv --config run.yaml   # exactly what 'segbalance train' will sample
+segbalance plan manifest.csv --balance adaptive:sqrt   # the base plan; later epochs adapt
 """
 
 # More epochs than this are summarised as min/max columns in the table (all are in --json).
@@ -45,8 +48,8 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--balance",
-        help="proportional | uniform | power:ALPHA | sqrt | custom | repeat-factor:T "
-        "(default: sampling.balance of the config, uniform)",
+        help="proportional | uniform | power:ALPHA | sqrt | custom | repeat-factor:T | "
+        "adaptive[:BASE] (default: sampling.balance of the config, uniform)",
         default=argparse.SUPPRESS,
     )
     p.add_argument(
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from segbalance.config import load_config
     from segbalance.data.manifest import read_manifest
     from segbalance.errors import UserError
-    from segbalance.sampling import parse_weights
+    from segbalance.sampling import adaptive_base, parse_weights
     from segbalance.train.plan import training_plan, training_rows
 
     given = vars(args)  # options not given are absent (argparse.SUPPRESS)
@@ -138,6 +141,14 @@ def run(args: argparse.Namespace) -> int:
         steps_per_epoch=plan.steps(batch),
         warnings=notes,
     )
+    base = adaptive_base(cfg.sampling.balance)
+    if base is not None:
+        report["adaptive"] = {
+            "base": base,
+            "note": f"epoch 0 samples the base plan ({base}); later epochs adapt to "
+            f"{cfg.sampling.adaptive_signal} during training and are recorded in the run's "
+            "history.csv (weight_<group>), so the epochs shown here are the base plan's",
+        }
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -196,4 +207,6 @@ def format_report(report: dict[str, Any]) -> str:
         foot.append(f"min/max of the realised counts over {len(epochs)} epochs (each: --json)")
     if any(g["repeat_warning"] for g in report["groups"]):
         foot.append("! each image of this group is shown many times per epoch: may over-fit")
+    if "adaptive" in report:
+        foot.append(f"adaptive: {report['adaptive']['note']}")
     return "\n".join([top, "", _table(rows), *foot])
