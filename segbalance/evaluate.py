@@ -32,11 +32,12 @@ import tensorflow as tf
 from segbalance.artifacts import load_model
 from segbalance.data.manifest import read_manifest
 from segbalance.data.prepare import build_manifest
-from segbalance.errors import UserError
+from segbalance.errors import InvalidDataError, UserError
 from segbalance.io import write_text
 from segbalance.metrics import GroupMetrics, confusion_counts, logit_threshold
 from segbalance.pipeline.dataset import build_eval_dataset
 from segbalance.pipeline.decode import decode_mask
+from segbalance.pipeline.verify import DATA_ERRORS, check_files, undecodable
 from segbalance.text import table_lines
 from segbalance.uncertainty import DEFAULT_SAMPLES, bootstrap_iou
 
@@ -154,11 +155,18 @@ def evaluate(
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     manifest = load_data(data, split)
+    check_files(manifest, str(data))  # a file changed since prepare fails before the model
     model, meta = load_model(model_path)
     t = float(meta.threshold if threshold is None else threshold)
     logit_threshold(t)  # validates 0 < t < 1 with a clear message
     size = (int(meta.image_size[0]), int(meta.image_size[1]))
-    counts = predict_counts(model, manifest, size, t, batch_size)
+    try:
+        counts = predict_counts(model, manifest, size, t, batch_size)
+    except DATA_ERRORS as err:  # traced to the files, with the pipeline's own decoder
+        problems = undecodable(manifest, range(len(manifest)))
+        if not problems:
+            raise
+        raise InvalidDataError(problems, "the pipeline cannot decode these files") from err
     present = [g for g in manifest.groups if g in set(manifest.group)]
     local = {g: i for i, g in enumerate(present)}
     ids = np.array([local[g] for g in manifest.group], np.int64)

@@ -96,3 +96,28 @@ def test_every_file_is_checked_before_training(data: Path) -> None:
         check_files(rows, "m.csv")
     assert len(err.value.problems) == 2
     assert np.all([p.fix.startswith("re-run") for p in err.value.problems])
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [(_delete, ""), (_resize, "but prepare recorded"), (_truncate, "cannot be decoded")],
+    ids=["deleted", "resized", "truncated"],
+)
+def test_evaluate_names_the_file_that_changed_after_prepare(
+    damage: Callable[[Path], None],
+    said: str,
+    data: Path,
+    model_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    rows = read_manifest(data).select(split="valid")
+    victim = rows.image[0]
+    damage(rows.root / victim)
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", str(model_file), str(data), "--split", "valid", "--json", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert Path(victim).name in err and said in err, err
+    assert "Traceback" not in err and "segbalance prepare" in err
+    assert not out.exists()

@@ -34,7 +34,7 @@ from segbalance.data.manifest import (
 from segbalance.data.mask_rules import SILENT_RULES, MaskChoice
 from segbalance.data.paths import path_problem, root_relative
 from segbalance.errors import InvalidDataError, Problem, UserError
-from segbalance.io import write_text
+from segbalance.io import check_file_target, write_text
 from segbalance.text import table_lines
 
 REJECT_COLUMNS = ("image", "mask", "group", "problem", "fix")
@@ -286,6 +286,9 @@ def prepare_dataset(
     out_path = Path(out) if out is not None else root / DEFAULT_DIRNAME / "manifest.csv"
     if out_path.suffix.lower() != ".csv":
         raise UserError(f"--out {out_path} must be a .csv file")
+    # Where it will write is checked now, not after checking every pair.
+    for target in (out_path, rejects_path_for(out_path)):
+        check_file_target(target)
     done = scan(
         root,
         valid_fraction=valid_fraction,
