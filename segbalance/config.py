@@ -120,8 +120,8 @@ class SamplingConfig(_Stage):
     adaptive_cap: float = Field(
         10.0, gt=0.0, le=1000.0, description="adaptive: most mean showings per image per epoch"
     )
-    adaptive_signal: Literal["valid_loss", "valid_iou"] = Field(
-        "valid_loss", description="adaptive: L_g is the validation loss or 1 - IoU of group g"
+    adaptive_signal: Literal["valid_loss", "valid_iou", "train_loss"] = Field(
+        "valid_loss", description="adaptive: L_g is group g's val loss, 1 - val IoU or train loss"
     )
 
     @field_validator("balance")

@@ -195,6 +195,63 @@ def test_bad_targets_are_refused() -> None:
             plan.set_target(1, bad)
 
 
+# --------------------------------------------------------------------------- the hook
+def _hook(signal: str) -> tuple[Any, Any, SamplingPlan]:
+    from segbalance.train.adaptive import AdaptiveBalance
+    from segbalance.train.checkpoint import RunState
+
+    cfg = load_config(
+        None,
+        {
+            "sampling.balance": "adaptive",
+            "sampling.adaptive_signal": signal,
+            "sampling.adaptive_eta": 2.0,
+            "sampling.adaptive_mix": 0.5,
+            "sampling.adaptive_floor": 0.0,
+            "sampling.adaptive_cap": 1000.0,
+        },
+    ).sampling
+    plan = SamplingPlan(np.repeat([0, 1, 2], [10, 10, 10]), NAMES, seed=0, epoch_length=30)
+    hook = AdaptiveBalance(cfg, plan, epochs=3)
+    state = RunState(0.1, adaptive=(3, 3))
+    hook.begin(state, plan)
+    return hook, state, plan
+
+
+def _val(losses: list[float], ious: list[float]) -> dict[str, Any]:
+    return {
+        "group_loss": dict(zip(NAMES, losses, strict=True)),
+        "groups": {g: {"iou": x} for g, x in zip(NAMES, ious, strict=True)},
+    }
+
+
+@pytest.mark.parametrize("signal", ["valid_loss", "valid_iou", "train_loss"])
+def test_the_hook_updates_q_and_sets_the_next_epochs_by_hand(signal: str) -> None:
+    hook, state, plan = _hook(signal)
+    epochs = [([0.2, 0.5, 1.0], [0.8, 0.5, 0.0]), ([0.3, 0.3, 0.6], [0.7, 0.7, 0.4])]
+    for e, (losses, ious) in enumerate(epochs):
+        if signal == "train_loss":  # sums over the epoch's samples, in two steps
+            seen = np.array(list(plan.counts(e).values()))
+            hook.add_train_loss(state, np.array(losses) * seen * 0.25)
+            hook.add_train_loss(state, np.array(losses) * seen * 0.75)
+        hook.end_epoch(e, _val(losses, ious), state, plan)
+    # Every signal is L = [0.2, 0.5, 1.0] then [0.3, 0.3, 0.6] (1 - IoU for valid_iou).
+    e = np.exp([1.0, 1.6, 3.2])
+    np.testing.assert_allclose(state.get("group_q"), e / e.sum(), rtol=1e-9)
+    p = state.get("group_p")
+    np.testing.assert_allclose(p[0], [1 / 3] * 3)
+    q1 = np.exp([0.4, 1.0, 2.0]) / np.exp([0.4, 1.0, 2.0]).sum()
+    np.testing.assert_allclose(p[1], 0.5 / 3 + 0.5 * q1, rtol=1e-9)
+    assert plan.target_of(1) == pytest.approx(dict(zip(NAMES, p[1], strict=True)))
+    assert plan.target_of(2) == pytest.approx(dict(zip(NAMES, p[2], strict=True)))
+    assert np.asarray(state.get("run_group_loss")).tolist() == [0.0, 0.0, 0.0]
+    # A resumed run's plan gets the same targets back from the state.
+    fresh = SamplingPlan(np.repeat([0, 1, 2], [10, 10, 10]), NAMES, seed=0, epoch_length=30)
+    hook.begin(state, fresh)
+    for epoch in range(3):
+        np.testing.assert_array_equal(fresh.epoch(epoch), plan.epoch(epoch))
+
+
 # --------------------------------------------------------------------------- replicas
 REPLICAS = textwrap.dedent(
     """
@@ -293,16 +350,43 @@ def _rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in STABLE} for r in history]
 
 
+class StopAtStep(keras.callbacks.Callback):
+    """Ends the run when step ``step`` of epoch ``epoch`` begins (after a mid-epoch save)."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        super().__init__()
+        self.epoch, self.step = epoch, step
+        self.at = -1
+
+    def on_epoch_begin(self, epoch: int, logs: object = None) -> None:
+        self.at = epoch
+
+    def on_train_batch_begin(self, batch: int, logs: object = None) -> None:
+        if (self.at, batch) == (self.epoch, self.step):
+            raise Stop
+
+
 @pytest.mark.heavy
-def test_adaptive_resume_equals_the_uninterrupted_run(synth_manifest: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("signal", "stop"),
+    [
+        ("valid_loss", StopAtEpoch(2)),  # killed between epochs
+        # Killed mid-epoch 2 after the step-2 checkpoint: the group train-loss sums resume.
+        ("train_loss", StopAtStep(1, 3)),
+    ],
+)
+def test_adaptive_resume_equals_the_uninterrupted_run(
+    synth_manifest: Path, tmp_path: Path, signal: str, stop: keras.callbacks.Callback
+) -> None:
     from segbalance.train import train
     from segbalance.train.logs import read_history
 
-    cfg = load_config(None, {**TINY, "data.manifest": str(synth_manifest)})
+    overrides = {"sampling.adaptive_signal": signal, "train.checkpoint_every_steps": 2}
+    cfg = load_config(None, {**TINY, **overrides, "data.manifest": str(synth_manifest)})
     whole = Record()
     full = train(cfg, tmp_path / "full", callbacks=[whole])
     with pytest.raises(Stop):
-        train(cfg, tmp_path / "cut", callbacks=[StopAtEpoch(2)])
+        train(cfg, tmp_path / "cut", callbacks=[stop])
     resumed_rec = Record()
     resumed = train(cfg, tmp_path / "cut", resume=True, callbacks=[resumed_rec])
 
@@ -323,5 +407,6 @@ def test_adaptive_resume_equals_the_uninterrupted_run(synth_manifest: Path, tmp_
         np.testing.assert_array_equal(a, b)
     header = (tmp_path / "full" / "history.csv").read_text().splitlines()[0].split(",")
     assert {f"weight_{g}" for g in groups} | {f"val_loss_{g}" for g in groups} <= set(header)
+    assert (tmp_path / "full" / full.metrics["adaptive"]["figure"]).is_file()
     final_q = full.metrics["adaptive"]["final_q"]
     assert sum(final_q.values()) == pytest.approx(1.0)

@@ -2,7 +2,8 @@
 
 Epoch 1 samples the base plan (what ``segbalance plan`` shows). After each epoch's
 validation the hook takes each group's signal L_g (``sampling.adaptive_signal``: the
-group's mean validation loss, or 1 - its IoU), updates q (:func:`~segbalance.sampling.
+group's mean validation loss, 1 - its validation IoU, or its mean train loss over the
+epoch's samples), updates q (:func:`~segbalance.sampling.
 adaptive.update_weights`), mixes the next epoch's p with the base plan inside the floor and
 the cap (:func:`~segbalance.sampling.adaptive.mix`) and gives it to the plan
 (:meth:`~segbalance.sampling.plan.SamplingPlan.set_target`).
@@ -18,17 +19,25 @@ so every worker computes the same q and p and reads exactly its shard of the sam
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from segbalance.config import SamplingConfig
+from segbalance.io import atomic_path
 from segbalance.sampling import SamplingPlan, adaptive_base
 from segbalance.sampling.adaptive import initial_weights, mix, update_weights
 from segbalance.train.checkpoint import RunState
 
-__all__ = ["AdaptiveBalance"]
+__all__ = ["FIGURE", "AdaptiveBalance", "plot_weights"]
+
+# The figure an adaptive run writes into its work dir.
+FIGURE = "adaptive.png"
 
 
 class AdaptiveBalance:
@@ -66,11 +75,33 @@ class AdaptiveBalance:
             if np.isfinite(p[e]).all():
                 plan.set_target(e, p[e])
 
-    def signal(self, val: Mapping[str, Any]) -> np.ndarray:
-        """L_g of one validation (NaN for a group without validation images)."""
+    @property
+    def train_loss_groups(self) -> int:
+        """Groups whose train losses the train step sums (0: the signal is validation's)."""
+        return len(self.groups) if self.cfg.adaptive_signal == "train_loss" else 0
+
+    def add_train_loss(self, state: RunState, sums: np.ndarray) -> None:
+        """Add one step's per-group train loss sums (reduced over replicas and workers).
+
+        Kept in the state, so a mid-epoch checkpoint holds the sums of the steps it covers.
+        """
+        state.set(run_group_loss=np.asarray(state.get("run_group_loss")) + sums)
+
+    def signal(
+        self, epoch: int, val: Mapping[str, Any], plan: SamplingPlan, train_sums: np.ndarray
+    ) -> np.ndarray:
+        """L_g of epoch ``epoch`` (NaN for a group without validation images or samples).
+
+        Args:
+            train_sums: the epoch's per-group train loss sums (``train_loss`` signal).
+        """
         if self.cfg.adaptive_signal == "valid_iou":
             ious = [val["groups"][g]["iou"] for g in self.groups]
             return np.array([np.nan if x is None else 1.0 - float(x) for x in ious])
+        if self.cfg.adaptive_signal == "train_loss":
+            seen = np.array(list(plan.counts(epoch).values()), np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(seen > 0, np.asarray(train_sums, np.float64) / seen, np.nan)
         return np.array([float(val["group_loss"][g]) for g in self.groups])
 
     def end_epoch(
@@ -78,8 +109,9 @@ class AdaptiveBalance:
     ) -> None:
         """Update q from epoch ``epoch``'s validation and decide the next epoch's p."""
         cfg = self.cfg
-        q = update_weights(np.asarray(state.get("group_q")), self.signal(val), cfg.adaptive_eta)
-        state.set(group_q=q)
+        losses = self.signal(epoch, val, plan, np.asarray(state.get("run_group_loss")))
+        q = update_weights(np.asarray(state.get("group_q")), losses, cfg.adaptive_eta)
+        state.set(group_q=q, run_group_loss=np.zeros(len(self.groups)))
         if epoch + 1 >= self.epochs:
             return  # the final q is reported; there is no next epoch to mix for
         p_next = mix(
@@ -103,11 +135,16 @@ class AdaptiveBalance:
         out.update({f"val_loss_{g}": float(val["group_loss"][g]) for g in self.groups})
         return out
 
-    def facts(self, state: RunState) -> dict[str, Any]:
-        """metrics.json's ``adaptive`` entry: the settings and the final q."""
+    def facts(self, state: RunState, figure: Path | None = None) -> dict[str, Any]:
+        """metrics.json's ``adaptive`` entry: the settings and the final q.
+
+        Args:
+            figure: where the figure of the run's weights and IoUs goes (None: none).
+        """
         cfg = self.cfg
         q = np.asarray(state.get("group_q"), np.float64)
         return {
+            "figure": None if figure is None else figure.name,
             "signal": cfg.adaptive_signal,
             "eta": cfg.adaptive_eta,
             "mix": cfg.adaptive_mix,
@@ -124,3 +161,32 @@ class AdaptiveBalance:
             f"(eta {cfg.adaptive_eta:g}, mix {cfg.adaptive_mix:g}, floor {cfg.adaptive_floor:g}"
             f"/groups, cap {cfg.adaptive_cap:g} showings per image per epoch)"
         )
+
+
+def plot_weights(rows: Sequence[Mapping[str, Any]], groups: Sequence[str], path: Path) -> Path:
+    """Each group's sampling weight per epoch beside its validation IoU; written atomically.
+
+    Args:
+        rows: history rows with ``weight_<g>`` and ``iou_<g>`` (epochs from 1).
+    """
+    fig = Figure(figsize=(11, 4.2), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)  # a bare Agg figure: no pyplot state, no display
+    left, right = fig.subplots(1, 2, sharex=True)
+    epochs = [int(r["epoch"]) for r in rows]
+
+    def column(name: str) -> list[float]:
+        values = [r.get(name) for r in rows]
+        return [float(v) if isinstance(v, int | float) else math.nan for v in values]
+
+    for g in groups:
+        (line,) = left.plot(epochs, column(f"weight_{g}"), marker="o", label=str(g))
+        right.plot(epochs, column(f"iou_{g}"), marker="o", color=line.get_color())
+    left.set(title="sampling weight p_e per group", xlabel="epoch", ylabel="probability")
+    right.set(title="validation IoU per group", xlabel="epoch", ylabel="IoU")
+    left.legend(title="group", fontsize=8, ncols=max(1, len(groups) // 12))
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.spines[["top", "right"]].set_visible(False)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path

@@ -31,7 +31,8 @@ class RunState:
         done: the run finished (all epochs or early stop); stopped_early: by early stopping.
         group_q, group_p: adaptive balancing only (``adaptive=(epochs, groups)``): the
             weights q after the last update [G] and the mix p_e each epoch samples from
-            [epochs, G] (NaN rows: not decided yet), so a resume rebuilds the same epochs.
+            [epochs, G] (NaN rows: not decided yet), so a resume rebuilds the same epochs;
+            run_group_loss: [G] sums of each group's train losses in the epoch in progress.
     """
 
     def __init__(self, lr: float, adaptive: tuple[int, int] | None = None) -> None:
@@ -54,6 +55,7 @@ class RunState:
             epochs, groups = adaptive
             self.group_q = var(np.zeros(groups), tf.float64, "group_q")
             self.group_p = var(np.full((epochs, groups), np.nan), tf.float64, "group_p")
+            self.run_group_loss = var(np.zeros(groups), tf.float64, "run_group_loss")
 
     def trackables(self) -> dict[str, Any]:
         """Keyword arguments for ``tf.train.Checkpoint``."""

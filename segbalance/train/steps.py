@@ -116,19 +116,22 @@ def make_train_step(
     loss_fn: Any,
     global_batch: int,
     threshold: float,
-) -> Callable[[Any], tuple[tf.Tensor, tf.Tensor]]:
+    num_groups: int = 0,
+) -> Callable[[Any], tuple[tf.Tensor, ...]]:
     """A compiled step: returns the global mean loss and summed [4] train counts.
 
     Variables are those trainable when this is called (encoder freezing builds a second
-    step after unfreezing).
+    step after unfreezing). With ``num_groups`` > 0 it also returns the [G] sums of each
+    group's per-sample losses (the ``train_loss`` signal of adaptive balancing).
     """
     variables = list(model.trainable_variables)
     replicas = strategy.num_replicas_in_sync
 
-    def replica_step(batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    def replica_step(batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
         with tf.GradientTape() as tape:
             logits = model(batch["image"], training=True)
             per_sample = tf.cast(loss_fn.call(batch["mask"], logits), tf.float32)
+            by_group = per_sample  # before any loss weight: the group's own loss
             if "weight" in batch:
                 per_sample = per_sample * batch["weight"]
             loss = tf.nn.compute_average_loss(per_sample, global_batch_size=global_batch)
@@ -142,12 +145,16 @@ def make_train_step(
             reduced = tf.distribute.get_replica_context().all_reduce(SUM, reduced)
         optimizer.apply(reduced, [v for _, v in pairs])
         counts = tf.reduce_sum(confusion_counts(batch["mask"], logits, threshold), axis=0)
-        return loss, counts
+        if not num_groups:
+            return loss, counts
+        group = tf.cast(batch["group"], tf.int32)
+        return loss, counts, tf.math.unsorted_segment_sum(by_group, group, num_groups)
 
     @tf.function(autograph=False)  # no tensor-dependent Python control flow: faster trace
-    def step(batch: Any) -> tuple[tf.Tensor, tf.Tensor]:
-        loss, counts = strategy.run(replica_step, args=(batch,))
-        return strategy.reduce(SUM, loss, axis=None), strategy.reduce(SUM, counts, axis=None)
+    def step(batch: Any) -> tuple[tf.Tensor, ...]:
+        out = strategy.run(replica_step, args=(batch,))
+        # Sums over replicas (and workers): every worker sees the same numbers.
+        return tuple(strategy.reduce(SUM, x, axis=None) for x in out)
 
     return step
 

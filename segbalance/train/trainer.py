@@ -45,7 +45,7 @@ from segbalance.sampling import SamplingPlan
 from segbalance.train import logs as runlog
 from segbalance.train import precision as prec
 from segbalance.train import schedule, steps
-from segbalance.train.adaptive import AdaptiveBalance
+from segbalance.train.adaptive import FIGURE, AdaptiveBalance, plot_weights
 from segbalance.train.checkpoint import Checkpoints, RunState, make_checkpoint
 from segbalance.train.monitor import Monitor
 from segbalance.train.result import TrainResult, result_from, run_summary
@@ -248,6 +248,7 @@ class Trainer:
                 self.loss_fn,
                 self.batch,
                 self.cfg.train.threshold,
+                0 if self.adaptive is None else self.adaptive.train_loss_groups,
             )
         return self._train_steps[frozen]
 
@@ -279,7 +280,9 @@ class Trainer:
         def collect() -> None:
             # Reading a step's results waits for it: done one step late, so the device
             # already runs the next step while Python updates the bar.
-            for done, (loss, c) in pending:
+            for done, (loss, c, *by_group) in pending:
+                if by_group and self.adaptive is not None:  # adaptive_signal train_loss
+                    self.adaptive.add_train_loss(state, by_group[0].numpy())
                 step_loss = float(loss.numpy())
                 totals["loss"] += step_loss
                 totals["counts"] = totals["counts"] + c.numpy()
@@ -319,7 +322,7 @@ class Trainer:
             "epoch": epoch + 1,
             "loss": loss,
             "iou": float(metrics_from_counts(*counts)["iou"]),
-            **{k: v for k, v in val.items() if k != "groups"},
+            **{k: v for k, v in val.items() if k not in ("groups", "group_loss")},
             "lr": schedule.current_lr(self.optimizer),
             "seconds": seconds,
             "images_per_s": seen / seconds if seconds > 0 else float("nan"),
@@ -369,7 +372,10 @@ class Trainer:
             "quotas": self.plan.quotas,
         }
         if self.adaptive is not None:
-            facts["adaptive"] = self.adaptive.facts(state)
+            figure = self.wd.root / FIGURE if self.runtime.chief and self.log.rows else None
+            if figure is not None:
+                plot_weights(self.log.rows, self.groups, figure)
+            facts["adaptive"] = self.adaptive.facts(state, figure)
         rows = self.log.rows
         stopped = bool(state.get("stopped_early"))
         summary = run_summary(
