@@ -410,3 +410,17 @@ def test_adaptive_resume_equals_the_uninterrupted_run(
     assert (tmp_path / "full" / full.metrics["adaptive"]["figure"]).is_file()
     final_q = full.metrics["adaptive"]["final_q"]
     assert sum(final_q.values()) == pytest.approx(1.0)
+
+
+def test_plan_shows_the_base_plan_and_says_later_epochs_adapt(
+    synth_manifest: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from segbalance.cli import main
+
+    assert main(["plan", str(synth_manifest), "--balance", "adaptive:sqrt", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["balance"] == "adaptive:sqrt" and report["adaptive"]["base"] == "sqrt"
+    sizes = {g["name"]: g["images"] for g in report["groups"]}
+    assert report["target"] == pytest.approx(group_probabilities(sizes, "sqrt"))
+    assert main(["plan", str(synth_manifest), "--balance", "adaptive"]) == 0
+    assert "later epochs adapt" in capsys.readouterr().out
