@@ -26,7 +26,16 @@ from _mw_worker import free_ports, latest_checkpoint  # noqa: E402
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 BATCH, EVERY = 4, 2  # as in _mw_worker.TINY / --every
-RUN_FILES = {"config.yaml", "checkpoints", "best.keras", "history.csv", "logs", "metrics.json"}
+RUN_FILES = {
+    ".segbalance",
+    "config.yaml",
+    "data.json",
+    "checkpoints",
+    "best.keras",
+    "history.csv",
+    "logs",
+    "metrics.json",
+}
 
 
 @pytest.fixture(scope="module")
