@@ -58,6 +58,12 @@ class DataConfig(_Stage):
     groups: list[str] | None = Field(None, description="train on these groups only")
     train_split: str = "train"
     valid_split: str = "valid"
+    fold: int | None = Field(
+        None,
+        ge=0,
+        description="validate on this fold of the manifest (prepare --folds K) and train on "
+        "the others; null: the train/valid splits",
+    )
     epoch_length: int | None = Field(
         None, ge=1, description="samples per epoch; default (null): the number of train images"
     )

@@ -20,6 +20,7 @@ segbalance prepare data/flat --groups groups.csv      # images/ + masks/, groups
 segbalance prepare data/tutorial                      # Images/, Masks/, csv_file/train*.csv
 segbalance prepare data/jpeg --mask-threshold 127     # JPEG/anti-aliased masks: > 127 is fg
 segbalance prepare data/cutouts --mask-channel alpha  # foreground drawn in the alpha channel
+segbalance prepare data/nails --folds 5               # + group-stratified folds (train/cv --fold)
 
 Layouts (folder names case-insensitive):
   a  Images/<group>/...  + Masks/<group>/...
@@ -77,7 +78,17 @@ def register(sub: Any) -> None:
         default=0.2,
         help="share of each group for validation when the layout gives no split",
     )
-    parser.add_argument("--seed", type=int, default=0, help="fixes the train/valid split")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="fixes the train/valid split (and the folds)"
+    )
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also record K group-stratified cross-validation folds (a fold column; test "
+        "rows in none) for 'train --fold k' and 'segbalance cv'; 0: none",
+    )
     parser.add_argument(
         "--skip-invalid",
         action="store_true",
@@ -143,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         max_pixels=int(args.max_pixels),
         progress=False if args.quiet else None,
         mask_choice=MaskChoice(args.mask_threshold, args.mask_channel),
+        folds=args.folds,
     )
     print(result.summary_table())
     if result.rejects:

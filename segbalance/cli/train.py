@@ -18,6 +18,7 @@ segbalance train manifest.csv --model efficientnetb4 --image-size 384 --epochs 3
 segbalance train manifest.csv --balance power:0.5 --weights 4=2 --precision mixed_bfloat16
 segbalance train manifest.csv --config run.yaml --set train.early_stopping_patience=5
 segbalance train --work-dir runs/nails --resume         # continue a killed run
+segbalance train manifest.csv --fold 2                  # validate on fold 2 (prepare --folds K)
 segbalance train manifest.csv --devices 0,1             # MirroredStrategy on two GPUs
 segbalance train manifest.csv --workers h1:2222,h2:2222 --worker-index 0   # on each machine
 segbalance train --print-config > run.yaml              # every key with its default
@@ -34,6 +35,7 @@ FLAG_KEYS = {
     "lr": "optimizer.lr",
     "precision": "train.precision",
     "seed": "train.seed",
+    "fold": "data.fold",
     "devices": "distribute.devices",
     "worker_index": "distribute.worker_index",
 }
@@ -67,7 +69,10 @@ def register(sub: Any) -> None:
     override("--image-size", "square input size, a multiple of 32", type=int)
     override("--epochs", "epochs to train", type=int)
     override("--batch-size", "global batch size (split over replicas)", type=int)
-    override("--balance", "proportional | uniform | power:A | custom | repeat-factor:T")
+    override(
+        "--balance",
+        "proportional | uniform | power:A | sqrt | custom | repeat-factor:T | adaptive[:BASE]",
+    )
     override("--mode", "exact quotas or random draws", choices=["exact", "random"])
     override("--weights", "per-group weights, e.g. 0=1,4=2")
     override("--lr", "peak learning rate", type=float)
@@ -77,6 +82,12 @@ def register(sub: Any) -> None:
         choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"],
     )
     override("--seed", "fixes plan, augmentation and initialisation", type=int)
+    override(
+        "--fold",
+        "validate on fold K and train on the others (needs 'prepare --folds')",
+        type=int,
+        metavar="K",
+    )
     parser.add_argument(
         "--set",
         action="append",

@@ -1,6 +1,7 @@
 """The manifest: one CSV row per image/mask pair, the contract between ``prepare`` and the rest.
 
-Columns, in order: ``image, mask, group, split, height, width, coverage, mask_rule``.
+Columns, in order: ``image, mask, group, split, height, width, coverage, mask_rule``, then
+``fold`` when the manifest has cross-validation folds (:mod:`segbalance.data.manifest_csv`).
 ``image``/``mask`` are POSIX paths relative to the data root. The root is found from an
 explicit argument, else the sidecar ``<name>.json`` written next to the CSV, else the CSV's
 folder's parent when that folder is called ``segbalance`` (the default output place), else
@@ -22,7 +23,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import posixpath
 import re
@@ -33,14 +33,33 @@ from typing import Any
 
 import numpy as np
 
-from segbalance.data.mask_rules import parse_rule
+from segbalance.data.manifest_csv import (
+    COLUMNS,
+    FOLD_COLUMN,
+    NO_FOLD,
+    SPLITS,
+    format_float,
+    parse_row,
+)
 from segbalance.data.paths import outside_root_problems
 from segbalance.errors import InvalidDataError, Problem, UserError
 from segbalance.io import atomic_write
 from segbalance.version import __version__
 
-COLUMNS = ("image", "mask", "group", "split", "height", "width", "coverage", "mask_rule")
-SPLITS = ("train", "valid", "test")
+__all__ = [  # the columns are manifest_csv's, re-exported: this is where readers look
+    "COLUMNS",
+    "DEFAULT_DIRNAME",
+    "FOLD_COLUMN",
+    "NO_FOLD",
+    "SPLITS",
+    "Manifest",
+    "manifest_csv_text",
+    "natural_key",
+    "natural_sort",
+    "read_manifest",
+    "sidecar_path",
+    "write_manifest",
+]
 DEFAULT_DIRNAME = "segbalance"
 
 _DIGITS = re.compile(r"(\d+)")
@@ -79,6 +98,8 @@ class Manifest:
         height, width: pixel size per row (int64). coverage: foreground fraction (float64).
         group_order: every group name in id order. Empty means the natural sort of the
             groups present; a selection keeps its parent's order so group ids stay stable.
+        fold: cross-validation fold per row (int64, -1 outside the folds), or None when
+            the manifest has no folds (``prepare --folds K``).
     """
 
     root: Path
@@ -91,6 +112,7 @@ class Manifest:
     coverage: np.ndarray
     mask_rule: tuple[str, ...]
     group_order: tuple[str, ...] = field(default=())
+    fold: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -102,6 +124,9 @@ class Manifest:
         put(self, "coverage", _frozen_array(self.coverage, np.float64))
         n = len(self.image)
         lengths = {c: len(getattr(self, c)) for c in COLUMNS}
+        if self.fold is not None:
+            put(self, "fold", _frozen_array(self.fold, np.int64))
+            lengths[FOLD_COLUMN] = len(self.fold)
         if any(v != n for v in lengths.values()):
             raise ValueError(f"manifest columns differ in length: {lengths}")
         order = tuple(self.group_order) or tuple(natural_sort(set(self.group)))
@@ -145,6 +170,7 @@ class Manifest:
             coverage=self.coverage[idx],
             mask_rule=tuple(self.mask_rule[i] for i in idx),
             group_order=self.group_order,
+            fold=None if self.fold is None else self.fold[idx],
         )
 
     def select(
@@ -187,16 +213,15 @@ def sidecar_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def _format_float(value: float) -> str:
-    return repr(float(value))  # shortest text that reads back to the same float
-
-
 def manifest_csv_text(manifest: Manifest) -> str:
     """The CSV text of a manifest (header plus one line per row)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    folds = manifest.fold
+    # The fold column only when there are folds: manifests without stay byte-identical.
+    writer.writerow(COLUMNS if folds is None else (*COLUMNS, FOLD_COLUMN))
     for i in range(len(manifest)):
+        fold = [] if folds is None else [int(folds[i])]
         writer.writerow(
             [
                 manifest.image[i],
@@ -205,8 +230,9 @@ def manifest_csv_text(manifest: Manifest) -> str:
                 manifest.split[i],
                 int(manifest.height[i]),
                 int(manifest.width[i]),
-                _format_float(manifest.coverage[i]),
+                format_float(manifest.coverage[i]),
                 manifest.mask_rule[i],
+                *fold,
             ]
         )
     return buf.getvalue()
@@ -273,49 +299,6 @@ def _allows_outside(path: Path) -> bool:
     return isinstance(meta, dict) and meta.get("allow_outside_root") is True
 
 
-def _parse_row(row: dict[str, str], where: str, problems: list[Problem]) -> tuple[Any, ...] | None:
-    bad = len(problems)
-    values = {c: (row.get(c) or "").strip() for c in COLUMNS}
-    for col in ("image", "mask", "group"):
-        if not values[col]:
-            problems.append(Problem(where, f"empty '{col}'", f"fill in the {col} column"))
-    if values["split"] not in SPLITS:
-        problems.append(
-            Problem(
-                where,
-                f"split '{values['split']}' is not one of {', '.join(SPLITS)}",
-                "fix the split column",
-            )
-        )
-    try:
-        parse_rule(values["mask_rule"])
-    except ValueError as err:
-        problems.append(Problem(where, str(err), "run 'segbalance prepare' again"))
-    try:
-        height, width = int(values["height"]), int(values["width"])
-        coverage = float(values["coverage"])
-        if height <= 0 or width <= 0 or not (0.0 <= coverage <= 1.0) or math.isnan(coverage):
-            raise ValueError
-    except ValueError:
-        problems.append(
-            Problem(
-                where,
-                "height/width must be positive integers and coverage in [0, 1]",
-                "run 'segbalance prepare' again to recompute them",
-            )
-        )
-        return None
-    if len(problems) > bad:
-        return None
-    return (
-        *(values[c] for c in ("image", "mask", "group", "split")),
-        height,
-        width,
-        coverage,
-        values["mask_rule"],
-    )
-
-
 def read_manifest(
     path: str | Path, root: str | Path | None = None, check_files: bool = True
 ) -> Manifest:
@@ -344,6 +327,7 @@ def read_manifest(
             f"manifest {path} lacks column(s) {', '.join(missing)}; expected "
             f"{', '.join(COLUMNS)}. Write it with 'segbalance prepare'"
         )
+    folded = FOLD_COLUMN in (reader.fieldnames or [])
     base = _resolve_root(path, root)
     real_base = None if _allows_outside(path) else base.resolve()
     problems: list[Problem] = []
@@ -351,7 +335,7 @@ def read_manifest(
     first_line: dict[str, int] = {}
     for line, row in enumerate(reader, start=2):
         where = f"{path}:{line}"
-        parsed = _parse_row(row, where, problems)
+        parsed = parse_row(row, where, problems, folded)
         if parsed is None:
             continue
         if real_base is not None:  # checked before any file is opened
@@ -386,4 +370,5 @@ def read_manifest(
     if not rows:
         raise UserError(f"manifest {path} has no rows; run 'segbalance prepare' on your data")
     cols = list(zip(*rows, strict=True))
-    return Manifest(base, *cols)  # type: ignore[arg-type]
+    fold = np.array(cols.pop(), np.int64) if folded else None
+    return Manifest(base, *cols, fold=fold)  # type: ignore[arg-type, misc]

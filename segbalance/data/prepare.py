@@ -24,6 +24,7 @@ import numpy as np
 
 from segbalance.data.check import DEFAULT_MAX_PIXELS, check_pairs
 from segbalance.data.discover import Discovery, Reject, discover
+from segbalance.data.folds import assign_folds, fold_table
 from segbalance.data.manifest import (
     DEFAULT_DIRNAME,
     Manifest,
@@ -83,6 +84,11 @@ class PrepareResult:
         totals = [sum(int(r[i]) for r in rows) for i in range(1, 5)]
         rows.append(("total", *map(str, totals)))
         lines = table_lines(head, rows)
+        if self.manifest.fold is not None:  # prepare --folds K
+            folds = fold_table(self.manifest)
+            k = len(folds[0]) - 1 if folds else 0
+            lines += ["", f"{k} folds (rows per group and fold; test rows are in none):"]
+            lines += table_lines(("group", *(f"fold {f}" for f in range(k))), folds)
         rules = ", ".join(f"{k} x{v}" for k, v in sorted(self.mask_rules.items()))
         lines += ["", f"layout: {self.layout}", f"mask rules applied: {rules or 'none'}"]
         if self.ignored:
@@ -168,16 +174,20 @@ def scan(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool | None = None,
     mask_choice: MaskChoice = SILENT_RULES,
+    folds: int = 0,
 ) -> Scan:
     """Discover and check every pair under ``root`` and split them; nothing is written.
 
     Raises:
         InvalidDataError: any problem while ``skip_invalid`` is False (the full table).
-        UserError: no layout, or no valid pair at all.
+        UserError: no layout, or no valid pair at all; ``folds`` not 0 and below 2, or
+            more than the train/valid pairs.
     """
     root = Path(root)
     if not 0.0 < valid_fraction < 1.0:
         raise UserError(f"--valid-fraction {valid_fraction} must be between 0 and 1 (exclusive)")
+    if folds and folds < 2:  # before any pair is checked
+        raise UserError(f"--folds {folds} must be at least 2 (0: no folds)")
     found = discover(root, groups_csv, allow_outside_root)
     if not allow_outside_root:
         _drop_outside(found, root)
@@ -209,6 +219,10 @@ def scan(
     else:
         groups = [found.pairs[i].group for i in keep]
         splits = assign_splits([names[i][0] for i in keep], groups, valid_fraction, seed)
+    fold = None
+    if folds:
+        keys, kept_groups = [names[i][0] for i in keep], [found.pairs[i].group for i in keep]
+        fold = np.array(assign_folds(keys, kept_groups, folds, seed, splits), np.int64)
     manifest = Manifest(
         root=root,
         image=tuple(names[i][0] for i in keep),
@@ -219,6 +233,7 @@ def scan(
         width=np.array([checks[i].width for i in keep]),
         coverage=np.array([checks[i].coverage for i in keep]),
         mask_rule=tuple(checks[i].mask_rule for i in keep),
+        fold=fold,
     )
     if split_given:
         counts, valid = manifest.counts(), manifest.select(split="valid").counts()
@@ -262,6 +277,7 @@ def prepare_dataset(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool | None = None,
     mask_choice: MaskChoice = SILENT_RULES,
+    folds: int = 0,
 ) -> PrepareResult:
     """Check a data root and write its manifest (and rejects CSV with ``skip_invalid``).
 
@@ -278,6 +294,8 @@ def prepare_dataset(
         progress: progress bar on stderr; None shows it on a terminal only.
         mask_choice: the user's mask rule (``--mask-threshold``, ``--mask-channel``); the
             rule each mask is read by lands in its row's ``mask_rule``.
+        folds: K >= 2 records a group-stratified fold id per row (``fold`` column, test
+            rows -1; :mod:`segbalance.data.folds`); 0 writes no fold column.
 
     Raises:
         InvalidDataError: problems found and ``skip_invalid`` is False; nothing is written.
@@ -300,6 +318,7 @@ def prepare_dataset(
         max_pixels=max_pixels,
         progress=progress,
         mask_choice=mask_choice,
+        folds=folds,
     )
     rejects_path = rejects_path_for(out_path)
     if done.rejects:
@@ -316,6 +335,8 @@ def prepare_dataset(
         # read_manifest checks the paths of every row unless this says they may leave the root
         "allow_outside_root": allow_outside_root,
     }
+    if folds:  # only then: the sidecar of a run without folds stays as it was
+        info["folds"] = f"group-stratified, seeded, folds={folds}"
     write_manifest(done.manifest, out_path, info)
     return PrepareResult(
         manifest=done.manifest,

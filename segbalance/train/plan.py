@@ -17,6 +17,7 @@ import dataclasses
 import numpy as np
 
 from segbalance.config import Config
+from segbalance.data.folds import fold_rows
 from segbalance.data.manifest import Manifest, read_manifest
 from segbalance.errors import UserError
 from segbalance.pipeline.verify import check_files
@@ -33,13 +34,28 @@ def select_groups(cfg: Config, manifest: Manifest) -> Manifest:
     return dataclasses.replace(kept, group_order=order)
 
 
+def split_rows(cfg: Config, manifest: Manifest) -> tuple[Manifest, Manifest]:
+    """(train, valid) of the selected groups: the splits, or ``data.fold``'s folds.
+
+    Raises:
+        UserError: ``data.fold`` set on a manifest without folds or outside 0..K-1.
+    """
+    rows = select_groups(cfg, manifest)
+    if cfg.data.fold is not None:  # the test split is in no fold: it stays untouched
+        where = f"manifest {cfg.data.manifest}" if cfg.data.manifest else "the manifest"
+        return fold_rows(rows, cfg.data.fold, where)
+    return rows.select(split=cfg.data.train_split), rows.select(split=cfg.data.valid_split)
+
+
 def training_rows(cfg: Config, manifest: Manifest) -> Manifest:
-    """The rows a run trains on: split ``data.train_split`` of the selected groups."""
-    return select_groups(cfg, manifest).select(split=cfg.data.train_split)
+    """The rows a run trains on: split ``data.train_split`` (or the folds other than
+    ``data.fold``) of the selected groups."""
+    return split_rows(cfg, manifest)[0]
 
 
 def load_data(cfg: Config) -> tuple[Manifest, Manifest]:
-    """The train and valid rows of ``data.manifest``, limited to ``data.groups``.
+    """The train and valid rows of ``data.manifest``, limited to ``data.groups``
+    (``data.fold`` k: the other folds and fold k instead of the splits).
 
     Raises:
         UserError: no manifest, unknown groups, an empty train or valid split, a file
@@ -47,10 +63,11 @@ def load_data(cfg: Config) -> tuple[Manifest, Manifest]:
     """
     if not cfg.data.manifest:
         raise UserError("no manifest: pass MANIFEST (from 'segbalance prepare') or data.manifest")
-    manifest = select_groups(cfg, read_manifest(cfg.data.manifest))
-    train = manifest.select(split=cfg.data.train_split)
-    valid = manifest.select(split=cfg.data.valid_split)
-    for name, part in ((cfg.data.train_split, train), (cfg.data.valid_split, valid)):
+    train, valid = split_rows(cfg, read_manifest(cfg.data.manifest))
+    names = (cfg.data.train_split, cfg.data.valid_split)
+    if cfg.data.fold is not None:
+        names = (f"folds other than {cfg.data.fold}", f"fold {cfg.data.fold}")
+    for name, part in zip(names, (train, valid), strict=True):
         if len(part) == 0:
             raise UserError(
                 f"manifest {cfg.data.manifest} has no '{name}' rows; run 'segbalance prepare' "

@@ -1,0 +1,99 @@
+"""The manifest CSV's columns and the parsing of one of its rows (checked, not trusted).
+
+Split off :mod:`segbalance.data.manifest`, which holds the :class:`Manifest` type, its
+writer and the reader that calls :func:`parse_row` for every line.
+
+``fold`` is optional: ``prepare --folds K`` writes it (0..K-1, -1 for rows outside the
+folds such as the test split); a manifest without it reads as before, and the writer adds
+the column only when the manifest has folds, so older manifests stay byte-identical.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from segbalance.data.mask_rules import parse_rule
+from segbalance.errors import Problem
+
+COLUMNS = ("image", "mask", "group", "split", "height", "width", "coverage", "mask_rule")
+FOLD_COLUMN = "fold"
+SPLITS = ("train", "valid", "test")
+NO_FOLD = -1  # a row outside the folds (test split), or a cell left empty
+
+
+def format_float(value: float) -> str:
+    """The shortest text that reads back to the same float."""
+    return repr(float(value))
+
+
+def parse_fold(text: str, where: str, problems: list[Problem]) -> int:
+    """A fold cell: empty means -1 (not folded); else an integer >= -1."""
+    if not text:
+        return NO_FOLD
+    try:
+        fold = int(text)
+        if fold < NO_FOLD:
+            raise ValueError
+    except ValueError:
+        problems.append(
+            Problem(
+                where,
+                f"fold '{text}' is not an integer >= -1",
+                "fix the fold column, or run 'segbalance prepare --folds K' again",
+            )
+        )
+        return NO_FOLD
+    return fold
+
+
+def parse_row(
+    row: dict[str, str], where: str, problems: list[Problem], folded: bool = False
+) -> tuple[Any, ...] | None:
+    """One CSV row as ``(image, mask, group, split, height, width, coverage, rule[, fold])``.
+
+    Problems are appended to ``problems`` (with ``where``, the ``file:line``); None when
+    the row has any. ``folded``: the CSV has a fold column, whose value ends the tuple.
+    """
+    bad = len(problems)
+    values = {c: (row.get(c) or "").strip() for c in COLUMNS}
+    for col in ("image", "mask", "group"):
+        if not values[col]:
+            problems.append(Problem(where, f"empty '{col}'", f"fill in the {col} column"))
+    if values["split"] not in SPLITS:
+        problems.append(
+            Problem(
+                where,
+                f"split '{values['split']}' is not one of {', '.join(SPLITS)}",
+                "fix the split column",
+            )
+        )
+    try:
+        parse_rule(values["mask_rule"])
+    except ValueError as err:
+        problems.append(Problem(where, str(err), "run 'segbalance prepare' again"))
+    fold = parse_fold((row.get(FOLD_COLUMN) or "").strip(), where, problems) if folded else None
+    try:
+        height, width = int(values["height"]), int(values["width"])
+        coverage = float(values["coverage"])
+        if height <= 0 or width <= 0 or not (0.0 <= coverage <= 1.0) or math.isnan(coverage):
+            raise ValueError
+    except ValueError:
+        problems.append(
+            Problem(
+                where,
+                "height/width must be positive integers and coverage in [0, 1]",
+                "run 'segbalance prepare' again to recompute them",
+            )
+        )
+        return None
+    if len(problems) > bad:
+        return None
+    parsed = (
+        *(values[c] for c in ("image", "mask", "group", "split")),
+        height,
+        width,
+        coverage,
+        values["mask_rule"],
+    )
+    return parsed if fold is None else (*parsed, fold)
