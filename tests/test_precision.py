@@ -101,3 +101,98 @@ def test_a_train_step_under_each_policy(policy: str, restore_policy) -> None:
     losses = [float(step(batch)[0]) for _ in range(3)]
     assert all(np.isfinite(losses))
     assert not np.allclose(before, body.kernel.numpy())  # loss scaling did not skip every step
+
+
+BF16 = {"avx2", "avx512_bf16"}
+
+
+def _probe(seconds: dict[str, float]) -> tuple[list[str], object]:
+    calls: list[str] = []
+
+    def measure(policy: str) -> float:
+        calls.append(policy)
+        return seconds[policy]
+
+    return calls, measure
+
+
+@pytest.mark.parametrize(
+    ("bf16_s", "expected", "note"),
+    [
+        (1.0 / 1.48, "mixed_bfloat16", "auto precision: mixed_bfloat16 (1.48x float32, measured)"),
+        (1.0 / 0.95, "float32", "auto precision: float32 (mixed_bfloat16 0.95x float32, measured)"),
+        (1.0 / 1.05, "float32", "1.05x float32"),  # under MIN_SPEEDUP: not worth the numerics
+    ],
+)
+def test_auto_on_a_bf16_cpu_measures_both(
+    tmp_path: Path, bf16_s: float, expected: str, note: str
+) -> None:
+    calls, measure = _probe({"float32": 1.0, "mixed_bfloat16": bf16_s})
+    cache = tmp_path / precision.PROBE_FILE
+    got = precision.choose_precision(
+        "auto", measure=measure, cache=cache, key="k", has_gpu=False, cpu_flags=BF16
+    )
+    assert (got.policy, sorted(calls)) == (expected, ["float32", "mixed_bfloat16"])
+    assert note in got.note
+    assert precision.read_probe(cache, "k") == pytest.approx(1.0 / bf16_s)
+
+
+def test_a_cached_probe_is_reused_per_key(tmp_path: Path) -> None:
+    cache = tmp_path / precision.PROBE_FILE
+    precision.write_probe(cache, "cpu | unet-small", {"float32": 1.5, "mixed_bfloat16": 1.0})
+    calls, measure = _probe({"float32": 1.0, "mixed_bfloat16": 2.0})
+    kw = {"measure": measure, "cache": cache, "has_gpu": False, "cpu_flags": BF16}
+    again = precision.choose_precision("auto", key="cpu | unet-small", **kw)
+    assert again.policy == "mixed_bfloat16" and not calls  # a resume: no second probe
+    assert "1.50x float32, measured, cached in precision.json" in again.note
+    other = precision.choose_precision("auto", key="cpu | efficientnetb4", **kw)
+    assert other.policy == "float32" and len(calls) == 2
+    assert precision.read_probe(cache, "cpu | unet-small") == pytest.approx(1.5)  # kept
+    cache.write_text("{not json")
+    assert precision.read_probe(cache, "cpu | unet-small") is None  # damaged: measure again
+
+
+@pytest.mark.parametrize(
+    ("requested", "has_gpu", "flags", "steps", "expected"),
+    [
+        ("auto", True, BF16, 10_000, "mixed_float16"),
+        ("auto", False, {"avx2"}, 10_000, "float32"),  # emulated bf16: never probed
+        ("auto", False, BF16, precision.PROBE_MIN_STEPS - 1, "float32"),  # too short to pay
+        ("mixed_bfloat16", False, {"avx2"}, 10_000, "mixed_bfloat16"),  # explicit: as given
+    ],
+)
+def test_no_probe_where_it_cannot_change_the_choice(
+    requested: str, has_gpu: bool, flags: set[str], steps: int, expected: str
+) -> None:
+    calls, measure = _probe({"float32": 1.0, "mixed_bfloat16": 0.1})
+    got = precision.choose_precision(
+        requested, measure=measure, steps=steps, has_gpu=has_gpu, cpu_flags=flags
+    )
+    assert got.policy == expected and not calls
+
+
+def test_the_probe_key_names_cpu_model_size_and_batch(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t: avx2\n")
+    assert precision.cpu_model_name(cpuinfo) == "AMD EPYC 9R14"
+    assert precision.cpu_model_name(tmp_path / "missing")  # some name elsewhere
+    key = precision.probe_key("unet-small", (64, 96), 8, cpu="X")
+    assert key == "X | unet-small | 64x96 | batch 8"
+
+
+def test_the_probe_times_a_real_step(restore_policy, monkeypatch: pytest.MonkeyPatch) -> None:
+    from segbalance.config import load_config
+
+    built: list[str] = []
+
+    def tiny(mcfg, size):  # the probe's wiring, not unet-small's build time
+        built.append(mcfg.encoder_weights)
+        inputs = keras.Input((*size, 3))
+        return keras.Model(inputs, keras.layers.Conv2D(1, 3, padding="same")(inputs))
+
+    monkeypatch.setattr(steps, "build_model", tiny)
+    cfg = load_config(None, {"data.image_size": 32, "model.encoder_weights": "imagenet"})
+    seconds = steps.time_train_step(cfg, "mixed_bfloat16", 2, steps=1, warmup=1)
+    assert np.isfinite(seconds) and seconds > 0
+    assert built == ["none"]  # a copy without downloading weights
+    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"

@@ -19,17 +19,22 @@ compute the same weights everywhere).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from segbalance.config import Config
 from segbalance.data.manifest import Manifest
+from segbalance.losses import get_loss
 from segbalance.metrics import GroupMetrics, confusion_counts, metrics_from_counts
+from segbalance.models import build_model
 from segbalance.pipeline.cache import DecodedCache
 from segbalance.pipeline.dataset import build_eval_dataset, build_train_dataset
+from segbalance.train import schedule
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -117,17 +122,21 @@ def make_train_step(
     global_batch: int,
     threshold: float,
     num_groups: int = 0,
+    jit_compile: bool = False,
 ) -> Callable[[Any], tuple[tf.Tensor, ...]]:
     """A compiled step: returns the global mean loss and summed [4] train counts.
 
     Variables are those trainable when this is called (encoder freezing builds a second
     step after unfreezing). With ``num_groups`` > 0 it also returns the [G] sums of each
-    group's per-sample losses (the ``train_loss`` signal of adaptive balancing).
+    group's per-sample losses (the ``train_loss`` signal of adaptive balancing). With
+    ``jit_compile`` the forward pass, loss and gradients of each replica are one XLA
+    program; the all-reduce and the optimiser update stay outside it, so collectives never
+    run inside XLA.
     """
     variables = list(model.trainable_variables)
     replicas = strategy.num_replicas_in_sync
 
-    def replica_step(batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
+    def gradients(batch: dict[str, tf.Tensor]) -> tuple[Any, ...]:
         with tf.GradientTape() as tape:
             logits = model(batch["image"], training=True)
             per_sample = tf.cast(loss_fn.call(batch["mask"], logits), tf.float32)
@@ -139,16 +148,25 @@ def make_train_step(
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
+        counts = tf.reduce_sum(confusion_counts(batch["mask"], logits, threshold), axis=0)
+        extra: tuple[tf.Tensor, ...] = ()
+        if num_groups:
+            group = tf.cast(batch["group"], tf.int32)
+            extra = (tf.math.unsorted_segment_sum(by_group, group, num_groups),)
+        return (grads, loss, counts, *extra)
+
+    compute = (
+        tf.function(gradients, autograph=False, jit_compile=True) if jit_compile else gradients
+    )
+
+    def replica_step(batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
+        grads, *out = compute(batch)
         pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
         reduced = [g for g, _ in pairs]
         if replicas > 1:
             reduced = tf.distribute.get_replica_context().all_reduce(SUM, reduced)
         optimizer.apply(reduced, [v for _, v in pairs])
-        counts = tf.reduce_sum(confusion_counts(batch["mask"], logits, threshold), axis=0)
-        if not num_groups:
-            return loss, counts
-        group = tf.cast(batch["group"], tf.int32)
-        return loss, counts, tf.math.unsorted_segment_sum(by_group, group, num_groups)
+        return tuple(out)
 
     @tf.function(autograph=False)  # no tensor-dependent Python control flow: faster trace
     def step(batch: Any) -> tuple[tf.Tensor, ...]:
@@ -157,6 +175,50 @@ def make_train_step(
         return tuple(strategy.reduce(SUM, x, axis=None) for x in out)
 
     return step
+
+
+def time_train_step(
+    cfg: Config,
+    policy: str,
+    batch: int,
+    *,
+    steps: int = 3,
+    warmup: int = 1,
+    jit_compile: bool = False,
+) -> float:
+    """Seconds per train step of a fresh copy of ``cfg``'s model under dtype ``policy``.
+
+    The precision probe (:func:`segbalance.train.precision.choose_precision`) and
+    benchmarks/bench_train.py use it. The copy gets no pretrained weights (speed does not
+    depend on them) and random in-memory batches, so only the step is timed; the global
+    policy is left at ``policy`` (the caller sets the run's own next).
+    """
+    keras.mixed_precision.set_global_policy(policy)
+    model = build_model(
+        cfg.model.model_copy(update={"encoder_weights": "none"}), cfg.data.image_size
+    )
+    opt = schedule.build_optimizer(cfg.optimizer, 100, 1, policy)
+    opt.build(model.trainable_variables)
+    own_gradient_reduction(opt)
+    step = make_train_step(
+        tf.distribute.get_strategy(),
+        model,
+        opt,
+        get_loss(cfg.loss),
+        batch,
+        cfg.train.threshold,
+        jit_compile=jit_compile,
+    )
+    h, w = cfg.data.image_size
+    image = tf.random.stateless_uniform((batch, h, w, 3), (0, 0), 0.0, 255.0)
+    data = {"image": image, "mask": tf.cast(image[..., :1] > 127, tf.float32)}
+    for _ in range(warmup):  # the first call traces and compiles
+        float(step(data)[0])
+    began = time.perf_counter()
+    for _ in range(steps):
+        loss = step(data)[0]
+    float(loss)  # waits for the last step
+    return (time.perf_counter() - began) / max(steps, 1)
 
 
 EvalStep = Callable[[Any], tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]]
@@ -169,11 +231,15 @@ def make_eval_step(
     num_groups: int,
     threshold: float,
     real_rows: int,
+    jit_compile: bool = False,
 ) -> EvalStep:
-    """A compiled step: per-group [G, 4] counts, images [G], summed loss, loss per group [G]."""
+    """A compiled step: per-group [G, 4] counts, images [G], summed loss, loss per group [G].
+
+    With ``jit_compile`` each replica's part (no collectives) is one XLA program.
+    """
     limit = tf.constant(real_rows, tf.int64)
 
-    def replica_step(batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
+    def replica_part(batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
         logits = model(batch["image"], training=False)
         per_sample = tf.cast(loss_fn.call(batch["mask"], logits), tf.float32)
         real = batch["index"] < limit
@@ -185,6 +251,12 @@ def make_eval_step(
         loss_sum = tf.reduce_sum(tf.where(real, per_sample, 0.0))
         group_loss = tf.math.unsorted_segment_sum(per_sample, segment, num_groups + 1)
         return group_counts[:num_groups], images[:num_groups], loss_sum, group_loss[:num_groups]
+
+    replica_step = (
+        tf.function(replica_part, autograph=False, jit_compile=True)
+        if jit_compile
+        else replica_part
+    )
 
     @tf.function(autograph=False)  # no tensor-dependent Python control flow: faster trace
     def step(batch: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:

@@ -85,10 +85,20 @@ class Trainer:
         self._cache: DecodedCache | None = None
         self.groups = self.train_rows.groups
         self.batch = cfg.train.batch_size
-        self.policy = prec.apply_precision(prec.resolve_precision(cfg.train.precision))
         self.plan, self.sample_weights = plan
         self.adaptive = AdaptiveBalance.for_run(cfg.sampling, self.plan, cfg.train.epochs)
         self.steps = self.plan.epoch_length // self.batch
+        self.jit = prec.resolve_jit(cfg.train.jit_compile)
+        # Several workers would each measure (or read their own cache) and could disagree.
+        solo = runtime.num_workers == 1
+        self.precision = prec.choose_precision(  # before the seed: the probe draws no numbers
+            cfg.train.precision,
+            measure=self._time_step if solo else None,
+            cache=wd.root / prec.PROBE_FILE if solo else None,
+            key=prec.probe_key(cfg.model.name, cfg.data.image_size, self.batch),
+            steps=self.steps * cfg.train.epochs,
+        )
+        self.policy = prec.apply_precision(self.precision.policy)
         keras.utils.set_random_seed(cfg.train.seed)  # identical initial weights everywhere
         with self.strategy.scope():
             self.model = build_model(cfg.model, cfg.data.image_size)
@@ -191,7 +201,13 @@ class Trainer:
             cache=self.cache.valid,
         )
         eval_step = steps.make_eval_step(
-            self.strategy, self.model, self.loss_fn, len(self.groups), cfg.train.threshold, real
+            self.strategy,
+            self.model,
+            self.loss_fn,
+            len(self.groups),
+            cfg.train.threshold,
+            real,
+            jit_compile=self.jit,
         )
         for epoch in range(state.get("epoch"), cfg.train.epochs):
             if cfg.optimizer.schedule == "plateau":
@@ -236,6 +252,10 @@ class Trainer:
             return RuntimeError(f"the input pipeline failed in epoch {epoch + 1}")
         return InvalidDataError(problems, "the pipeline cannot decode these files")
 
+    def _time_step(self, policy: str) -> float:
+        """The precision probe: seconds per step of a model copy under ``policy``."""
+        return steps.time_train_step(self.cfg, policy, self.batch // self.runtime.replicas)
+
     def _train_step(self, epoch: int) -> Any:
         frozen = epoch < self.cfg.model.freeze_encoder_epochs
         if set_encoder_trainable(self.model, not frozen) and frozen not in self._train_steps:
@@ -249,6 +269,7 @@ class Trainer:
                 self.batch,
                 self.cfg.train.threshold,
                 0 if self.adaptive is None else self.adaptive.train_loss_groups,
+                jit_compile=self.jit,
             )
         return self._train_steps[frozen]
 
@@ -363,6 +384,7 @@ class Trainer:
             self._save(state.get("epoch"), 0)
         facts = {
             "precision": self.policy,
+            "jit_compile": self.jit,
             "replicas": self.runtime.replicas,
             "workers": self.runtime.num_workers,
             "global_batch_size": self.batch,
@@ -392,7 +414,7 @@ class Trainer:
         lines = [
             f"train {len(self.train_rows)} images, valid {len(self.valid_rows)}, "
             f"{len(self.groups)} groups; model {cfg.model.name} at {cfg.data.image_size}",
-            f"{prec.describe(self.policy, cfg.train.precision)}; "
+            f"{self.precision.note}; {prec.describe_jit(self.jit, cfg.train.jit_compile)}; "
             f"{self.runtime.replicas} replica(s), {self.runtime.num_workers} worker(s)",
             f"plan {plan.balance}/{plan.mode}: {self.steps} steps of {self.batch} per epoch; "
             f"target mix {mix}",
