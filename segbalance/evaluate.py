@@ -207,8 +207,32 @@ def json_view(result: dict[str, Any]) -> dict[str, Any]:
     return {key: result[key] for key in JSON_KEYS}
 
 
+def check_result_target(path: str | Path) -> None:
+    """Refuse to replace a file that is not an earlier evaluation result.
+
+    ``--json manifest.json`` (the manifest's sidecar) or a config file given by mistake
+    must not be overwritten: an existing file is replaced only when it parses as one.
+
+    Raises:
+        UserError: naming the file.
+    """
+    path = Path(path)
+    if not path.exists() or path.is_dir():
+        return  # a folder is refused by the writer's own target check
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        earlier = None
+    if not (isinstance(earlier, dict) and {"groups", "worst_group_iou"} <= set(earlier)):
+        raise UserError(
+            f"--json {path} exists and is not an earlier evaluation result; it is left as it "
+            "is. Choose another --json"
+        )
+
+
 def write_json(result: dict[str, Any], path: str | Path) -> None:
-    """Write the evaluation JSON atomically."""
+    """Write the evaluation JSON atomically (never over a file that is not a result)."""
+    check_result_target(path)
     write_text(path, json.dumps(json_view(result), indent=2) + "\n")
 
 

@@ -44,6 +44,9 @@ from segbalance.metrics import logit_threshold
 FORMATS = ("savedmodel", "tflite", "onnx")
 SUFFIX = {"tflite": ".tflite", "onnx": ".onnx"}
 
+#: The kind in the .segbalance marker of a SavedModel folder export writes.
+EXPORT_KIND = "export"
+
 
 def _float32_config(node: Any) -> Any:
     """The model config with every dtype policy replaced by float32."""
@@ -189,7 +192,8 @@ def _check_out(fmt: str, out: Path, overwrite: bool) -> None:
     if fmt != "savedmodel" and out.is_dir():
         raise UserError(f"--out {out} is a folder; --format {fmt} writes one file: name it")
     if fmt == "savedmodel":
-        check_replaceable(out, "--out")  # never a folder of the user's, even with --overwrite
+        # never a user's folder (nor a training run), even with --overwrite
+        check_replaceable(out, "--out", EXPORT_KIND)
     check_output_path(out, "--out", folder=fmt == "savedmodel")
 
 
@@ -227,7 +231,7 @@ def export_model(
     if fmt == "savedmodel":
         with atomic_dir(out) as tmp:
             write_savedmodel(model, meta, tmp, t)
-            mark_dir(tmp, "export")
+            mark_dir(tmp, EXPORT_KIND)
     elif fmt == "tflite":
         with atomic_write(out, "wb") as fh:
             fh.write(tflite_bytes(model, meta, t))

@@ -200,21 +200,45 @@ def mark_dir(path: str | Path, kind: str) -> None:
     write_text(Path(path) / MARKER, json.dumps({"created_by": "segbalance", "kind": kind}) + "\n")
 
 
-def is_marked(path: str | Path) -> bool:
-    """True when segbalance created the folder ``path`` (it carries :data:`MARKER`)."""
-    return (Path(path) / MARKER).is_file()
+def marked_kind(path: str | Path) -> str | None:
+    """The kind segbalance recorded when it created the folder ``path``; None if it did not.
+
+    A marker without a readable kind (an older or damaged one) counts as not ours.
+    """
+    try:
+        value = json.loads((Path(path) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    kind = value.get("kind") if isinstance(value, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
-def check_replaceable(path: str | Path, flag: str) -> None:
-    """Refuse to replace ``path`` unless it is missing, empty, or a folder of ours.
+def is_marked(path: str | Path, kind: str) -> bool:
+    """True when segbalance created the folder ``path`` as a ``kind`` (run, export, ...).
+
+    The kind matters: an export must never replace a training run's folder.
+    """
+    return marked_kind(path) == kind
+
+
+def check_replaceable(path: str | Path, flag: str, kind: str) -> None:
+    """Refuse to replace ``path`` unless it is missing, empty, or a ``kind`` folder of ours.
 
     Raises:
-        UserError: naming the folder, when segbalance did not create it.
+        UserError: naming the folder (and what it is, when segbalance made it as another
+            kind).
     """
     path = Path(path)
-    if not path.is_dir() or not any(path.iterdir()) or is_marked(path):
+    if not path.is_dir() or not any(path.iterdir()) or is_marked(path, kind):
         return
+    other = marked_kind(path)
+    article = "an" if kind[:1] in "aeiou" else "a"
+    what = (
+        f"it is a segbalance {other} folder, not {article} {kind}"
+        if other
+        else f"segbalance did not create it (it has no {MARKER} file), so it may hold your files"
+    )
     raise UserError(
-        f"{flag} refuses to replace {path}: segbalance did not create it (it has no {MARKER} "
-        f"file), so it may hold your files. Delete or move it yourself, or choose another {flag}"
+        f"{flag} refuses to replace {path}: {what}. Delete or move it yourself, or choose "
+        f"another {flag}"
     )

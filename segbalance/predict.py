@@ -30,7 +30,6 @@ Example:
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -145,10 +144,7 @@ def expand_inputs(
 
 def _is_predict_dir(folder: str) -> bool:
     """True when ``folder`` carries the marker predict writes into an --out it creates."""
-    try:
-        return json.loads((Path(folder) / MARKER).read_text()).get("kind") == MARKER_KIND
-    except (OSError, ValueError, AttributeError):
-        return False
+    return is_marked(folder, MARKER_KIND)
 
 
 def _under_output(path: Path, cache: dict[str, bool]) -> bool:
@@ -211,7 +207,7 @@ def _check_targets(out: Path, names: Sequence[Path], kinds: Sequence[str]) -> No
     for kind in kinds:
         if (out / kind).exists() and not (out / kind).is_dir():
             raise UserError(f"--out {out}: {out / kind} is a file, not a folder; move it")
-    if not out.is_dir() or is_marked(out):
+    if not out.is_dir() or is_marked(out, MARKER_KIND):
         return
     taken = [out / k / n for k in kinds for n in names if os.path.lexists(out / k / n)]
     if taken:

@@ -11,6 +11,7 @@ import pytest
 from segbalance.cli import main
 from segbalance.config import ModelConfig
 from segbalance.errors import UserError
+from segbalance.io import mark_dir
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +122,7 @@ def test_bad_format_and_missing_onnx(model_file, tmp_path) -> None:
     [
         ("savedmodel", "mine", "segbalance did not create it"),
         ("tflite", "mine.tflite", "is a folder"),
+        ("savedmodel", "run", "it is a segbalance run folder, not an export"),
     ],
 )
 def test_overwrite_never_replaces_a_users_folder(
@@ -129,8 +131,10 @@ def test_overwrite_never_replaces_a_users_folder(
     folder = tmp_path / name
     folder.mkdir()
     (folder / "notes.txt").write_text("my notes")
+    if name == "run":  # a training work dir: segbalance's, but not an export to replace
+        mark_dir(folder, "run")
     argv = ["export", str(tmp_path / "m.keras"), "--format", fmt, "--out", str(folder)]
     assert main([*argv, "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert message in err and str(folder) in err and "Traceback" not in err
-    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in folder.iterdir() if p.name != ".segbalance") == ["notes.txt"]

@@ -423,6 +423,7 @@ def test_a_full_disk_stops_predict_cleanly(model_file, tmp_path, capsys, monkeyp
         "json_read_only",
         "json_full_disk",
         "json_is_the_model",
+        "json_is_a_sidecar",
     ],
 )
 def test_evaluate_json_is_checked_before_the_evaluation(
@@ -445,11 +446,14 @@ def test_evaluate_json_is_checked_before_the_evaluation(
         target, says = tmp_path / "eval.json", "No space left"
     else:
         monkeypatch.setattr(segbalance.evaluate, "evaluate", no_evaluation)
+        sidecar = tmp_path / "manifest.json"  # a .json, but the manifest's, not a result
+        sidecar.write_text('{"root": ".", "tool": "segbalance"}\n')
         target, says = {
             "json_is_a_folder": (tmp_path, "is a folder"),
             "json_under_a_file": (a_file / "eval.json", "which is a file"),
             "json_read_only": (_unwritable(tmp_path) / "eval.json", "cannot write in"),
-            "json_is_the_model": (a_file, "not a .json file"),
+            "json_is_the_model": (a_file, "is not an earlier evaluation result"),
+            "json_is_a_sidecar": (sidecar, "is not an earlier evaluation result"),
         }[case]
     before = tree(tmp_path)
     code, _, err = run(capsys, "evaluate", model_file, tmp_path / "m.csv", "--json", target)

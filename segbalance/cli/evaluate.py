@@ -61,19 +61,14 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from segbalance.artifacts import read_meta
     from segbalance.errors import UserError
-    from segbalance.evaluate import evaluate, format_evaluation, write_json
+    from segbalance.evaluate import check_result_target, evaluate, format_evaluation, write_json
     from segbalance.export import check_output_path
 
     # A bad model file or --json fails now, not after checking data or the whole evaluation.
     read_meta(args.model)
     if args.json is not None:
         check_output_path(args.json, "--json", folder=False)
-        if args.json.is_file() and args.json.suffix.lower() != ".json":
-            # e.g. the model or the manifest given by mistake: not an earlier result
-            raise UserError(
-                f"--json {args.json} exists and is not a .json file; it is replaced only "
-                "if it is an earlier result (*.json): choose another --json"
-            )
+        check_result_target(args.json)  # e.g. the manifest's sidecar given by mistake
     result = evaluate(
         args.model,
         args.data,

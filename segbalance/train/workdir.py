@@ -37,6 +37,8 @@ CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 # Sections that may differ on --resume: where the run executes, not what it computes.
 RESUME_MAY_CHANGE = ("distribute",)
+#: The kind in the .segbalance marker of a work dir train created.
+RUN_KIND = "run"
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,11 @@ def config_diff(old: Config, new: Config, ignore: tuple[str, ...] = ()) -> list[
     return out
 
 
+def _is_run(wd: WorkDir) -> bool:
+    """A work dir ``segbalance train`` created: its marker says run, and it has a config."""
+    return is_marked(wd.root, RUN_KIND) and wd.config.is_file()
+
+
 def _is_empty(path: Path) -> bool:
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
@@ -134,7 +141,7 @@ def check_work_dir(work_dir: str | Path, cfg: Config, *, resume: bool, overwrite
                 f"work dir {wd.root} is not empty; pass --resume to continue its run, "
                 "--overwrite to delete it and start again, or choose another --work-dir"
             )
-        if not (is_marked(wd.root) and wd.config.is_file()):
+        if not _is_run(wd):
             raise UserError(
                 f"--overwrite refuses to delete {wd.root}: it is not a segbalance run (no "
                 f"{MARKER} and {CONFIG} from 'segbalance train'), so it may hold your files. "
@@ -149,7 +156,9 @@ def create_work_dir(wd: WorkDir, cfg: Config) -> None:
     An earlier run there is deleted first; the check made sure segbalance created it.
     """
     if not _is_empty(wd.root):
-        shutil.rmtree(wd.root)  # a run segbalance created (marker checked)
+        if not _is_run(wd):  # checked again at the moment of deleting: never a user's folder
+            raise UserError(f"--overwrite refuses to delete {wd.root}: it is not a segbalance run")
+        shutil.rmtree(wd.root)
     wd.root.mkdir(parents=True, exist_ok=True)
-    mark_dir(wd.root, "run")
+    mark_dir(wd.root, RUN_KIND)
     write_text(wd.config, config_to_yaml(cfg))
