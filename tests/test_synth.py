@@ -188,3 +188,15 @@ def test_cli_warns_about_a_manifest_of_the_old_data(tmp_path: Path, capsys) -> N
     capsys.readouterr()
     assert main([*args, "--overwrite", "--seed", "1"]) == 0
     assert "manifest.csv describes the old data" in capsys.readouterr().err
+
+
+def test_overwrite_never_replaces_real_data_in_the_tutorial_layout(tmp_path: Path) -> None:
+    """Images/ and Masks/ that synth did not write (no synth.json) survive --overwrite."""
+    out = tmp_path / "nails"
+    (out / "Images" / "0").mkdir(parents=True)
+    (out / "Masks" / "0").mkdir(parents=True)
+    (out / "Images" / "0" / "photo.jpg").write_bytes(b"a real photo")
+    with pytest.raises(UserError, match="synth did not write them"):
+        generate(out, scale=0.001, size=32, progress=False, overwrite=True)
+    assert (out / "Images" / "0" / "photo.jpg").read_bytes() == b"a real photo"
+    assert sorted(p.name for p in out.iterdir()) == ["Images", "Masks"]

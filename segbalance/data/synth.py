@@ -106,6 +106,13 @@ def _prepare_out(out: Path, overwrite: bool) -> Path:
             f"{out} already holds a data set ({', '.join(p.name for p in present)}); "
             "pass --overwrite to replace it or choose an empty OUT"
         )
+    if present and not (out / INFO_NAME).is_file():
+        # Images/ and Masks/ without synth.json are someone's real data: never replaced.
+        raise UserError(
+            f"--overwrite refuses to replace {', '.join(str(p) for p in present)}: {out} has "
+            f"no {INFO_NAME}, so segbalance synth did not write them (real data?). Choose an "
+            "empty OUT"
+        )
     tmp = out / TMP_NAME
     if tmp.exists():  # left by an interrupted run of ours
         shutil.rmtree(tmp)

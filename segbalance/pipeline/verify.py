@@ -16,6 +16,7 @@ import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
 from segbalance.data.manifest import Manifest
+from segbalance.data.orientation import displayed_size
 from segbalance.errors import InvalidDataError, Problem
 from segbalance.pipeline.decode import decode_image, decode_mask
 
@@ -29,13 +30,12 @@ def _header_problem(path: str, size: tuple[int, int]) -> str | None:
     """Why the file at ``path`` is not the (height, width) recorded, or None."""
     try:
         with Image.open(path) as im:
-            width, height = im.size  # reads the header only
+            width, height = displayed_size(im)  # the header only, EXIF orientation applied
     except FileNotFoundError:
         return "missing: moved or deleted after prepare"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         return f"cannot be read any more ({type(err).__name__}: {err})"
-    # Either orientation: the recorded size may be the displayed (EXIF-rotated) one.
-    if (height, width) != size and (width, height) != size:
+    if (height, width) != size:
         return f"is {height}x{width} now, but prepare recorded {size[0]}x{size[1]}"
     return None
 
