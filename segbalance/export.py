@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +34,7 @@ from segbalance.io import (
     atomic_dir,
     atomic_path,
     atomic_write,
+    check_output_path,
     check_replaceable,
     mark_dir,
     replace_dir,
@@ -144,42 +144,6 @@ def write_onnx(model: Any, meta: ModelMeta, path: Path, threshold: float) -> Non
     float_spec, _ = _specs(meta)
     fn = tf.function(serving_function(model, threshold), input_signature=[float_spec])
     tf2onnx.convert.from_function(fn, input_signature=[float_spec], output_path=str(path))
-
-
-def check_output_path(path: str | Path, flag: str, *, folder: bool) -> None:
-    """Refuse, before any work, an output path that cannot be written.
-
-    ``folder``: the path is a folder (created if missing), else a file. Refused: a folder
-    given for a file or a file for a folder, a path under a file, a broken link, and a
-    place the process cannot write (probed with a temp file, which also catches root on
-    a read-only file system, where permission bits say nothing).
-
-    Raises:
-        UserError: naming ``flag``, the path, and what to do.
-    """
-    path = Path(path)
-    if folder and path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path} is a file; give a folder (it is created if missing)")
-    if not folder and path.is_dir():
-        raise UserError(f"{flag} {path} is a folder; name a file (in it or elsewhere)")
-    existing = path if folder else path.parent
-    while not existing.exists():
-        if os.path.lexists(existing):
-            raise UserError(f"{flag} {path}: {existing} is a broken link; fix or remove it")
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(
-            f"{flag} {path} lies under {existing}, which is a file, not a folder; "
-            f"choose another {flag}"
-        )
-    try:
-        with tempfile.TemporaryFile(dir=existing, prefix=".segbalance-probe-"):
-            pass
-    except OSError as err:
-        raise UserError(
-            f"{flag} {path}: cannot write in {existing} ({err.strerror}); "
-            f"choose a folder you can write to"
-        ) from err
 
 
 def _check_out(fmt: str, out: Path, overwrite: bool) -> None:

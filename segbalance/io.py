@@ -32,7 +32,10 @@ def _nearest_existing(path: Path) -> Path:
 
 
 def check_folder_target(path: str | Path) -> None:
-    """Refuse a folder that cannot be created or written, before anything is written.
+    """Refuse a folder that cannot be created or written (cheap: no probe file).
+
+    The atomic writers call it before each write; up-front checks of a command's outputs
+    use :func:`check_output_path`, which also probes the folder.
 
     Raises:
         UserError: ``path`` is a file, lies under a file, or in a folder not writable.
@@ -48,7 +51,7 @@ def check_folder_target(path: str | Path) -> None:
 
 
 def check_file_target(path: str | Path) -> None:
-    """Refuse a file path that cannot be written, before anything is written.
+    """Refuse a file path that cannot be written (cheap: no probe file; see above).
 
     Raises:
         UserError: ``path`` is a folder, lies under a file, or in a folder not writable.
@@ -57,6 +60,42 @@ def check_file_target(path: str | Path) -> None:
     if path.is_dir():
         raise UserError(f"{path} is a folder; give a file name inside it or elsewhere")
     check_folder_target(path.parent)
+
+
+def check_output_path(path: str | Path, flag: str, *, folder: bool) -> None:
+    """Refuse, before any work, an output path that cannot be written.
+
+    ``folder``: the path is a folder (created if missing), else a file. Refused: a folder
+    given for a file or a file for a folder, a path under a file, a broken link, and a
+    place the process cannot write (probed with a temp file, which also catches root on
+    a read-only file system, where permission bits say nothing).
+
+    Raises:
+        UserError: naming ``flag``, the path, and what to do.
+    """
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file; give a folder (it is created if missing)")
+    if not folder and path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; name a file (in it or elsewhere)")
+    existing = path if folder else path.parent
+    while not existing.exists():
+        if os.path.lexists(existing):
+            raise UserError(f"{flag} {path}: {existing} is a broken link; fix or remove it")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(
+            f"{flag} {path} lies under {existing}, which is a file, not a folder; "
+            f"choose another {flag}"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".segbalance-probe-"):
+            pass
+    except OSError as err:
+        raise UserError(
+            f"{flag} {path}: cannot write in {existing} ({err.strerror}); "
+            f"choose a folder you can write to"
+        ) from err
 
 
 def _create_temp(final: Path, suffix: str) -> tuple[int, Path]:

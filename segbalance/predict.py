@@ -45,8 +45,7 @@ from tqdm import tqdm
 from segbalance.artifacts import ModelMeta, check_image_size, load_model
 from segbalance.data.check import DEFAULT_MAX_PIXELS
 from segbalance.errors import Problem, UserError
-from segbalance.export import check_output_path
-from segbalance.io import MARKER, atomic_path, is_marked, mark_dir
+from segbalance.io import MARKER, atomic_path, check_output_path, is_marked, mark_dir
 from segbalance.metrics import logit_threshold
 from segbalance.pipeline.decode import load_image, preprocess_for_model
 

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from segbalance.artifacts import read_meta
     from segbalance.errors import UserError
     from segbalance.evaluate import check_result_target, evaluate, format_evaluation, write_json
-    from segbalance.export import check_output_path
+    from segbalance.io import check_output_path
 
     # A bad model file or --json fails now, not after checking data or the whole evaluation.
     read_meta(args.model)

@@ -35,7 +35,7 @@ from segbalance.data.manifest import (
 from segbalance.data.mask_rules import SILENT_RULES, MaskChoice
 from segbalance.data.paths import path_problem, root_relative
 from segbalance.errors import InvalidDataError, Problem, UserError
-from segbalance.io import check_file_target, write_text
+from segbalance.io import check_output_path, write_text
 from segbalance.text import table_lines
 
 REJECT_COLUMNS = ("image", "mask", "group", "problem", "fix")
@@ -306,7 +306,7 @@ def prepare_dataset(
         raise UserError(f"--out {out_path} must be a .csv file")
     # Where it will write is checked now, not after checking every pair.
     for target in (out_path, rejects_path_for(out_path)):
-        check_file_target(target)
+        check_output_path(target, "--out", folder=False)
     done = scan(
         root,
         valid_fraction=valid_fraction,

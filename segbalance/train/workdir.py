@@ -27,7 +27,7 @@ import yaml
 
 from segbalance.config import Config, config_from_dict, config_to_yaml
 from segbalance.errors import UserError
-from segbalance.io import MARKER, check_folder_target, is_marked, mark_dir, write_text
+from segbalance.io import MARKER, check_output_path, is_marked, mark_dir, write_text
 
 CONFIG = "config.yaml"
 BEST = "best.keras"
@@ -125,7 +125,7 @@ def check_work_dir(work_dir: str | Path, cfg: Config, *, resume: bool, overwrite
         raise UserError("--resume and --overwrite exclude each other: pick one")
     if wd.root.exists() and not wd.root.is_dir():
         raise UserError(f"work dir {wd.root} is a file; pass a folder to --work-dir")
-    check_folder_target(wd.root)
+    check_output_path(wd.root, "--work-dir", folder=True)
     if resume:
         changed = config_diff(read_run_config(wd.root), cfg, ignore=RESUME_MAY_CHANGE)
         if changed:
