@@ -32,7 +32,7 @@ from segbalance.config import Config, load_config
 from segbalance.data.manifest import Manifest, read_manifest
 from segbalance.errors import UserError
 from segbalance.pipeline.dataset import build_train_dataset
-from segbalance.sampling import SamplingPlan, training_epoch_length
+from segbalance.sampling import SamplingPlan, adaptive_base, training_epoch_length
 from segbalance.train.plan import training_plan, training_rows
 
 __all__ = ["balanced_dataset", "steps_per_epoch"]
@@ -152,8 +152,17 @@ def balanced_dataset(
         epoch_length: samples per epoch; default: the number of train images.
 
     Raises:
-        UserError: what ``segbalance train`` raises for the same data and settings.
+        UserError: what ``segbalance train`` raises for the same data and settings; an
+            ``adaptive[:BASE]`` balance (its mix follows each epoch's validation losses,
+            which a user's ``model.fit`` cannot feed back: train with ``segbalance train``).
     """
+    if adaptive_base(balance) is not None:
+        raise UserError(
+            f"balance '{balance}': balanced_dataset cannot adapt, since model.fit does not "
+            "give it the per-group losses of each epoch; use a static strategy (its base, "
+            "e.g. 'uniform' or 'sqrt') here, or train with 'segbalance train --balance "
+            f"{balance}'"
+        )
     overrides = {
         "data.image_size": image_size,
         "data.epoch_length": epoch_length,

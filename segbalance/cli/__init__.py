@@ -21,7 +21,19 @@ from segbalance.errors import UserError
 from segbalance.version import __version__
 
 # Order is the order shown in ``segbalance --help``: the story of a run.
-COMMANDS = ("synth", "prepare", "stats", "plan", "train", "evaluate", "predict", "export", "demo")
+COMMANDS = (
+    "synth",
+    "prepare",
+    "stats",
+    "plan",
+    "train",
+    "evaluate",
+    "compare",
+    "cv",
+    "predict",
+    "export",
+    "demo",
+)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

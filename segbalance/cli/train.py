@@ -55,6 +55,25 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--config", type=Path, default=None, help="YAML config (any subset)")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/train"), help="run folder")
+    add_config_flags(parser)
+    parser.add_argument("--resume", action="store_true", help="continue the run in --work-dir")
+    parser.add_argument("--overwrite", action="store_true", help="delete --work-dir's run first")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the full config and exit"
+    )
+
+
+def add_config_flags(
+    parser: Any, *, balance: bool = True, fold: bool = True, cluster: bool = True
+) -> None:
+    """The config-override flags of ``train`` (shared by ``compare`` and ``cv``) and --set.
+
+    Args:
+        parser: the subcommand's parser.
+        balance: add --balance (``compare`` has its own list of strategies).
+        fold: add --fold (``cv`` runs every fold itself).
+        cluster: add --workers and --worker-index (multi-worker runs).
+    """
     overrides = parser.add_argument_group(
         "config overrides", "each flag sets one config key (default: the config's value)"
     )
@@ -69,10 +88,11 @@ def register(sub: Any) -> None:
     override("--image-size", "square input size, a multiple of 32", type=int)
     override("--epochs", "epochs to train", type=int)
     override("--batch-size", "global batch size (split over replicas)", type=int)
-    override(
-        "--balance",
-        "proportional | uniform | power:A | sqrt | custom | repeat-factor:T | adaptive[:BASE]",
-    )
+    if balance:
+        override(
+            "--balance",
+            "proportional | uniform | power:A | sqrt | custom | repeat-factor:T | adaptive[:BASE]",
+        )
     override("--mode", "exact quotas or random draws", choices=["exact", "random"])
     override("--weights", "per-group weights, e.g. 0=1,4=2")
     override("--lr", "peak learning rate", type=float)
@@ -82,12 +102,13 @@ def register(sub: Any) -> None:
         choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"],
     )
     override("--seed", "fixes plan, augmentation and initialisation", type=int)
-    override(
-        "--fold",
-        "validate on fold K and train on the others (needs 'prepare --folds')",
-        type=int,
-        metavar="K",
-    )
+    if fold:
+        override(
+            "--fold",
+            "validate on fold K and train on the others (needs 'prepare --folds')",
+            type=int,
+            metavar="K",
+        )
     parser.add_argument(
         "--set",
         action="append",
@@ -95,14 +116,31 @@ def register(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="any config key, e.g. --set train.checkpoint_every_steps=50 (repeatable)",
     )
-    parser.add_argument("--resume", action="store_true", help="continue the run in --work-dir")
-    parser.add_argument("--overwrite", action="store_true", help="delete --work-dir's run first")
     override("--devices", "GPU ids, e.g. 0,1 (cpu:2: two logical CPUs, for tests)")
-    override("--workers", "host:port of every worker, in order (comma-separated)")
-    override("--worker-index", "this machine's index in --workers", type=int)
+    if cluster:
+        override("--workers", "host:port of every worker, in order (comma-separated)")
+        override("--worker-index", "this machine's index in --workers", type=int)
+
+
+def add_series_flags(parser: Any, work_dir: str, folders: str) -> None:
+    """--work-dir, --bootstrap and --config of the commands that train a series of runs.
+
+    Args:
+        parser: the subcommand's parser (``compare``, ``cv``).
+        work_dir: the default --work-dir.
+        folders: what its run folders are, for the help.
+    """
+    parser.add_argument("--work-dir", type=Path, default=Path(work_dir), help=folders)
     parser.add_argument(
-        "--print-config", action="store_true", help="print the full config and exit"
+        "--bootstrap", type=int, default=1000, help="replicates of the 95%% intervals (0: none)"
     )
+    parser.add_argument("--config", type=Path, default=None, help="YAML config (any subset)")
+
+
+def check_bootstrap(value: int) -> None:
+    """Refuse a negative --bootstrap before any run starts."""
+    if value < 0:
+        raise UserError(f"--bootstrap must be >= 0 (0: no intervals), got {value}")
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:

@@ -3,7 +3,10 @@
 Order matters for the user: everything that can be refused (config, data, work dir, the
 batch over the replicas) is checked before the work dir is written, and a resume's config
 is compared before TensorFlow starts a strategy. Then :class:`~segbalance.train.trainer.
-Trainer` runs the epochs on the :class:`~segbalance.train.runtime.Runtime` of this process.
+Trainer` runs the epochs on the :class:`~segbalance.train.runtime.Runtime` of this process,
+observed by the caller's callbacks and :class:`~segbalance.train.images.GroupImages`
+(TensorBoard images per group). :func:`train_or_resume` starts, resumes or reuses a run by
+what its folder holds (``compare`` and ``cv`` run it per strategy and fold).
 
 A run killed at any point resumes (``resume=True``) at its last checkpoint: the same plan
 from the same epoch and step, so the finished run equals an uninterrupted one.
@@ -33,11 +36,12 @@ from segbalance.train.fingerprint import (
     read_fingerprint,
     write_fingerprint,
 )
+from segbalance.train.images import GroupImages
 from segbalance.train.plan import load_data, training_plan
 from segbalance.train.result import TrainResult, complete_result
 from segbalance.train.runtime import make_runtime
 from segbalance.train.trainer import Trainer
-from segbalance.train.workdir import WorkDir, check_work_dir, create_work_dir
+from segbalance.train.workdir import CONFIG, WorkDir, check_work_dir, create_work_dir
 
 
 def check_config(cfg: Config) -> None:
@@ -108,7 +112,34 @@ def train(
         write_fingerprint(wd.root, fingerprint)
     policy = keras.mixed_precision.global_policy()
     try:  # the run sets the global dtype policy; callers get theirs back
-        trainer = Trainer(cfg, wd, runtime, data, plan, cache, callbacks)
+        # Every run shows a few validation images per group in TensorBoard (images.py).
+        images = GroupImages(data[1], cfg.data.image_size, wd.logs, cfg.train.threshold)
+        trainer = Trainer(cfg, wd, runtime, data, plan, cache, [*callbacks, images])
         return trainer.run(resume=resume)
     finally:
         keras.mixed_precision.set_global_policy(policy)
+
+
+def resumable(cfg: Config, work_dir: str | Path) -> bool:
+    """Whether :func:`train_or_resume` resumes ``work_dir`` (it holds a run's config.yaml).
+
+    Checks the work-dir rules without writing (so a batch of runs can refuse before the
+    first one starts).
+
+    Raises:
+        UserError: a folder that is not a run, or a run of another config.
+    """
+    resume = (Path(work_dir) / CONFIG).is_file()
+    check_work_dir(work_dir, cfg, resume=resume, overwrite=False)
+    return resume
+
+
+def train_or_resume(
+    cfg: Config, work_dir: str | Path, callbacks: Sequence[keras.callbacks.Callback] = ()
+) -> TrainResult:
+    """A new run in an empty ``work_dir``, else its run resumed (a finished one reused).
+
+    What ``compare`` and ``cv`` run per strategy or fold, so killing them loses at most
+    the epochs since each run's last checkpoint.
+    """
+    return train(cfg, work_dir, resume=resumable(cfg, work_dir), callbacks=callbacks)
