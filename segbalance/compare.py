@@ -264,7 +264,6 @@ def plot_comparison(results: Mapping[str, Mapping[str, Any]], path: Path, note: 
     scatter.set(
         title="Worst group vs mean group", xlabel="mean-group IoU", ylabel="worst-group IoU"
     )
-    scatter.axline((0, 0), slope=1, color="#cccccc", linewidth=0.8)  # worst = mean: all equal
     for ax in (bars, scatter):
         ax.spines[["top", "right"]].set_visible(False)
         ax.grid(axis="y", alpha=0.3)
