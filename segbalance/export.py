@@ -37,7 +37,6 @@ from segbalance.io import (
     check_output_path,
     check_replaceable,
     mark_dir,
-    replace_dir,
 )
 from segbalance.metrics import logit_threshold
 
@@ -147,10 +146,13 @@ def write_onnx(model: Any, meta: ModelMeta, path: Path, threshold: float) -> Non
 
 
 def _check_out(fmt: str, out: Path, overwrite: bool) -> None:
+    """Refuse a bad ``out`` before any work, giving the real reason before any advice.
+
+    A folder that ``--overwrite`` would refuse anyway (a user's, or a training run) is
+    named as such first, so the user is never sent round to pass ``--overwrite`` in vain.
+    """
     if fmt in SUFFIX and out.suffix.lower() != SUFFIX[fmt]:
         raise UserError(f"--out {out} must end in {SUFFIX[fmt]} for --format {fmt}")
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists; pass --overwrite or choose another --out")
     if fmt == "savedmodel" and out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; a SavedModel is a folder")
     if fmt != "savedmodel" and out.is_dir():
@@ -158,11 +160,9 @@ def _check_out(fmt: str, out: Path, overwrite: bool) -> None:
     if fmt == "savedmodel":
         # never a user's folder (nor a training run), even with --overwrite
         check_replaceable(out, "--out", EXPORT_KIND)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite or choose another --out")
     check_output_path(out, "--out", folder=fmt == "savedmodel")
-
-
-# tests/test_export.py imports this name; the folder swap itself lives in segbalance.io.
-_replace_dir = replace_dir
 
 
 def export_model(

@@ -55,14 +55,14 @@ def test_savedmodel_gives_the_keras_masks(model_file, batch, tmp_path) -> None:
 
 
 def test_replacing_a_folder_keeps_the_old_one_until_the_new_one_is_in_place(tmp_path) -> None:
-    from segbalance.export import _replace_dir
+    from segbalance.io import replace_dir
 
     out, new = tmp_path / "out", tmp_path / "new"
     out.mkdir()
     (out / "old.txt").write_text("old")
     new.mkdir()
     (new / "new.txt").write_text("new")
-    _replace_dir(new, out)
+    replace_dir(new, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert [p.name for p in out.iterdir()] == ["new.txt"]
 

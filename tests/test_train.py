@@ -372,7 +372,7 @@ def test_work_dir_rules(tmp_path: Path) -> None:
     assert load_config(work / "config.yaml") == cfg
     with pytest.raises(UserError, match="not empty"):
         prepare_work_dir(work, cfg, resume=False, overwrite=False)
-    (work / "stale.txt").write_text("old run")
+    (work / "history.csv").write_text("old run")  # a file a run writes: replaced
     prepare_work_dir(work, cfg, resume=False, overwrite=True)
     assert sorted(p.name for p in work.iterdir()) == [".segbalance", "config.yaml"]
 
@@ -391,6 +391,12 @@ def test_work_dir_rules(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=f"refuses to delete {project}"):
         prepare_work_dir(project, cfg, resume=False, overwrite=True)
     assert sorted(p.name for p in project.iterdir()) == ["config.yaml", "main.py"]
+    # A run folder the user added notes to: the run is segbalance's, the notes are not.
+    (work / "notes.txt").write_text("what I tried")
+    with pytest.raises(UserError, match="also holds notes.txt, which segbalance did not write"):
+        prepare_work_dir(work, cfg, resume=False, overwrite=True)
+    assert (work / "notes.txt").read_text() == "what I tried"
+    (work / "notes.txt").unlink()
 
     moved = load_config(None, {"distribute.devices": "0,1"})
     prepare_work_dir(work, moved, resume=True, overwrite=False)  # where it runs may change

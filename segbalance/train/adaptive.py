@@ -33,11 +33,12 @@ from segbalance.io import atomic_path
 from segbalance.sampling import SamplingPlan, adaptive_base
 from segbalance.sampling.adaptive import initial_weights, mix, update_weights
 from segbalance.train.checkpoint import RunState
+from segbalance.train.workdir import ADAPTIVE_FIGURE
 
 __all__ = ["FIGURE", "AdaptiveBalance", "plot_weights"]
 
 # The figure an adaptive run writes into its work dir.
-FIGURE = "adaptive.png"
+FIGURE = ADAPTIVE_FIGURE
 
 
 class AdaptiveBalance:

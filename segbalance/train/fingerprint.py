@@ -16,9 +16,7 @@ from typing import Any
 from segbalance.data.manifest import Manifest
 from segbalance.errors import UserError
 from segbalance.io import write_text
-
-#: File of the work dir holding the fingerprint.
-DATA = "data.json"
+from segbalance.train.workdir import DATA
 
 
 def _digest(rows: Manifest) -> str:

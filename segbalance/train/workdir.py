@@ -19,6 +19,7 @@ may change, e.g. other machines).
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,11 @@ HISTORY = "history.csv"
 METRICS = "metrics.json"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
+DATA = "data.json"  # the rows the run trained on (segbalance.train.fingerprint)
+ADAPTIVE_FIGURE = "adaptive.png"  # group weights over epochs (segbalance.train.adaptive)
+#: Everything a run writes at its top level; --overwrite deletes a run only if it holds
+#: nothing else (a user's notes put into a run folder are not deleted with it).
+RUN_FILES = (MARKER, CONFIG, DATA, BEST, HISTORY, METRICS, CHECKPOINTS, LOGS, ADAPTIVE_FIGURE)
 # Sections that may differ on --resume: where the run executes, not what it computes.
 RESUME_MAY_CHANGE = ("distribute",)
 #: The kind in the .segbalance marker of a work dir train created.
@@ -147,7 +153,24 @@ def check_work_dir(work_dir: str | Path, cfg: Config, *, resume: bool, overwrite
                 f"{MARKER} and {CONFIG} from 'segbalance train'), so it may hold your files. "
                 "Delete or move it yourself, or choose another --work-dir"
             )
+        foreign = foreign_entries(wd)
+        if foreign:
+            more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            raise UserError(
+                f"--overwrite refuses to delete the run in {wd.root}: it also holds "
+                f"{', '.join(foreign[:5])}{more}, "
+                "which segbalance did not write. Move them out, then run it again"
+            )
     return wd
+
+
+def foreign_entries(wd: WorkDir) -> list[str]:
+    """Names at the top of ``wd`` that a run does not write (nor a temp file of its writers)."""
+    ours = set(RUN_FILES)
+    temp = re.compile(r"^\.(" + "|".join(re.escape(n) for n in RUN_FILES) + r")\.[0-9a-f]{8}")
+    return sorted(
+        p.name for p in wd.root.iterdir() if p.name not in ours and not temp.match(p.name)
+    )
 
 
 def create_work_dir(wd: WorkDir, cfg: Config) -> None:
@@ -156,8 +179,8 @@ def create_work_dir(wd: WorkDir, cfg: Config) -> None:
     An earlier run there is deleted first; the check made sure segbalance created it.
     """
     if not _is_empty(wd.root):
-        if not _is_run(wd):  # checked again at the moment of deleting: never a user's folder
-            raise UserError(f"--overwrite refuses to delete {wd.root}: it is not a segbalance run")
+        if not _is_run(wd) or foreign_entries(wd):  # again, at the moment of deleting
+            raise UserError(f"--overwrite refuses to delete {wd.root}: it is not only a run")
         shutil.rmtree(wd.root)
     wd.root.mkdir(parents=True, exist_ok=True)
     mark_dir(wd.root, RUN_KIND)
