@@ -33,7 +33,7 @@ from segbalance.artifacts import load_model
 from segbalance.data.manifest import read_manifest
 from segbalance.data.prepare import build_manifest
 from segbalance.errors import InvalidDataError, UserError
-from segbalance.io import write_text
+from segbalance.io import check_replaceable_file, json_has_keys, write_text
 from segbalance.metrics import GroupMetrics, confusion_counts, logit_threshold
 from segbalance.pipeline.dataset import build_eval_dataset
 from segbalance.pipeline.decode import decode_mask
@@ -207,6 +207,11 @@ def json_view(result: dict[str, Any]) -> dict[str, Any]:
     return {key: result[key] for key in JSON_KEYS}
 
 
+def is_result_json(path: str | Path) -> bool:
+    """True when ``path`` is a JSON file that ``segbalance evaluate --json`` wrote."""
+    return json_has_keys(path, ("groups", "worst_group_iou"))
+
+
 def check_result_target(path: str | Path) -> None:
     """Refuse to replace a file that is not an earlier evaluation result.
 
@@ -216,18 +221,7 @@ def check_result_target(path: str | Path) -> None:
     Raises:
         UserError: naming the file.
     """
-    path = Path(path)
-    if not path.exists() or path.is_dir():
-        return  # a folder is refused by the writer's own target check
-    try:
-        earlier = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        earlier = None
-    if not (isinstance(earlier, dict) and {"groups", "worst_group_iou"} <= set(earlier)):
-        raise UserError(
-            f"--json {path} exists and is not an earlier evaluation result; it is left as it "
-            "is. Choose another --json"
-        )
+    check_replaceable_file(path, "--json", "an earlier evaluation result", is_result_json)
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> None:

@@ -1,20 +1,24 @@
 """Atomic file and folder writes (a temp beside the target, then one rename) and the marker
-of folders segbalance created, the only folders it ever replaces.
+of folders segbalance created, the only folders it ever replaces; likewise an existing file
+is replaced only when it is recognisably segbalance's own output (:func:`check_replaceable_file`).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import secrets
 import shutil
+import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 from segbalance.errors import UserError
+from segbalance.version import __version__
 
 # Text and binary writes only: reading or appending through a rename makes no sense.
 WRITE_MODES = ("w", "wb")
@@ -281,3 +285,97 @@ def check_replaceable(path: str | Path, flag: str, kind: str) -> None:
         f"{flag} refuses to replace {path}: {what}. Delete or move it yourself, or choose "
         f"another {flag}"
     )
+
+
+#: Stamped into every figure segbalance writes (PNG text, SVG/PDF creator), so that a
+#: later run recognises the file as its own and may replace it.
+PRODUCER_PREFIX = "segbalance "
+
+# Where each figure format keeps the producer, and the bytes it turns into there.
+_FIGURE_KEY = {"png": "Software", "svg": "Creator", "pdf": "Creator"}
+_FIGURE_STAMP = {"svg": b"<dc:title>segbalance ", "pdf": b"/Creator (segbalance "}
+
+
+def figure_metadata(fmt: str) -> dict[str, str]:
+    """The ``savefig(metadata=...)`` that marks a ``fmt`` figure as segbalance's."""
+    key = _FIGURE_KEY.get(fmt.lower().lstrip("."))
+    return {key: f"{PRODUCER_PREFIX}{__version__}"} if key else {}
+
+
+def _png_texts(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(keyword, text) of each tEXt chunk of a PNG, up to the image data."""
+    pos = 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        if kind in (b"IDAT", b"IEND"):
+            return  # matplotlib writes its text chunks before the pixels
+        if kind == b"tEXt" and b"\0" in body:
+            key, _, text = body.partition(b"\0")
+            yield key, text
+        pos += 12 + length
+
+
+def is_our_figure(path: str | Path) -> bool:
+    """True when ``path`` is a PNG/SVG/PDF whose metadata says segbalance wrote it."""
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if fmt == "png":
+        if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+            return False
+        stamp = PRODUCER_PREFIX.encode()
+        return any(k == b"Software" and t.startswith(stamp) for k, t in _png_texts(data))
+    return fmt in _FIGURE_STAMP and _FIGURE_STAMP[fmt] in data
+
+
+def json_object(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when it is not one (or unreadable)."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def json_has_keys(path: str | Path, keys: Iterable[str]) -> bool:
+    """True when ``path`` holds a JSON object with every key of ``keys``."""
+    value = json_object(path)
+    return value is not None and set(keys) <= set(value)
+
+
+def csv_header(path: str | Path) -> tuple[str, ...]:
+    """The first row of a CSV file (empty when it has none or is not text)."""
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            return tuple(next(csv.reader(fh), []))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return ()
+
+
+def check_replaceable_file(
+    path: str | Path, flag: str, what: str, recognise: Callable[[Path], bool]
+) -> None:
+    """Refuse, before any work, to replace a file segbalance did not write.
+
+    A missing ``path`` passes (and a folder: the output checks refuse it with their own
+    message); an existing file passes only when ``recognise`` says it is segbalance's
+    earlier output of this kind (``what``, e.g. "an earlier stats JSON").
+
+    Raises:
+        UserError: naming ``flag``, the file, and to choose another path.
+    """
+    path = Path(path)
+    if not os.path.lexists(path) or path.is_dir():
+        return
+    try:
+        ours = path.is_file() and recognise(path)
+    except (OSError, ValueError):  # unreadable or malformed: not recognisably ours
+        ours = False
+    if not ours:
+        raise UserError(
+            f"{flag} {path} exists and is not {what}; it is left as it is. Choose another "
+            f"{flag} (or move the file away yourself)"
+        )

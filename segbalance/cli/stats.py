@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from segbalance.cli.common import add_command
+from segbalance.errors import UserError
 
 EXAMPLES = """
 segbalance stats data/nails/segbalance/manifest.csv
@@ -35,18 +36,31 @@ def register(sub: Any) -> None:
     )
 
 
+def check_root(root: Path | None) -> None:
+    """Refuse a ``--root`` that is missing or a file (else every path would be wrong)."""
+    if root is None:
+        return
+    if not root.exists():
+        raise UserError(
+            f"--root {root} does not exist; give the folder the manifest's paths are "
+            "relative to, or leave --root out to use the one recorded with the manifest"
+        )
+    if not root.is_dir():
+        raise UserError(f"--root {root} is a file; give the data folder (DATA_ROOT)")
+
+
 def run(args: argparse.Namespace) -> int:
     from segbalance.data.manifest import read_manifest
     from segbalance.data.stats import (
-        check_plot_path,
+        check_stats_outputs,
         compute_stats,
         format_stats_table,
         plot_stats,
         write_stats_json,
     )
 
-    if args.plot is not None:
-        check_plot_path(args.plot)  # before any work or output
+    check_root(args.root)
+    check_stats_outputs(args.json, args.plot)  # before any work or output
     manifest = read_manifest(args.manifest, root=args.root, check_files=False)
     stats = compute_stats(manifest)
     stats["manifest"] = str(args.manifest)

@@ -34,7 +34,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--size", type=int, default=384, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace a data set already in OUT"
+        "--overwrite",
+        action="store_true",
+        help="replace a data set synth wrote in OUT (never files it did not write)",
     )
     parser.add_argument(
         "--workers", type=int, default=0, help="processes drawing images; 0: up to 2 (the cores)"

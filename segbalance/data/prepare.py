@@ -26,16 +26,25 @@ from segbalance.data.check import DEFAULT_MAX_PIXELS, check_pairs
 from segbalance.data.discover import Discovery, Reject, discover
 from segbalance.data.folds import assign_folds, fold_table
 from segbalance.data.manifest import (
+    COLUMNS,
     DEFAULT_DIRNAME,
     Manifest,
     natural_key,
     natural_sort,
+    sidecar_path,
     write_manifest,
 )
 from segbalance.data.mask_rules import SILENT_RULES, MaskChoice
 from segbalance.data.paths import path_problem, root_relative
 from segbalance.errors import InvalidDataError, Problem, UserError
-from segbalance.io import check_output_path, write_text
+from segbalance.io import (
+    PRODUCER_PREFIX,
+    check_output_path,
+    check_replaceable_file,
+    csv_header,
+    json_object,
+    write_text,
+)
 from segbalance.text import table_lines
 
 REJECT_COLUMNS = ("image", "mask", "group", "problem", "fix")
@@ -264,6 +273,39 @@ def rejects_path_for(manifest_path: str | Path) -> Path:
     return path.with_name(f"{path.stem}_rejects.csv")
 
 
+def is_manifest_sidecar(path: str | Path) -> bool:
+    """True when ``path`` is the JSON that :func:`write_manifest` puts beside a manifest."""
+    meta = json_object(path)
+    tool = meta.get("tool") if meta is not None else None
+    return isinstance(tool, str) and tool.startswith(PRODUCER_PREFIX) and "root" in (meta or {})
+
+
+def is_manifest_file(path: str | Path) -> bool:
+    """True when ``path`` is a manifest CSV prepare wrote: its columns and its sidecar."""
+    header = csv_header(path)
+    return header[: len(COLUMNS)] == COLUMNS and is_manifest_sidecar(sidecar_path(path))
+
+
+def _is_rejects_file(path: Path) -> bool:
+    return csv_header(path) == REJECT_COLUMNS
+
+
+def check_prepare_outputs(out_path: Path) -> None:
+    """Refuse, before any work, outputs that cannot be written or are a user's own files.
+
+    The manifest, its sidecar and the rejects list may each replace (or, the rejects,
+    delete) only what an earlier ``prepare`` wrote.
+    """
+    side, rejects = sidecar_path(out_path), rejects_path_for(out_path)
+    for target, what, recognise in (
+        (out_path, "a manifest", is_manifest_file),
+        (side, "the sidecar JSON of a manifest", is_manifest_sidecar),
+        (rejects, "a rejects list", _is_rejects_file),
+    ):
+        check_output_path(target, "--out", folder=False)
+        check_replaceable_file(target, "--out", f"{what} segbalance wrote", recognise)
+
+
 def prepare_dataset(
     root: str | Path,
     out: str | Path | None = None,
@@ -304,9 +346,7 @@ def prepare_dataset(
     out_path = Path(out) if out is not None else root / DEFAULT_DIRNAME / "manifest.csv"
     if out_path.suffix.lower() != ".csv":
         raise UserError(f"--out {out_path} must be a .csv file")
-    # Where it will write is checked now, not after checking every pair.
-    for target in (out_path, rejects_path_for(out_path)):
-        check_output_path(target, "--out", folder=False)
+    check_prepare_outputs(out_path)  # now, not after checking every pair
     done = scan(
         root,
         valid_fraction=valid_fraction,

@@ -23,12 +23,22 @@ from matplotlib.figure import Figure
 
 from segbalance.data.manifest import SPLITS, Manifest
 from segbalance.errors import UserError
-from segbalance.io import atomic_path, write_text
+from segbalance.io import (
+    atomic_path,
+    check_output_path,
+    check_replaceable_file,
+    figure_metadata,
+    is_our_figure,
+    json_has_keys,
+    write_text,
+)
 from segbalance.text import table_lines
 
 QUANTILES = {"q10": 0.10, "q25": 0.25, "median": 0.50, "q75": 0.75, "q90": 0.90}
 SPLIT_COLOURS = {"train": "#4C72B0", "valid": "#DD8452", "test": "#55A868"}
 PLOT_FORMATS = (".png", ".svg", ".pdf")
+#: Keys every stats JSON has: an existing --json file is replaced only when it has them.
+STATS_KEYS = ("groups_order", "imbalance", "groups", "all")
 
 
 def _coverage_stats(values: np.ndarray) -> dict[str, float] | None:
@@ -154,8 +164,30 @@ def format_stats_table(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def is_stats_json(path: str | Path) -> bool:
+    """True when ``path`` is a JSON file that ``segbalance stats --json`` wrote."""
+    return json_has_keys(path, STATS_KEYS)
+
+
+def check_stats_outputs(json_path: str | Path | None, plot_path: str | Path | None) -> None:
+    """Refuse, before any work, outputs that cannot be written or would replace a user's file.
+
+    Raises:
+        UserError: a bad plot suffix, an unwritable place, or an existing file that is
+            not an earlier stats JSON or figure of segbalance.
+    """
+    if json_path is not None:
+        check_output_path(json_path, "--json", folder=False)
+        check_replaceable_file(json_path, "--json", "an earlier stats JSON", is_stats_json)
+    if plot_path is not None:
+        check_plot_path(plot_path)
+        check_output_path(plot_path, "--plot", folder=False)
+        check_replaceable_file(plot_path, "--plot", "a figure segbalance drew", is_our_figure)
+
+
 def write_stats_json(stats: dict[str, Any], path: str | Path) -> Path:
-    """Write the statistics as indented JSON, atomically."""
+    """Write the statistics as indented JSON, atomically (never over a user's file)."""
+    check_replaceable_file(path, "--json", "an earlier stats JSON", is_stats_json)
     write_text(path, json.dumps(stats, indent=2) + "\n")
     return Path(path)
 
@@ -287,6 +319,9 @@ def plot_stats(stats: dict[str, Any], path: str | Path) -> Path:
     if stats["imbalance"] is not None:
         title += f", largest group {stats['imbalance']:.1f}x the smallest"
     fig.suptitle(title, fontsize=13, fontweight="bold")
+    check_replaceable_file(path, "--plot", "a figure segbalance drew", is_our_figure)
+    fmt = path.suffix.lower()[1:]
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lower()[1:])
+        # the stamp is how a later run knows this file is its own and may replace it
+        fig.savefig(tmp, format=fmt, metadata=figure_metadata(fmt))
     return path

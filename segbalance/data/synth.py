@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from segbalance.data.synth_draw import STYLES, render
 from segbalance.errors import UserError
+from segbalance.io import check_output_path, json_object
 
 TUTORIAL_COUNTS: dict[str, int] = {"0": 749, "1": 144, "2": 126, "3": 52, "4": 34}
 TMP_NAME = ".synth-tmp"
@@ -87,32 +88,102 @@ def png_bytes(pixels: np.ndarray, level: int = 1) -> bytes:
     )
 
 
+def file_name(group: str, index: int) -> str:
+    """The name synth gives image (and mask) ``index`` of ``group``."""
+    return f"nail_{group}_{index:04d}.png"
+
+
 def _write_one(job: tuple[Path, str, int, int, int]) -> str:
     root, group, index, size, seed = job
     image, mask = render(group, index, size, seed)
-    name = f"nail_{group}_{index:04d}.png"
+    name = file_name(group, index)
     (root / "Images" / group / name).write_bytes(png_bytes(image))
     (root / "Masks" / group / name).write_bytes(png_bytes(mask, level=6))
     return group
 
 
-def _prepare_out(out: Path, overwrite: bool) -> Path:
-    """Check OUT, clear what ``overwrite`` allows, and return a fresh temp folder inside it."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder; choose another OUT")
-    present = [out / n for n in ("Images", "Masks", INFO_NAME) if (out / n).exists()]
-    if present and not overwrite:
+def _synth_paths(counts: dict[str, int]) -> set[str]:
+    """Every folder and file (relative to OUT) synth writes for ``counts``."""
+    paths = {"Images", "Masks"}
+    for top in ("Images", "Masks"):
+        for g, n in counts.items():
+            paths.add(f"{top}/{g}")
+            paths.update(f"{top}/{g}/{file_name(g, i)}" for i in range(n))
+    return paths
+
+
+def _recorded_counts(out: Path) -> dict[str, int]:
+    """The counts in OUT's synth.json; a UserError when it is not one synth wrote."""
+    info = json_object(out / INFO_NAME)
+    counts = info.get("counts") if info is not None else None
+    if not (isinstance(counts, dict) and all(type(n) is int for n in counts.values())):
         raise UserError(
-            f"{out} already holds a data set ({', '.join(p.name for p in present)}); "
-            "pass --overwrite to replace it or choose an empty OUT"
+            f"{out / INFO_NAME} is not one segbalance synth wrote (no image counts), so "
+            f"{out} is left as it is. Choose an empty or new OUT"
         )
-    if present and not (out / INFO_NAME).is_file():
+    return {str(g): n for g, n in counts.items()}
+
+
+def foreign_files(out: Path) -> list[str]:
+    """What lies in OUT/Images and OUT/Masks that synth did not write (per synth.json).
+
+    A folder synth did not write is listed once, not file by file; a link is never ours.
+    """
+    ours = _synth_paths(_recorded_counts(out))
+    foreign: list[str] = []
+    for top in ("Images", "Masks"):
+        base = out / top
+        if not os.path.lexists(base):
+            continue
+        if base.is_symlink() or not base.is_dir():
+            foreign.append(top)
+            continue
+        for folder, dirs, files in os.walk(base):  # links are not followed
+            rel = Path(folder).relative_to(out).as_posix()
+            for d in sorted(dirs):
+                if f"{rel}/{d}" not in ours or (Path(folder) / d).is_symlink():
+                    foreign.append(f"{rel}/{d}/")
+            dirs[:] = sorted(d for d in dirs if f"{rel}/{d}" in ours)
+            foreign += [f"{rel}/{f}" for f in sorted(files) if f"{rel}/{f}" not in ours]
+    return foreign
+
+
+def _listing(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _check_replaceable(out: Path, overwrite: bool) -> None:
+    """Refuse an OUT holding data synth did not write (the real reason first), or, without
+    ``overwrite``, a data set it did write."""
+    present = [n for n in ("Images", "Masks", INFO_NAME) if os.path.lexists(out / n)]
+    if not present:
+        return
+    if not (out / INFO_NAME).is_file():
         # Images/ and Masks/ without synth.json are someone's real data: never replaced.
         raise UserError(
-            f"--overwrite refuses to replace {', '.join(str(p) for p in present)}: {out} has "
-            f"no {INFO_NAME}, so segbalance synth did not write them (real data?). Choose an "
-            "empty OUT"
+            f"{out} already holds {', '.join(present)} but no {INFO_NAME}, so segbalance "
+            "synth did not write them (real data?); they are left as they are. Choose an "
+            "empty or new OUT"
         )
+    foreign = foreign_files(out)
+    if foreign:
+        raise UserError(
+            f"{out} holds files segbalance synth did not write: {_listing(foreign)}; they "
+            "are left as they are. Move them out of Images/ and Masks/, or choose an "
+            "empty or new OUT"
+        )
+    if not overwrite:
+        raise UserError(
+            f"{out} already holds a data set segbalance synth wrote ({', '.join(present)}); "
+            "pass --overwrite to replace it or choose an empty OUT"
+        )
+
+
+def _prepare_out(out: Path, overwrite: bool) -> Path:
+    """Check OUT, and return a fresh temp folder inside it (nothing is removed yet)."""
+    check_output_path(out, "OUT", folder=True)
+    _check_replaceable(out, overwrite)
     tmp = out / TMP_NAME
     if tmp.exists():  # left by an interrupted run of ours
         shutil.rmtree(tmp)
@@ -149,11 +220,13 @@ def generate(
         size: image side in pixels (every image is size x size).
         seed: fixes every pixel; the same seed gives byte-identical files.
         progress: show a progress bar on stderr.
-        overwrite: replace an existing data set in ``out``.
+        overwrite: replace a data set synth wrote in ``out`` (only that: never files it
+            did not write, as recorded in ``synth.json``).
         workers: processes to draw with (default: up to 2).
 
     Raises:
-        UserError: bad scale or size, or ``out`` already holds a data set.
+        UserError: bad scale or size, ``out`` cannot be written, already holds a data
+            set (without ``overwrite``), or holds files synth did not write (always).
 
     Example:
         >>> generate(Path("/tmp/nails"), scale=0.05, size=64, progress=False)
@@ -175,6 +248,7 @@ def generate(
     info = {"seed": seed, "scale": scale, "size": size, "counts": counts}
     info["styles"] = {g: s.description for g, s in STYLES.items()}
     (tmp / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
+    _check_replaceable(out, overwrite)  # again: files may have been added while drawing
     for name in ("Images", "Masks", INFO_NAME):
         target = out / name
         if target.is_dir():
