@@ -58,7 +58,7 @@ def _truncate(path: Path) -> None:
         (_not_an_image, "mask", "cannot be read any more", False),
         # A validation image: every valid row is read in epoch 1, while a train row may not
         # be in a 10-sample epoch at all.
-        (_truncate, "image", "cannot be decoded", True),
+        (_truncate, "image", "damaged or truncated", True),
     ],
     ids=["image-deleted", "mask-deleted", "image-resized", "mask-garbage", "image-truncated"],
 )
@@ -100,7 +100,7 @@ def test_every_file_is_checked_before_training(data: Path) -> None:
 
 @pytest.mark.parametrize(
     ("damage", "said"),
-    [(_delete, ""), (_resize, "but prepare recorded"), (_truncate, "cannot be decoded")],
+    [(_delete, ""), (_resize, "but prepare recorded"), (_truncate, "damaged or truncated")],
     ids=["deleted", "resized", "truncated"],
 )
 def test_evaluate_names_the_file_that_changed_after_prepare(
@@ -121,3 +121,15 @@ def test_evaluate_names_the_file_that_changed_after_prepare(
     assert Path(victim).name in err and said in err, err
     assert "Traceback" not in err and "segbalance prepare" in err
     assert not out.exists()
+
+
+def test_decode_messages_are_plain_words() -> None:
+    import tensorflow as tf
+
+    from segbalance.pipeline.verify import plain
+
+    raw = (
+        "{{function_node __wrapped__DecodeImage_device_/job:localhost/replica:0/task:0/"
+        "device:CPU:0}} Invalid PNG data, size 3615 [Op:DecodeImage] name: "
+    )
+    assert plain(tf.errors.InvalidArgumentError(None, None, raw)) == "Invalid PNG data, size 3615"

@@ -10,6 +10,7 @@ decoder the pipeline uses.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import tensorflow as tf
@@ -62,6 +63,13 @@ def check_files(manifest: Manifest, what: str) -> None:
         )
 
 
+def plain(err: tf.errors.OpError) -> str:
+    """TensorFlow's decode message without its graph decoration ('{{function_node ...}}')."""
+    text = str(err.message or type(err).__name__).strip().splitlines()[0]
+    text = re.sub(r"\{\{[^}]*\}\}", "", text)
+    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", text).strip() or type(err).__name__
+
+
 def undecodable(manifest: Manifest, rows: Iterable[int]) -> list[Problem]:
     """The rows among ``rows`` whose image or mask the pipeline's decoder cannot read."""
     problems, seen = [], set()
@@ -73,7 +81,6 @@ def undecodable(manifest: Manifest, rows: Iterable[int]) -> list[Problem]:
             decode_image(tf.constant(str(manifest.root / manifest.image[i])))
             decode_mask(tf.constant(str(manifest.root / manifest.mask[i])), manifest.mask_rule[i])
         except DATA_ERRORS as err:
-            first = str(err.message).strip().splitlines()[0] if err.message else type(err).__name__
             pair = f"{manifest.image[i]} / {manifest.mask[i]}"
-            problems.append(Problem(pair, f"cannot be decoded: {first}", FIX))
+            problems.append(Problem(pair, f"damaged or truncated: {plain(err)}", FIX))
     return problems
