@@ -118,17 +118,19 @@ def register(sub: Any) -> None:
         type=_mask_threshold,
         default=None,
         metavar="T",
-        help="read masks by 'values above T are foreground' (0..255 scale): for JPEG or "
-        "anti-aliased masks, gray or colour (colour: the brightest channel, unless "
-        "--mask-channel names one)",
+        help="read masks whose encoding needs a rule (JPEG, anti-aliased, ...) by 'values "
+        "above T are foreground' (0..255 scale; colour: the brightest channel, unless "
+        "--mask-channel names one); unambiguous masks (0/255, 0/1, black + one colour) keep "
+        "their own rule",
     )
     parser.add_argument(
         "--mask-channel",
         type=_mask_channel,
         default=None,
         metavar="|".join(MASK_CHANNELS),
-        help="read the foreground from this channel only (alpha for cut-outs; red, green, "
-        "blue for colour masks on a coloured background); above 0, or above --mask-threshold",
+        help="read masks whose encoding needs a rule from this channel only, where they have "
+        "it (alpha for cut-outs; red, green, blue for colour masks on a coloured background); "
+        "above 0, or above --mask-threshold; unambiguous masks keep their own rule",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -128,7 +128,8 @@ def check_pair(
         image, mask: file paths.
         shown: how the two files are named in problems (paths relative to the data root).
         max_pixels: refuse larger images (decompression bombs).
-        choice: the user's mask rule (see :func:`decide_rule`).
+        choice: the user's mask rule, for a mask whose encoding needs one (see
+            :func:`~segbalance.data.mask_rules.decide_rule`).
     """
     img = _open(image, shown[0], max_pixels)
     msk = _open(mask, shown[1], max_pixels)

@@ -8,8 +8,10 @@ and ``any`` (the brightest of red, green, blue). The names older manifests hold,
 Accepted silently (unambiguous): gray with exactly {0, 255} / {0, 65535} -> ``0/255``, {0, 1}
 -> ``0/1``, one value; 1-bit; RGB(A) whose pixels are black or one colour ->
 ``rgb-nonblack``; a palette drawing black at its lowest index and one colour ->
-``palette-nonblack``. Everything else is refused with a fix, or read by the user's rule
-(:class:`MaskChoice`: ``--mask-threshold`` and ``--mask-channel``).
+``palette-nonblack``. Such a mask keeps its own rule whatever the user names. Everything
+else is refused with a fix, or read by the user's rule (:class:`MaskChoice`:
+``--mask-threshold``, ``--mask-channel``; a channel only for masks that have it), which is
+refused in turn where it finds no foreground (or no background) in a mask that is not blank.
 
 Example:
     >>> parse_rule("red>127"), rule_name("gray", 0.5), parse_rule("0/255")
@@ -253,10 +255,10 @@ def _palette_rule(p: Planes) -> str:
 def _threshold_rule(p: Planes, threshold: float) -> str:
     _alpha_only(p)
     rule = rule_name("gray" if p.is_gray else "any", threshold)
-    if not p.is_gray:
+    fg = p.foreground(rule)
+    if not p.is_gray and fg.any():  # no foreground: refused by _refuse_blank
         # "brightest channel above T" assumes a black background; with a coloured one the
         # foreground it finds holds two colours: a channel high in some of it, low in the rest
-        fg = p.foreground(rule)
         scale = np.float32(257.0 if p.top == 65535 else 1.0)
         high = (p.rgb[fg].astype(np.float32) / scale > np.float32(threshold)).mean(axis=0)
         split = [PLANES[1 + i] for i in range(3) if 0.05 < high[i] < 0.95]
@@ -270,15 +272,32 @@ def _threshold_rule(p: Planes, threshold: float) -> str:
     return rule
 
 
-def _channel_rule(p: Planes, channel: str, threshold: float | None) -> str:
+def _channel_misfit(p: Planes, channel: str) -> str | None:
+    """Why ``--mask-channel channel`` does not apply to this mask, or None when it does."""
     if channel == "alpha" and p.alpha is None:
-        raise MaskError(
-            f"mask (mode {p.mode}) has no alpha channel", "drop --mask-channel alpha for it"
-        )
+        return f"mode {p.mode} has no alpha channel"
+    if channel == "alpha" and not _flat(p.alpha):
+        return None
+    if channel == "alpha":
+        return "its alpha channel is flat"
     if channel == "gray" and not p.is_gray:
-        raise MaskError(
-            "mask is colour, not gray", f"pass --mask-channel {_varying_channels(p)} instead"
-        )
+        return "it is colour, not gray"
+    return None
+
+
+def _flat(plane: np.ndarray | None) -> bool:
+    return plane is None or not (plane != plane[:1, :1]).any()  # per channel
+
+
+def _drawn_planes(p: Planes) -> str:
+    """The planes that vary in this mask: where its drawing is."""
+    names = ["gray"] if p.is_gray and not _flat(p.rgb[..., 0]) else []
+    if not p.is_gray:
+        names = [PLANES[1 + i] for i in range(3) if not _flat(p.rgb[..., i])]
+    return "|".join(names + ["alpha"] * (not _flat(p.alpha)))
+
+
+def _channel_rule(p: Planes, channel: str, threshold: float | None) -> str:
     if threshold is None:
         values = _distinct(p.plane(channel))
         if p.lossy or len(values) > 2 or (p.top == 65535 and values[0] != 0 and len(values) == 2):
@@ -291,17 +310,74 @@ def _channel_rule(p: Planes, channel: str, threshold: float | None) -> str:
     return rule_name(channel, threshold)
 
 
+def _global_fix(fix: str, choice: MaskChoice) -> str:
+    """``fix``, unless it names another channel than the one --mask-channel sets for all."""
+    if choice.channel is None or "--mask-channel" not in fix:
+        return fix
+    threshold = choice.threshold is None and "--mask-threshold" in fix
+    return (
+        "save it as 0/255 gray PNG, which needs no rule"
+        + (", or pass --mask-threshold T if its background is black" if threshold else "")
+        + f" (--mask-channel {choice.channel} is one channel for every mask needing a rule)"
+    )
+
+
+def _refuse_blank(p: Planes, rule: str) -> None:
+    """Refuse a rule finding no foreground (or no background) in a mask that is not blank."""
+    fg = p.foreground(rule)
+    if (fg.any() and not fg.all()) or (_flat(p.rgb) and _flat(p.alpha)):
+        return
+    plane, _ = parse_rule(rule)
+    values = p.plane(plane)
+    scale = 257.0 if p.top == 65535 else 1.0
+    lo, hi = float(values.min()) / scale, float(values.max()) / scale
+    found = "no foreground" if not fg.any() else "every pixel foreground (no background)"
+    problem = f"{plane} values {lo:.4g}..{hi:.4g}: {rule} finds {found}, yet the mask is not blank"
+    if hi > lo:
+        move = f"below {hi:.4g} (e.g. {hi / 2:.4g})" if not fg.any() else f"to {lo:.4g} or more"
+        fix = f"set --mask-threshold {move}: it is one value for every mask needing a rule"
+    else:
+        drawn = _drawn_planes(p)
+        note = " (it applies only to masks whose alpha varies)" if "alpha" in drawn else ""
+        fix = f"the drawing is in {drawn}: pass --mask-channel {drawn} instead{note}"
+    raise MaskError(problem, f"{fix}, or save the mask as 0/255 gray PNG, which needs no rule")
+
+
+def _user_rule(p: Planes, choice: MaskChoice, silent: MaskError) -> str:
+    """The user's rule for a mask that needs one (``silent``: why it does)."""
+    misfit = _channel_misfit(p, choice.channel) if choice.channel is not None else None
+    try:
+        if choice.channel is not None and misfit is None:
+            rule = _channel_rule(p, choice.channel, choice.threshold)
+        elif choice.threshold is not None:
+            rule = _threshold_rule(p, choice.threshold)
+        else:
+            raise MaskError(
+                f"{silent.problem} (--mask-channel {choice.channel} does not apply: {misfit})",
+                silent.fix,
+            )
+    except MaskError as err:
+        raise MaskError(err.problem, _global_fix(err.fix, choice)) from None
+    _refuse_blank(p, rule)
+    return rule
+
+
 def decide_rule(p: Planes, choice: MaskChoice = SILENT_RULES) -> str:
     """The rule reading this mask's foreground, from its planes and the user's choice.
 
+    An unambiguous encoding keeps its own (silent) rule whatever the choice; the choice reads
+    only masks that need a rule, its channel only masks that have that channel.
+
     Raises:
-        MaskError: ambiguous or unreadable, with the fix (often the flag that reads it).
+        MaskError: ambiguous or unreadable, with the fix (often the flag that reads it); or
+            the user's rule finds no foreground (or no background) in a mask that is not blank.
     """
-    if choice.channel is not None:
-        return _channel_rule(p, choice.channel, choice.threshold)
-    if choice.threshold is not None:
-        return _threshold_rule(p, choice.threshold)
-    return _silent_rule(p)
+    try:
+        return _silent_rule(p)
+    except MaskError as silent:
+        if choice.threshold is None and choice.channel is None:
+            raise
+        return _user_rule(p, choice, silent)
 
 
 def mask_foreground(img: Image.Image, choice: MaskChoice = SILENT_RULES) -> tuple[np.ndarray, str]:
