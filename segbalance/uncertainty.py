@@ -33,7 +33,12 @@ Interval = tuple[float, float]
 
 @dataclass(frozen=True)
 class Intervals:
-    """Bootstrap intervals: one per group (None for a group without images), worst, mean."""
+    """Bootstrap intervals: one per group, worst, mean.
+
+    A group with fewer than 2 images has no interval (None): resampling one image always
+    gives it back, and a zero-width interval would look precise. It still enters the
+    worst/mean intervals with its one value.
+    """
 
     groups: list[Interval | None]
     worst: Interval | None
@@ -94,6 +99,10 @@ def bootstrap_iou(
     for g in range(num_groups):
         mine = counts[ids == g]
         if len(mine) == 0:
+            per_group.append(None)
+            continue
+        if len(mine) == 1:
+            replicates.append(np.full(samples, metrics_from_counts(*mine[0])["iou"]))
             per_group.append(None)
             continue
         ious = _replicate_ious(mine, samples, rng)

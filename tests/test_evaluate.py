@@ -134,7 +134,7 @@ def test_cli_writes_exact_json_keys_and_table(data, model_file, tmp_path, capsys
     for entry in saved["groups"].values():
         assert list(entry) == ["images", "iou", "dice", "precision", "recall", "iou_ci"]
         assert entry["images"] == 1  # one valid image per group
-        assert entry["iou_ci"] == [entry["iou"], entry["iou"]]  # one image: no spread
+        assert entry["iou_ci"] is None  # one image: no interval
     lo, hi = saved["worst_group_iou_ci"]
     assert lo <= saved["worst_group_iou"] <= hi
     assert saved["threshold"] == 0.5

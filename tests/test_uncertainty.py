@@ -63,7 +63,7 @@ def test_hand_made_edge_cases() -> None:
     ids = np.array([0, 0, 2])  # group 1 has no images; group 2 has one
     ci = bootstrap_iou(counts, ids, 3, samples=2000, seed=0)
     assert ci.groups[1] is None
-    assert ci.groups[2] == (1.0, 1.0)  # one image: nothing to resample
+    assert ci.groups[2] is None  # one image: no interval (a zero width would look precise)
     lo, hi = ci.groups[0]  # type: ignore[misc]
     # Resamples of {perfect, wrong}: both wrong (IoU 0, p=1/4), mixed (10/30, 1/2), both
     # perfect (1, 1/4): the 2.5th and 97.5th percentiles are 0 and 1.
