@@ -133,3 +133,14 @@ def test_decode_messages_are_plain_words() -> None:
         "device:CPU:0}} Invalid PNG data, size 3615 [Op:DecodeImage] name: "
     )
     assert plain(tf.errors.InvalidArgumentError(None, None, raw)) == "Invalid PNG data, size 3615"
+
+
+@pytest.mark.parametrize("command", ["stats", "plan"])
+def test_a_data_folder_given_as_the_manifest_names_the_manifest_inside(
+    command: str, data: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = data.parent.parent
+    assert main([command, str(root)]) == 2
+    err = capsys.readouterr().err
+    assert f"manifest {root} is a folder" in err and str(data) in err
+    assert "Traceback" not in err

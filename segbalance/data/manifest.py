@@ -314,6 +314,13 @@ def read_manifest(
             per bad row (``file:line``) or missing file.
     """
     path = Path(path)
+    if path.is_dir():
+        inside = path / "segbalance" / "manifest.csv"
+        hint = f"its manifest is {inside}" if inside.is_file() else "prepare writes one"
+        raise UserError(
+            f"manifest {path} is a folder; give the manifest CSV ({hint}: "
+            f"'segbalance prepare {path}')"
+        )
     if not path.is_file():
         raise UserError(f"manifest {path} does not exist; create it with 'segbalance prepare'")
     try:

@@ -38,9 +38,21 @@ CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 DATA = "data.json"  # the rows the run trained on (segbalance.train.fingerprint)
 ADAPTIVE_FIGURE = "adaptive.png"  # group weights over epochs (segbalance.train.adaptive)
+PRECISION_PROBE = "precision.json"  # the auto-precision timing (segbalance.train.precision)
 #: Everything a run writes at its top level; --overwrite deletes a run only if it holds
 #: nothing else (a user's notes put into a run folder are not deleted with it).
-RUN_FILES = (MARKER, CONFIG, DATA, BEST, HISTORY, METRICS, CHECKPOINTS, LOGS, ADAPTIVE_FIGURE)
+RUN_FILES = (
+    MARKER,
+    CONFIG,
+    DATA,
+    BEST,
+    HISTORY,
+    METRICS,
+    CHECKPOINTS,
+    LOGS,
+    ADAPTIVE_FIGURE,
+    PRECISION_PROBE,
+)
 # Sections that may differ on --resume: where the run executes, not what it computes.
 RESUME_MAY_CHANGE = ("distribute",)
 #: The kind in the .segbalance marker of a work dir train created.
