@@ -67,7 +67,16 @@ def load_data(data: str | Path, split: str | None = None) -> Any:
     """
     path = Path(data)
     if path.is_dir():  # discovered and checked in memory, no manifest written
-        manifest = build_manifest(path, progress=False)
+        try:
+            manifest = build_manifest(path, progress=False)
+        except InvalidDataError as err:
+            # prepare's own advice names prepare's flags (--skip-invalid, --mask-*), which
+            # evaluate does not have: say how to get there.
+            raise InvalidDataError(
+                err.problems,
+                f"{path} cannot be evaluated as it is. Run 'segbalance prepare {path}' with "
+                "the flags the fixes below name, then evaluate the manifest it writes",
+            ) from err
     elif path.is_file():
         manifest = read_manifest(path)
     else:

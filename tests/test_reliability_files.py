@@ -144,3 +144,15 @@ def test_a_data_folder_given_as_the_manifest_names_the_manifest_inside(
     err = capsys.readouterr().err
     assert f"manifest {root} is a folder" in err and str(data) in err
     assert "Traceback" not in err
+
+
+def test_evaluate_on_a_data_folder_with_bad_pairs_says_to_prepare_it(
+    data: Path, model_file: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = data.parent.parent
+    rows = read_manifest(data)
+    _not_an_image(rows.root / rows.mask[0])
+    assert main(["evaluate", str(model_file), str(root)]) == 2
+    err = capsys.readouterr().err
+    assert f"Run 'segbalance prepare {root}'" in err and Path(rows.mask[0]).name in err
+    assert "Traceback" not in err
