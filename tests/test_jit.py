@@ -22,6 +22,14 @@ def test_auto_is_on_with_a_gpu_only(requested: str | bool, has_gpu: bool, expect
     assert precision.resolve_jit(requested, has_gpu=lambda: has_gpu) is expected
 
 
+def test_several_replicas_run_without_xla() -> None:
+    # Synchronized batch norm is a collective; it cannot sit inside the nested XLA function.
+    for requested in ("auto", True):
+        assert precision.resolve_jit(requested, has_gpu=True, replicas=2) is False
+    assert "2 replicas" in precision.describe_jit(False, True, replicas=2)
+    assert precision.describe_jit(False, False, replicas=2) == "jit_compile off"
+
+
 def test_auto_is_off_on_this_cpu() -> None:
     # CUDA_VISIBLE_DEVICES="" (conftest): the device list has no GPU.
     assert precision.resolve_jit("auto") is False

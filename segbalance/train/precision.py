@@ -120,7 +120,7 @@ def apply_precision(policy: str) -> str:
 def describe(policy: str, requested: str) -> str:
     """A short line for the log, e.g. ``precision mixed_bfloat16 (auto: CPU has bf16)``."""
     if requested != "auto":
-        return f"precision {policy}"
+        return f"precision {policy}" + (" (loss scaling)" if needs_loss_scaling(policy) else "")
     why = {
         "mixed_float16": "GPU found, float16 with loss scaling",
         "mixed_bfloat16": "CPU has bfloat16 instructions",
@@ -132,9 +132,9 @@ def describe(policy: str, requested: str) -> str:
 # ------------------------------------------------------------------ measured auto on CPUs
 #: bfloat16 changes the numerics; it is picked only when clearly faster than float32.
 MIN_SPEEDUP = 1.1
-#: Under this many steps in a run the probe (two compiles + a few steps each) cannot pay
-#: for itself: ``auto`` takes float32 without measuring.
-PROBE_MIN_STEPS = 200
+#: The probe costs two traces and 7 steps per policy, some 20 steps of the run: under this
+#: many steps it cannot pay for itself, and ``auto`` takes float32 without measuring.
+PROBE_MIN_STEPS = 500
 PROBE_FILE = "precision.json"
 
 
@@ -235,24 +235,34 @@ def choose_precision(
 
 
 # ------------------------------------------------------------------ XLA
-def resolve_jit(requested: str | bool, *, has_gpu: bool | Callable[[], bool] | None = None) -> bool:
+def resolve_jit(
+    requested: str | bool,
+    *,
+    has_gpu: bool | Callable[[], bool] | None = None,
+    replicas: int = 1,
+) -> bool:
     """``train.jit_compile``: ``auto`` is on with a GPU (fused kernels), off on CPUs.
 
-    On CPUs XLA's compile takes longer than it saves for these convolution-bound models,
-    and oneDNN's kernels are already fused.
+    On CPUs oneDNN's kernels are already fused and XLA's compile costs more than it saves.
+    With several replicas the steps run without XLA whatever is asked: batch norm is then
+    synchronized, a collective that cannot run inside a nested XLA function.
     """
+    if not isinstance(requested, bool) and requested != "auto":
+        raise UserError(f"unknown jit_compile '{requested}'; valid: auto, true, false")
+    if replicas > 1:
+        return False
     if isinstance(requested, bool):
         return requested
-    if requested != "auto":
-        raise UserError(f"unknown jit_compile '{requested}'; valid: auto, true, false")
     if has_gpu is None:
         has_gpu = gpu_available
     return bool(has_gpu() if callable(has_gpu) else has_gpu)
 
 
-def describe_jit(jit: bool, requested: str | bool) -> str:
+def describe_jit(jit: bool, requested: str | bool, replicas: int = 1) -> str:
     """``jit_compile on (auto: GPU found)`` and the like, for the run header."""
     state = "on" if jit else "off"
+    if replicas > 1 and requested is not False:
+        return f"jit_compile {state} ({replicas} replicas: synchronized batch norm)"
     if requested != "auto":
         return f"jit_compile {state}"
     return f"jit_compile {state} (auto: {'GPU found' if jit else 'no GPU'})"

@@ -88,7 +88,7 @@ class Trainer:
         self.plan, self.sample_weights = plan
         self.adaptive = AdaptiveBalance.for_run(cfg.sampling, self.plan, cfg.train.epochs)
         self.steps = self.plan.epoch_length // self.batch
-        self.jit = prec.resolve_jit(cfg.train.jit_compile)
+        self.jit = prec.resolve_jit(cfg.train.jit_compile, replicas=runtime.replicas)
         # Several workers would each measure (or read their own cache) and could disagree.
         solo = runtime.num_workers == 1
         self.precision = prec.choose_precision(  # before the seed: the probe draws no numbers
@@ -254,7 +254,9 @@ class Trainer:
 
     def _time_step(self, policy: str) -> float:
         """The precision probe: seconds per step of a model copy under ``policy``."""
-        return steps.time_train_step(self.cfg, policy, self.batch // self.runtime.replicas)
+        # Two warm-up calls: the first traces, the second still creates oneDNN primitives.
+        batch = self.batch // self.runtime.replicas
+        return steps.time_train_step(self.cfg, policy, batch, steps=5, warmup=2)
 
     def _train_step(self, epoch: int) -> Any:
         frozen = epoch < self.cfg.model.freeze_encoder_epochs
@@ -414,7 +416,8 @@ class Trainer:
         lines = [
             f"train {len(self.train_rows)} images, valid {len(self.valid_rows)}, "
             f"{len(self.groups)} groups; model {cfg.model.name} at {cfg.data.image_size}",
-            f"{self.precision.note}; {prec.describe_jit(self.jit, cfg.train.jit_compile)}; "
+            f"{self.precision.note}; "
+            f"{prec.describe_jit(self.jit, cfg.train.jit_compile, self.runtime.replicas)}; "
             f"{self.runtime.replicas} replica(s), {self.runtime.num_workers} worker(s)",
             f"plan {plan.balance}/{plan.mode}: {self.steps} steps of {self.batch} per epoch; "
             f"target mix {mix}",
