@@ -34,7 +34,16 @@ from segbalance.config import Config, config_from_dict
 from segbalance.errors import UserError
 from segbalance.evaluate import evaluate, json_view
 from segbalance.evaluate import load_data as load_eval_data
-from segbalance.io import atomic_path, check_file_target, check_folder_target, write_text
+from segbalance.io import (
+    atomic_path,
+    check_file_target,
+    check_folder_target,
+    check_replaceable_file,
+    figure_metadata,
+    is_our_figure,
+    json_has_keys,
+    write_text,
+)
 from segbalance.pipeline.verify import check_files
 from segbalance.text import format_table
 from segbalance.train.plan import load_data
@@ -90,6 +99,16 @@ def _check_inputs(
     check_folder_target(work_dir)
     for name in (RESULT, FIGURE):
         check_file_target(work_dir / name)
+    # Rewritten on every run, but never over a file of the user's that has these names.
+    check_replaceable_file(
+        work_dir / RESULT,
+        "--work-dir",
+        "an earlier compare result",
+        lambda p: json_has_keys(p, ("strategies", "results", "verdict")),
+    )
+    check_replaceable_file(
+        work_dir / FIGURE, "--work-dir", "a figure segbalance drew", is_our_figure
+    )
     return {s: resumable(c, work_dir / run_name(s)) for s, c in configs.items()}
 
 
@@ -270,5 +289,5 @@ def plot_comparison(results: Mapping[str, Mapping[str, Any]], path: Path, note: 
     fig.suptitle("Balancing strategies compared" + (f"\n{note}" if note else ""), fontsize=11)
     fig.tight_layout()
     with atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=110, format="png", metadata=figure_metadata("png"))
     return path

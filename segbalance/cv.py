@@ -35,7 +35,13 @@ from segbalance.data.folds import FIX, fold_count
 from segbalance.data.manifest import Manifest, read_manifest
 from segbalance.errors import UserError
 from segbalance.evaluate import add_intervals, predict_counts
-from segbalance.io import check_file_target, check_folder_target, write_text
+from segbalance.io import (
+    check_file_target,
+    check_folder_target,
+    check_replaceable_file,
+    json_has_keys,
+    write_text,
+)
 from segbalance.metrics import GroupMetrics
 from segbalance.text import format_table
 from segbalance.train.plan import load_data, select_groups
@@ -100,6 +106,12 @@ def cross_validate(
         raise UserError(f"--work-dir {work_dir} is a file; pass a folder")
     check_folder_target(work_dir)
     check_file_target(work_dir / RESULT)
+    check_replaceable_file(  # rewritten on every run, never over a user's file of that name
+        work_dir / RESULT,
+        "--work-dir",
+        "an earlier cv result",
+        lambda p: json_has_keys(p, ("folds", "pooled", "groups")),
+    )
     resumed = []
     for k, fold_cfg in enumerate(configs):  # everything refused before the first run
         load_data(fold_cfg)

@@ -48,6 +48,13 @@ def test_compare_two_strategies_then_reuses_them(manifest: Path, tmp_path: Path,
         group = next(iter(summary["results"][s]["groups"].values()))
         assert "iou_ci" in group
     assert (work / "compare.png").stat().st_size > 0
+    # Not over a user's file of that name: refused before any run.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "compare.json").write_text("{}")
+    mine = [*argv[:-1], str(other)]
+    assert main([*mine, *TINY]) == 2 and "compare.json" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["compare.json"]
     # Again: finished runs are reused, nothing trains.
     assert main([*argv, *TINY]) == 0
     assert "[compare] resuming balance=proportional" in capsys.readouterr().out
