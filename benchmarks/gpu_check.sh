@@ -31,7 +31,7 @@ part() {  # part NAME SECONDS COMMAND...: run with a limit, keep going on failur
     echo
     echo "=== $name (limit ${limit} s) ==="
     local began=$SECONDS
-    timeout "$limit" "$@" 2>&1 | grep -v -E "^(I0000|W0000|WARNING: All log)|oneDNN|cpu_feature_guard|To enable the following|triggered tf.function retracing"
+    timeout "$limit" "$@" 2>&1 | grep --line-buffered -v -E "^(I0000|W0000|WARNING: All log)|oneDNN|cpu_feature_guard|To enable the following|triggered tf.function retracing"
     local rc=${PIPESTATUS[0]}
     echo "--- $name: exit $rc, $((SECONDS - began)) s"
     [ "$rc" -eq 0 ] || FAILED+=("$name")

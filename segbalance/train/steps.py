@@ -130,8 +130,9 @@ def make_train_step(
     step after unfreezing). With ``num_groups`` > 0 it also returns the [G] sums of each
     group's per-sample losses (the ``train_loss`` signal of adaptive balancing). With
     ``jit_compile`` the forward pass, loss and gradients of each replica are one XLA
-    program; the all-reduce and the optimiser update stay outside it, so collectives never
-    run inside XLA.
+    program; the all-reduce and the optimiser update stay outside it. A collective inside
+    that nested function fails (``merge_call``), so synchronized batch norm (several
+    replicas) rules it out: :func:`segbalance.train.precision.resolve_jit`.
     """
     variables = list(model.trainable_variables)
     replicas = strategy.num_replicas_in_sync
