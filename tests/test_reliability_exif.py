@@ -109,3 +109,36 @@ def test_predict_writes_masks_at_the_displayed_size(
     assert len(masks) == 1
     with Image.open(masks[0]) as mask:
         assert mask.size == (32, 64)  # width, height as viewers show the photo
+
+
+def test_the_manifest_records_the_orientation_and_training_reads_it(data: Path, capsys) -> None:
+    from segbalance.pipeline.dataset import build_eval_dataset
+
+    assert main(["prepare", str(data)]) == 0
+    manifest = data / "segbalance/manifest.csv"
+    assert "orientation" in manifest.read_text().splitlines()[0]
+    rows = read_manifest(manifest)
+    i = rows.image.index("Images/1/phone.jpg")
+    assert rows.orientation[i] == 6 and set(rows.orientation.tolist()) == {1, 6}
+    one = rows.take([i])
+    batch = next(iter(build_eval_dataset(one, image_size=(64, 32), batch_size=1)))
+    assert float(tf.reduce_mean(batch["mask"][0, :16])) == 1.0  # mask and photo line up
+
+
+def test_a_manifest_without_phone_photos_has_no_orientation_column(tmp_path: Path, capsys) -> None:
+    root = layout_a(tmp_path / "data", {"0": 2, "1": 2})
+    assert main(["prepare", str(root)]) == 0
+    header = (root / "segbalance/manifest.csv").read_text().splitlines()[0]
+    assert header == "image,mask,group,split,height,width,coverage,mask_rule"
+
+
+def test_a_mask_with_an_exif_orientation_is_refused(data: Path, capsys) -> None:
+    mask = np.zeros((32, 64), np.uint8)
+    mask[:8] = 255
+    image = Image.fromarray(mask)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(data / "Masks/1/phone.png", exif=exif.tobytes())
+    assert main(["prepare", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "Masks/1/phone.png" in err and "EXIF orientation" in err and "Traceback" not in err

@@ -42,6 +42,7 @@ class PairCheck:
     coverage: float = 0.0
     mask_rule: str = ""
     problems: tuple[Problem, ...] = ()
+    orientation: int = 1  # the image's EXIF orientation (1: stored as shown)
 
     @property
     def ok(self) -> bool:
@@ -155,16 +156,23 @@ def check_pair(
     if problems:
         return PairCheck(problems=tuple(problems))
     width, height = displayed_size(img)  # as viewers show it: what masks are drawn on
-    return PairCheck(height, width, float(fg.mean()), rule)
+    return PairCheck(height, width, float(fg.mean()), rule, orientation=orientation(img))
 
 
 def _size_problem(img: Image.Image, msk: Image.Image, shown: tuple[str, str]) -> Problem | None:
     """The mask does not cover its image as both are displayed (EXIF orientation applied)."""
-    (iw, ih), (mw, mh) = displayed_size(img), displayed_size(msk)
+    if orientation(msk) != 1:
+        # Masks are read as stored; one that viewers would turn has two meanings.
+        return Problem(
+            shown[1],
+            f"the mask carries an EXIF orientation ({orientation(msk)}): viewers turn it",
+            "save the mask without EXIF data, drawn on the photo as viewers show it",
+        )
+    (iw, ih), (mw, mh) = displayed_size(img), msk.size
     if (iw, ih) == (mw, mh):
         return None
     said = f"mask is {mw}x{mh} but its image {shown[0]} is {iw}x{ih} (WxH, as displayed)"
-    turned = orientation(img) in SWAPPING or orientation(msk) in SWAPPING
+    turned = orientation(img) in SWAPPING
     if (iw, ih) == (mh, mw) and turned:
         return Problem(
             shown[1],

@@ -37,8 +37,10 @@ from segbalance.data.manifest_csv import (
     COLUMNS,
     FOLD_COLUMN,
     NO_FOLD,
+    ORIENTATION_COLUMN,
     SPLITS,
     format_float,
+    parse_orientation,
     parse_row,
 )
 from segbalance.data.paths import outside_root_problems
@@ -100,6 +102,8 @@ class Manifest:
             groups present; a selection keeps its parent's order so group ids stay stable.
         fold: cross-validation fold per row (int64, -1 outside the folds), or None when
             the manifest has no folds (``prepare --folds K``).
+        orientation: each image's EXIF orientation (int64, 1-8; empty: all 1, stored as
+            shown); the decoder turns the pixels by it.
     """
 
     root: Path
@@ -113,6 +117,7 @@ class Manifest:
     mask_rule: tuple[str, ...]
     group_order: tuple[str, ...] = field(default=())
     fold: np.ndarray | None = None
+    orientation: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -127,6 +132,10 @@ class Manifest:
         if self.fold is not None:
             put(self, "fold", _frozen_array(self.fold, np.int64))
             lengths[FOLD_COLUMN] = len(self.fold)
+        # Not given (a manifest without the column): every image is stored as shown.
+        turns = self.orientation if len(self.orientation) else np.ones(n, np.int64)
+        put(self, "orientation", _frozen_array(turns, np.int64))
+        lengths[ORIENTATION_COLUMN] = len(self.orientation)
         if any(v != n for v in lengths.values()):
             raise ValueError(f"manifest columns differ in length: {lengths}")
         order = tuple(self.group_order) or tuple(natural_sort(set(self.group)))
@@ -171,6 +180,7 @@ class Manifest:
             mask_rule=tuple(self.mask_rule[i] for i in idx),
             group_order=self.group_order,
             fold=None if self.fold is None else self.fold[idx],
+            orientation=self.orientation[idx],
         )
 
     def select(
@@ -218,10 +228,13 @@ def manifest_csv_text(manifest: Manifest) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     folds = manifest.fold
-    # The fold column only when there are folds: manifests without stay byte-identical.
-    writer.writerow(COLUMNS if folds is None else (*COLUMNS, FOLD_COLUMN))
+    turned = bool((manifest.orientation != 1).any())
+    # Optional columns only when used: other manifests stay byte-identical.
+    extra = ([FOLD_COLUMN] if folds is not None else []) + ([ORIENTATION_COLUMN] if turned else [])
+    writer.writerow((*COLUMNS, *extra))
     for i in range(len(manifest)):
         fold = [] if folds is None else [int(folds[i])]
+        fold += [int(manifest.orientation[i])] if turned else []
         writer.writerow(
             [
                 manifest.image[i],
@@ -339,6 +352,7 @@ def read_manifest(
     real_base = None if _allows_outside(path) else base.resolve()
     problems: list[Problem] = []
     rows = []
+    turns = []
     first_line: dict[str, int] = {}
     for line, row in enumerate(reader, start=2):
         where = f"{path}:{line}"
@@ -362,6 +376,9 @@ def read_manifest(
             continue
         first_line[key] = line
         rows.append(parsed)
+        turns.append(
+            parse_orientation((row.get(ORIENTATION_COLUMN) or "").strip(), where, problems)
+        )
         if check_files:
             for col, rel in zip(("image", "mask"), parsed[:2], strict=True):
                 if not (base / rel).is_file():
@@ -378,4 +395,5 @@ def read_manifest(
         raise UserError(f"manifest {path} has no rows; run 'segbalance prepare' on your data")
     cols = list(zip(*rows, strict=True))
     fold = np.array(cols.pop(), np.int64) if folded else None
-    return Manifest(base, *cols, fold=fold)  # type: ignore[arg-type, misc]
+    orientation = np.array(turns, np.int64)
+    return Manifest(base, *cols, fold=fold, orientation=orientation)  # type: ignore[arg-type, misc]

@@ -3,6 +3,7 @@
 Split off :mod:`segbalance.data.manifest`, which holds the :class:`Manifest` type, its
 writer and the reader that calls :func:`parse_row` for every line.
 
+``orientation`` is optional too (the image's EXIF orientation, 1-8; absent means 1).
 ``fold`` is optional: ``prepare --folds K`` writes it (0..K-1, -1 for rows outside the
 folds such as the test split); a manifest without it reads as before, and the writer adds
 the column only when the manifest has folds, so older manifests stay byte-identical.
@@ -18,8 +19,21 @@ from segbalance.errors import Problem
 
 COLUMNS = ("image", "mask", "group", "split", "height", "width", "coverage", "mask_rule")
 FOLD_COLUMN = "fold"
+ORIENTATION_COLUMN = "orientation"  # EXIF orientation of the image, written when any is not 1
 SPLITS = ("train", "valid", "test")
 NO_FOLD = -1  # a row outside the folds (test split), or a cell left empty
+
+
+def parse_orientation(text: str, where: str, problems: list[Problem]) -> int:
+    """An orientation cell: empty means 1 (stored as shown); else an integer 1..8."""
+    if not text:
+        return 1
+    if text.isdigit() and 1 <= int(text) <= 8:
+        return int(text)
+    problems.append(
+        Problem(where, f"orientation '{text}' is not 1..8", "run 'segbalance prepare' again")
+    )
+    return 1
 
 
 def format_float(value: float) -> str:

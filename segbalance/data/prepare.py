@@ -242,6 +242,7 @@ def scan(
         width=np.array([checks[i].width for i in keep]),
         coverage=np.array([checks[i].coverage for i in keep]),
         mask_rule=tuple(checks[i].mask_rule for i in keep),
+        orientation=np.array([checks[i].orientation for i in keep], np.int64),
         fold=fold,
     )
     if split_given:

@@ -92,11 +92,12 @@ def _decoded_rows(manifest: Manifest, size: tuple[int, int], batch_size: int) ->
         np.asarray(manifest.image_paths(), dtype=object).astype(str),
         np.asarray(manifest.mask_paths(), dtype=object).astype(str),
         np.asarray(manifest.mask_rule, dtype=object).astype(str),
+        manifest.orientation.astype(np.int32),
     )
 
     @tf.autograph.experimental.do_not_convert
-    def load(image_path: tf.Tensor, mask_path: tf.Tensor, rule: tf.Tensor) -> tuple[Any, Any]:
-        return decode_pair(image_path, mask_path, size, rule)
+    def load(image_path: Any, mask_path: Any, rule: Any, turn: Any) -> tuple[Any, Any]:
+        return decode_pair(image_path, mask_path, size, rule, turn)
 
     ds = tf.data.Dataset.from_tensor_slices(paths)
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)

@@ -72,6 +72,7 @@ def _row_table(manifest: Manifest, indices: np.ndarray) -> dict[str, Any]:
         "mask_path": masks[indices].astype(str) if indices.size else np.zeros(0, str),
         # How prepare read each mask's foreground: training reads it the same way.
         "mask_rule": rules[indices].astype(str) if indices.size else np.zeros(0, str),
+        "orientation": manifest.orientation[indices].astype(np.int32),
         "group": manifest.group_ids[indices].astype(np.int32),
         "index": indices.astype(np.int64),
     }
@@ -98,6 +99,7 @@ _LOADER_SIGNATURE = [
     tf.TensorSpec([], tf.string),
     tf.TensorSpec([], tf.string),
     tf.TensorSpec([], tf.int32),
+    tf.TensorSpec([], tf.int32),
     tf.TensorSpec([2], tf.int64),
 ]
 
@@ -116,10 +118,11 @@ def _sample_loader(augment_json: str, groups: tuple[str, ...], size: tuple[int, 
         image_path: tf.Tensor,
         mask_path: tf.Tensor,
         mask_rule: tf.Tensor,
+        orientation: tf.Tensor,
         group: tf.Tensor,
         key: tf.Tensor,
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        image, mask = decode_pair(image_path, mask_path, size, mask_rule)
+        image, mask = decode_pair(image_path, mask_path, size, mask_rule, orientation)
         if augmenter is not None:
             image, mask = augmenter(image, mask, group, key)
         return image, mask
@@ -207,7 +210,12 @@ def build_train_dataset(
         key = sample_seed(seed, epoch, row["position"])
         if cache is None:
             image, mask = loader(
-                row["image_path"], row["mask_path"], row["mask_rule"], row["group"], key
+                row["image_path"],
+                row["mask_path"],
+                row["mask_rule"],
+                row["orientation"],
+                row["group"],
+                key,
             )
         else:
             image, mask = cached(row["index"], row["group"], key)
@@ -234,7 +242,9 @@ def build_eval_dataset(
 
     @tf.autograph.experimental.do_not_convert
     def load(row: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        image, mask = decode_pair(row["image_path"], row["mask_path"], size, row["mask_rule"])
+        image, mask = decode_pair(
+            row["image_path"], row["mask_path"], size, row["mask_rule"], row["orientation"]
+        )
         return {"image": image, "mask": mask, "group": row["group"], "index": row["index"]}
 
     ds = tf.data.Dataset.from_tensor_slices(_row_table(manifest, idx))

@@ -13,8 +13,8 @@ the plane (gray, red, green, blue, alpha, or ``any``, the brightest of the three
 on the 0..255 scale, above T. Without a rule the legacy one, ``any>0``, applies. Mask JPEGs
 decode with the accurate IDCT, the one PIL uses, so thresholds see the same values prepare
 saw. Masks are resized with nearest-neighbour so they stay binary; images bilinearly with
-antialiasing. Every file is turned by its EXIF orientation first (:mod:`segbalance.data.
-orientation`), so pixels are those a viewer shows.
+antialiasing. Images are turned by their EXIF orientation (:mod:`segbalance.data.
+orientation`; the manifest records it), so pixels are those a viewer shows.
 
 Example:
     >>> image, mask = decode_pair("a.png", "a_mask.png", (256, 256))  # doctest: +SKIP
@@ -99,7 +99,7 @@ def _decode_unit(path: tf.Tensor, accurate_jpeg: bool = False) -> tf.Tensor:
         return tf.ensure_shape(out, [None, None, None])
 
     is_tiff = tf.strings.regex_full_match(path, _TIFF)
-    return apply_orientation(tf.cond(is_tiff, tiff, native), exif_orientation(path))
+    return tf.cond(is_tiff, tiff, native)
 
 
 def _read_orientation(path: bytes | np.ndarray) -> np.int32:
@@ -110,8 +110,10 @@ def _read_orientation(path: bytes | np.ndarray) -> np.int32:
 def exif_orientation(path: tf.Tensor) -> tf.Tensor:
     """The file's EXIF orientation (1-8) as an int32 scalar tensor (reads the header only).
 
-    Read with PIL, as prepare reads it: TensorFlow's decoders ignore EXIF. It costs tens of
-    microseconds a file, and the decoded cache pays it once.
+    Read with PIL, as prepare reads it: TensorFlow's decoders ignore EXIF. It holds the GIL
+    (about 0.5 ms a file on a busy 2-core machine), so the training pipeline never calls it:
+    prepare records each image's orientation in the manifest. Predict and other one-off
+    decodes of files without a manifest row use it.
     """
     value = tf.numpy_function(_read_orientation, [path], tf.int32, stateful=False)
     return tf.ensure_shape(value, [])
@@ -148,9 +150,18 @@ def _to_rgb(unit: tf.Tensor) -> tf.Tensor:
     return tf.ensure_shape(rgb, [None, None, 3])
 
 
-def decode_image(path: tf.Tensor) -> tf.Tensor:
-    """Read an image file as float32 RGB [H, W, 3] in 0..255 (graph-safe)."""
-    return _to_rgb(_decode_unit(path))
+def decode_image(path: tf.Tensor, orientation: tf.Tensor | int | None = None) -> tf.Tensor:
+    """Read an image file as float32 RGB [H, W, 3] in 0..255, turned as viewers show it.
+
+    Args:
+        orientation: the image's EXIF orientation as prepare recorded it (the manifest's
+            ``orientation``); None reads it from the file (one-off decodes, predict).
+    """
+    unit = _decode_unit(path)
+    turn = exif_orientation(path) if orientation is None else tf.cast(orientation, tf.int32)
+    # Most photos need no turn: one cheap cond instead of the eight-way switch per sample.
+    turned = tf.cond(tf.equal(turn, 1), lambda: unit, lambda: apply_orientation(unit, turn))
+    return _to_rgb(tf.ensure_shape(turned, [None, None, None]))
 
 
 def _planes(unit: tf.Tensor) -> tf.Tensor:
@@ -222,8 +233,12 @@ def decode_pair(
     mask_path: tf.Tensor,
     image_size: Sequence[int],
     mask_rule: tf.Tensor | str | None = None,
+    orientation: tf.Tensor | int | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Decode, binarise and resize one (image, mask) pair to ``image_size``.
+
+    Masks are read as stored (prepare refuses a mask with an EXIF orientation); the image
+    is turned by ``orientation`` (see :func:`decode_image`).
 
     Args:
         image_path: scalar string tensor.
@@ -234,7 +249,7 @@ def decode_pair(
     Returns:
         image f32[H, W, 3] in 0..255 and mask f32[H, W, 1] in {0, 1}.
     """
-    image = resize_image(decode_image(image_path), image_size)
+    image = resize_image(decode_image(image_path, orientation), image_size)
     mask = resize_mask(decode_mask(mask_path, mask_rule), image_size)
     return image, mask
 

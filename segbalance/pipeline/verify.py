@@ -78,7 +78,9 @@ def undecodable(manifest: Manifest, rows: Iterable[int]) -> list[Problem]:
             continue
         seen.add(i)
         try:
-            decode_image(tf.constant(str(manifest.root / manifest.image[i])))
+            decode_image(
+                tf.constant(str(manifest.root / manifest.image[i])), int(manifest.orientation[i])
+            )
             decode_mask(tf.constant(str(manifest.root / manifest.mask[i])), manifest.mask_rule[i])
         except DATA_ERRORS as err:
             pair = f"{manifest.image[i]} / {manifest.mask[i]}"

@@ -154,10 +154,13 @@ class Trainer:
         )
         self._say(self._header())
         self.model.stop_training = False
-        self.callbacks.on_train_begin()
         try:
-            if not state.get("done"):
-                self._epochs()
+            try:  # callbacks decode files too (TensorBoard images): the same tracing applies
+                self.callbacks.on_train_begin()
+                if not state.get("done"):
+                    self._epochs()
+            except DATA_ERRORS as err:
+                raise self._data_error(state.get("epoch")) from err
             result = self._finish()
             self.callbacks.on_train_end(self.log.rows[-1] if self.log.rows else None)
             return result
@@ -213,11 +216,8 @@ class Trainer:
             if cfg.optimizer.schedule == "plateau":
                 schedule.set_lr(self.optimizer, state.get("lr"))
             self.callbacks.on_epoch_begin(epoch)
-            try:
-                loss, counts, seconds, seen = self._train_epoch(epoch)
-                val = steps.validate(eval_step, ds, eval_steps, self.groups)
-            except DATA_ERRORS as err:
-                raise self._data_error(epoch) from err
+            loss, counts, seconds, seen = self._train_epoch(epoch)
+            val = steps.validate(eval_step, ds, eval_steps, self.groups)
             row = self._row(epoch, loss, counts, seconds, seen, val)
             if self.adaptive is not None:  # state changes here are saved with epoch + 1
                 row.update(self.adaptive.row(epoch, val, self.plan))
