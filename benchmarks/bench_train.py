@@ -5,7 +5,7 @@ loss, gradient, AdamW update with clipnorm) on in-memory batches, so the numbers
 model's cost and not the input pipeline's: :func:`segbalance.train.steps.time_train_step`,
 the same function the ``auto`` precision probe uses. Each (model, precision, jit) builds a
 fresh model under its policy, runs warm-up steps (tracing, compiling) and then times
-``--steps`` steps.
+``--steps`` single steps; the fastest counts (a shared machine's bursts slow some steps).
 
 ``auto`` precision resolves by the hardware rule (GPU: mixed_float16; CPU with bf16
 instructions: mixed_bfloat16, which training then confirms with its probe; else float32).

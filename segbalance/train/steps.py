@@ -191,8 +191,9 @@ def time_train_step(
 
     The precision probe (:func:`segbalance.train.precision.choose_precision`) and
     benchmarks/bench_train.py use it. The copy gets no pretrained weights (speed does not
-    depend on them) and random in-memory batches, so only the step is timed; the global
-    policy is left at ``policy`` (the caller sets the run's own next).
+    depend on them) and random in-memory batches, so only the step is timed. The fastest
+    of ``steps`` single steps counts: a neighbour's burst of CPU use on a shared machine
+    slows some steps, not the best one. The global policy is left at ``policy``.
     """
     keras.mixed_precision.set_global_policy(policy)
     model = build_model(
@@ -215,11 +216,12 @@ def time_train_step(
     data = {"image": image, "mask": tf.cast(image[..., :1] > 127, tf.float32)}
     for _ in range(warmup):  # the first call traces and compiles
         float(step(data)[0])
-    began = time.perf_counter()
-    for _ in range(steps):
-        loss = step(data)[0]
-    float(loss)  # waits for the last step
-    return (time.perf_counter() - began) / max(steps, 1)
+    fastest = math.inf
+    for _ in range(max(steps, 1)):
+        began = time.perf_counter()
+        float(step(data)[0])  # waits for the step
+        fastest = min(fastest, time.perf_counter() - began)
+    return fastest
 
 
 EvalStep = Callable[[Any], tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]]
