@@ -156,3 +156,32 @@ def test_evaluate_on_a_data_folder_with_bad_pairs_says_to_prepare_it(
     err = capsys.readouterr().err
     assert f"Run 'segbalance prepare {root}'" in err and Path(rows.mask[0]).name in err
     assert "Traceback" not in err
+
+
+def test_a_run_refused_before_its_first_step_leaves_no_work_dir(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """E.g. ImageNet weights that cannot be downloaded: the corrected retry must just run."""
+    from segbalance.errors import UserError
+    from segbalance.train import trainer
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise UserError("cannot get the imagenet weights (offline)")
+
+    monkeypatch.setattr(trainer, "build_model", offline)
+    work = tmp_path / "run"
+    assert main(["train", str(data), "--work-dir", str(work), *FLAGS]) == 2
+    assert "imagenet weights" in capsys.readouterr().err
+    assert not work.exists()
+
+
+def test_augment_groups_unknown_to_the_data_are_refused_before_any_write(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("augment:\n  groups:\n    '9': [{type: flip, p: 0.5}]\n")
+    work = tmp_path / "run"
+    argv = ["train", str(data), "--work-dir", str(work), "--config", str(config), *FLAGS]
+    assert main(argv) == 2
+    assert "augment.groups names group(s) 9" in capsys.readouterr().err
+    assert not work.exists()

@@ -110,14 +110,23 @@ def build_pipeline(spec: OpSpec, jit: bool = True) -> DualFn:
     return apply
 
 
-def _group_specs(cfg: AugmentConfig, group_names: Sequence[str]) -> list[OpSpec]:
-    """The op spec of every group (index = group id); unknown group names are errors."""
+def check_groups(cfg: AugmentConfig, group_names: Sequence[str]) -> None:
+    """Refuse ``augment.groups`` entries for groups the data does not have.
+
+    Raises:
+        UserError: naming them and the valid groups.
+    """
     unknown = sorted(set(cfg.groups) - set(group_names))
     if unknown:
         raise UserError(
             f"augment.groups names group(s) {', '.join(unknown)} that are not in the data. "
             f"Valid groups: {', '.join(group_names)}"
         )
+
+
+def _group_specs(cfg: AugmentConfig, group_names: Sequence[str]) -> list[OpSpec]:
+    """The op spec of every group (index = group id); unknown group names are errors."""
+    check_groups(cfg, group_names)
     return [cfg.groups.get(name, cfg.default) for name in group_names]
 
 

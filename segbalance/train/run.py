@@ -26,11 +26,11 @@ import keras
 
 from segbalance.config import Config
 from segbalance.data.manifest import Manifest
-from segbalance.errors import unknown_name_error
+from segbalance.errors import UserError, unknown_name_error
 from segbalance.models import model_names
+from segbalance.pipeline.augment import check_groups
 from segbalance.pipeline.budget import CacheChoice, available_memory, choose_cache
 from segbalance.train.fingerprint import (
-    DATA,
     check_same_data,
     data_fingerprint,
     read_fingerprint,
@@ -41,7 +41,14 @@ from segbalance.train.plan import load_data, training_plan
 from segbalance.train.result import TrainResult, complete_result
 from segbalance.train.runtime import make_runtime
 from segbalance.train.trainer import Trainer
-from segbalance.train.workdir import CONFIG, WorkDir, check_work_dir, create_work_dir
+from segbalance.train.workdir import (
+    CONFIG,
+    DATA,
+    WorkDir,
+    check_work_dir,
+    create_work_dir,
+    remove_new_run,
+)
 
 
 def check_config(cfg: Config) -> None:
@@ -95,6 +102,7 @@ def train(
     # Everything that can be refused is checked before TensorFlow starts or anything is written.
     wd = check_work_dir(work_dir, cfg, resume=resume, overwrite=overwrite)
     data = load_data(cfg)  # bad data (and weights naming no group) fail before any write
+    check_groups(cfg.augment, data[0].groups)
     plan = training_plan(cfg, data[0])
     fingerprint = data_fingerprint(*data)
     if resume:
@@ -107,14 +115,23 @@ def train(
     runtime.check_batch("train.validation_batch_size", valid_batch)
     if resume and wd.metrics.is_file():
         return complete_result(wd, cfg, runtime.chief)
-    if runtime.chief and not resume:  # the chief prepares the dir; workers only read it
+    created = runtime.chief and not resume  # the chief prepares the dir; workers read it
+    if created:
         create_work_dir(wd, cfg)
         write_fingerprint(wd.root, fingerprint)
     policy = keras.mixed_precision.global_policy()
     try:  # the run sets the global dtype policy; callers get theirs back
         # Every run shows a few validation images per group in TensorBoard (images.py).
         images = GroupImages(data[1], cfg.data.image_size, wd.logs, cfg.train.threshold)
-        trainer = Trainer(cfg, wd, runtime, data, plan, cache, [*callbacks, images])
+        try:
+            trainer = Trainer(cfg, wd, runtime, data, plan, cache, [*callbacks, images])
+        except UserError:
+            # Refused before the first step (e.g. ImageNet weights not downloadable): the
+            # run this call just created holds nothing trained, so a corrected retry must
+            # not be told the folder is taken.
+            if created:
+                remove_new_run(wd)
+            raise
         return trainer.run(resume=resume)
     finally:
         keras.mixed_precision.set_global_policy(policy)

@@ -176,6 +176,17 @@ def check_work_dir(work_dir: str | Path, cfg: Config, *, resume: bool, overwrite
     return wd
 
 
+def remove_new_run(wd: WorkDir) -> None:
+    """Remove a run this invocation created and that has trained nothing (no checkpoint).
+
+    Only a folder holding nothing but a run's files is removed; anything else stays.
+    """
+    checkpoints = wd.checkpoints
+    trained = checkpoints.is_dir() and any(checkpoints.iterdir())
+    if _is_run(wd) and not foreign_entries(wd) and not trained:
+        shutil.rmtree(wd.root)
+
+
 def foreign_entries(wd: WorkDir) -> list[str]:
     """Names at the top of ``wd`` that a run does not write (nor a temp file of its writers)."""
     ours = set(RUN_FILES)
