@@ -2,7 +2,7 @@
 
 Measures, side by side in one run, the train step of ``segbalance.train.steps`` (forward,
 loss, gradient, AdamW update with clipnorm) on in-memory batches, so the numbers are the
-model's cost and not the input pipeline's: :func:`segbalance.train.steps.time_train_step`,
+model's cost and not the input pipeline's: :func:`segbalance.train.steps.time_train_steps`,
 the same function the ``auto`` precision probe uses. Each (model, precision, jit) builds a
 fresh model under its policy, runs warm-up steps (tracing, compiling) and then times
 ``--steps`` single steps; the fastest counts (a shared machine's bursts slow some steps).
@@ -39,10 +39,10 @@ def bench_one(
     from segbalance.train import steps
 
     cfg = load_config(None, {"model.name": model_name, "data.image_size": size})
-    seconds = steps.time_train_step(
-        cfg, policy, batch, steps=steps_, warmup=warmup, jit_compile=jit
+    seconds = steps.time_train_steps(
+        cfg, [policy], batch, steps=steps_, warmup=warmup, jit_compile=jit
     )
-    return batch / seconds
+    return batch / seconds[policy]
 
 
 def main() -> None:

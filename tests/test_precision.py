@@ -109,9 +109,9 @@ BF16 = {"avx2", "avx512_bf16"}
 def _probe(seconds: dict[str, float]) -> tuple[list[str], object]:
     calls: list[str] = []
 
-    def measure(policy: str) -> float:
-        calls.append(policy)
-        return seconds[policy]
+    def measure(policies: list[str]) -> dict[str, float]:
+        calls.extend(policies)
+        return {p: seconds[p] for p in policies}
 
     return calls, measure
 
@@ -192,7 +192,8 @@ def test_the_probe_times_a_real_step(restore_policy, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(steps, "build_model", tiny)
     cfg = load_config(None, {"data.image_size": 32, "model.encoder_weights": "imagenet"})
-    seconds = steps.time_train_step(cfg, "mixed_bfloat16", 2, steps=1, warmup=1)
-    assert np.isfinite(seconds) and seconds > 0
-    assert built == ["none"]  # a copy without downloading weights
+    seconds = steps.time_train_steps(cfg, ["float32", "mixed_bfloat16"], 2, steps=1, warmup=1)
+    assert sorted(seconds) == ["float32", "mixed_bfloat16"]
+    assert all(np.isfinite(v) and v > 0 for v in seconds.values())
+    assert built == ["none", "none"]  # copies without downloading weights
     assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"

@@ -190,7 +190,7 @@ def write_probe(path: Path, key: str, seconds: dict[str, float]) -> float:
 def choose_precision(
     requested: str,
     *,
-    measure: Callable[[str], float] | None = None,
+    measure: Callable[[Sequence[str]], dict[str, float]] | None = None,
     cache: Path | None = None,
     key: str = "",
     steps: int = PROBE_MIN_STEPS,
@@ -219,7 +219,7 @@ def choose_precision(
         if measure is None or steps < PROBE_MIN_STEPS:
             why = "not measured" if measure is None else f"{steps} steps: too short to probe"
             return Choice("float32", f"auto precision: float32 (CPU has bf16; {why})")
-        seconds = {p: measure(p) for p in ("float32", "mixed_bfloat16")}
+        seconds = measure(("float32", "mixed_bfloat16"))
         if cache is not None:
             ratio = write_probe(cache, key, seconds)
         else:

@@ -178,50 +178,54 @@ def make_train_step(
     return step
 
 
-def time_train_step(
+def time_train_steps(
     cfg: Config,
-    policy: str,
+    policies: Sequence[str],
     batch: int,
     *,
     steps: int = 3,
     warmup: int = 1,
     jit_compile: bool = False,
-) -> float:
-    """Seconds per train step of a fresh copy of ``cfg``'s model under dtype ``policy``.
+) -> dict[str, float]:
+    """Seconds per train step of a fresh copy of ``cfg``'s model under each dtype policy.
 
     The precision probe (:func:`segbalance.train.precision.choose_precision`) and
-    benchmarks/bench_train.py use it. The copy gets no pretrained weights (speed does not
-    depend on them) and random in-memory batches, so only the step is timed. The fastest
-    of ``steps`` single steps counts: a neighbour's burst of CPU use on a shared machine
-    slows some steps, not the best one. The global policy is left at ``policy``.
+    benchmarks/bench_train.py use it. Each copy gets no pretrained weights (speed does not
+    depend on them) and random in-memory batches, so only the step is timed. The policies
+    take turns step by step and the fastest step of each counts: on a shared machine a
+    neighbour's load then slows both alike, and some steps of each escape it (runs timed one
+    after the other put unet-small's bf16 at 0.71x and 2.04x float32 on the same CPU). The
+    global policy is left at the last one.
     """
-    keras.mixed_precision.set_global_policy(policy)
-    model = build_model(
-        cfg.model.model_copy(update={"encoder_weights": "none"}), cfg.data.image_size
-    )
+    timed = {p: _timed_step(cfg, p, batch, jit_compile) for p in policies}
+    for step, data in timed.values():
+        for _ in range(warmup):  # the first call traces and compiles
+            float(step(data)[0])
+    fastest = dict.fromkeys(timed, math.inf)
+    for _ in range(max(steps, 1)):
+        for policy, (step, data) in timed.items():
+            began = time.perf_counter()
+            float(step(data)[0])  # waits for the step
+            fastest[policy] = min(fastest[policy], time.perf_counter() - began)
+    return fastest
+
+
+def _timed_step(cfg: Config, policy: str, batch: int, jit: bool) -> tuple[Any, dict[str, Any]]:
+    """A compiled train step of a new model under ``policy``, and a batch for it."""
+    keras.mixed_precision.set_global_policy(policy)  # read when the layers are built
+    mcfg = cfg.model.model_copy(update={"encoder_weights": "none"})
+    model = build_model(mcfg, cfg.data.image_size)
     opt = schedule.build_optimizer(cfg.optimizer, 100, 1, policy)
     opt.build(model.trainable_variables)
     own_gradient_reduction(opt)
+    strategy = tf.distribute.get_strategy()
+    loss_fn = get_loss(cfg.loss)
     step = make_train_step(
-        tf.distribute.get_strategy(),
-        model,
-        opt,
-        get_loss(cfg.loss),
-        batch,
-        cfg.train.threshold,
-        jit_compile=jit_compile,
+        strategy, model, opt, loss_fn, batch, cfg.train.threshold, jit_compile=jit
     )
     h, w = cfg.data.image_size
     image = tf.random.stateless_uniform((batch, h, w, 3), (0, 0), 0.0, 255.0)
-    data = {"image": image, "mask": tf.cast(image[..., :1] > 127, tf.float32)}
-    for _ in range(warmup):  # the first call traces and compiles
-        float(step(data)[0])
-    fastest = math.inf
-    for _ in range(max(steps, 1)):
-        began = time.perf_counter()
-        float(step(data)[0])  # waits for the step
-        fastest = min(fastest, time.perf_counter() - began)
-    return fastest
+    return step, {"image": image, "mask": tf.cast(image[..., :1] > 127, tf.float32)}
 
 
 EvalStep = Callable[[Any], tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]]

@@ -31,7 +31,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from segbalance.artifacts import ModelMeta, save_model
+from segbalance.artifacts import save_model
 from segbalance.config import Config
 from segbalance.data.manifest import Manifest
 from segbalance.errors import InvalidDataError
@@ -48,10 +48,9 @@ from segbalance.train import schedule, steps
 from segbalance.train.adaptive import FIGURE, AdaptiveBalance, plot_weights
 from segbalance.train.checkpoint import Checkpoints, RunState, make_checkpoint
 from segbalance.train.monitor import Monitor
-from segbalance.train.result import TrainResult, result_from, run_summary
+from segbalance.train.result import TrainResult, model_meta, result_from, run_summary
 from segbalance.train.runtime import Runtime, synchronize_batch_norm
 from segbalance.train.workdir import WorkDir
-from segbalance.version import __version__
 
 
 class Trainer:
@@ -93,7 +92,7 @@ class Trainer:
         solo = runtime.num_workers == 1
         self.precision = prec.choose_precision(  # before the seed: the probe draws no numbers
             cfg.train.precision,
-            measure=self._time_step if solo else None,
+            measure=self._time_steps if solo else None,
             cache=wd.root / prec.PROBE_FILE if solo else None,
             key=prec.probe_key(cfg.model.name, cfg.data.image_size, self.batch),
             steps=self.steps * cfg.train.epochs,
@@ -218,13 +217,16 @@ class Trainer:
             self.callbacks.on_epoch_begin(epoch)
             loss, counts, seconds, seen = self._train_epoch(epoch)
             val = steps.validate(eval_step, ds, eval_steps, self.groups)
-            row = self._row(epoch, loss, counts, seconds, seen, val)
+            lr = schedule.current_lr(self.optimizer)
+            row = runlog.history_row(epoch, loss, counts, seconds, seen, val, lr)
             if self.adaptive is not None:  # state changes here are saved with epoch + 1
                 row.update(self.adaptive.row(epoch, val, self.plan))
                 self.adaptive.end_epoch(epoch, val, state, self.plan)
             improved = self.monitor.improved(epoch, row)
             if improved and self.runtime.chief:
-                save_model(self.model, self.wd.best, self._meta(epoch + 1, row))
+                score = float(row[self.monitor.column])
+                meta = model_meta(self.cfg, self.groups, epoch + 1, score, self.policy)
+                save_model(self.model, self.wd.best, meta)
             stop = self.monitor.should_stop(row)
             self.log.epoch_end(row, self.plan.counts(epoch))
             self._say(runlog.summary_line(row, cfg.train.epochs, cfg.train.monitor, improved))
@@ -252,11 +254,11 @@ class Trainer:
             return RuntimeError(f"the input pipeline failed in epoch {epoch + 1}")
         return InvalidDataError(problems, "the pipeline cannot decode these files")
 
-    def _time_step(self, policy: str) -> float:
-        """The precision probe: seconds per step of a model copy under ``policy``."""
+    def _time_steps(self, policies: Sequence[str]) -> dict[str, float]:
+        """The precision probe: seconds per step of a model copy under each policy."""
         # Two warm-up calls: the first traces, the second still creates oneDNN primitives.
         batch = self.batch // self.runtime.replicas
-        return steps.time_train_step(self.cfg, policy, batch, steps=5, warmup=2)
+        return steps.time_train_steps(self.cfg, policies, batch, steps=5, warmup=2)
 
     def _train_step(self, epoch: int) -> Any:
         frozen = epoch < self.cfg.model.freeze_encoder_epochs
@@ -332,52 +334,10 @@ class Trainer:
         seen = (self.steps - start) * self.batch
         return totals["loss"] / self.steps, totals["counts"], seconds, seen
 
-    def _row(
-        self,
-        epoch: int,
-        loss: float,
-        counts: np.ndarray,
-        seconds: float,
-        seen: int,
-        val: dict[str, Any],
-    ) -> dict[str, Any]:
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "loss": loss,
-            "iou": float(metrics_from_counts(*counts)["iou"]),
-            **{k: v for k, v in val.items() if k not in ("groups", "group_loss")},
-            "lr": schedule.current_lr(self.optimizer),
-            "seconds": seconds,
-            "images_per_s": seen / seconds if seconds > 0 else float("nan"),
-        }
-        for g, entry in val["groups"].items():
-            nan = float("nan")
-            row[f"iou_{g}"] = nan if entry["iou"] is None else entry["iou"]
-            row[f"dice_{g}"] = nan if entry["dice"] is None else entry["dice"]
-        return row
-
     # ------------------------------------------------------------------------ output
     def _save(self, epoch: int, step: int) -> None:
         """A checkpoint on every worker (collective); workers' copies are temporary."""
         self.checkpoints.save(epoch * self.steps + step)
-
-    def _meta(self, epoch: int, row: dict[str, Any]) -> ModelMeta:
-        cfg = self.cfg
-        return ModelMeta(
-            image_size=(int(cfg.data.image_size[0]), int(cfg.data.image_size[1])),
-            groups=list(self.groups),
-            threshold=cfg.train.threshold,
-            preprocessing="0-255",
-            output="logits",
-            config=cfg.model_dump(mode="json"),
-            extra={
-                "epoch": epoch,
-                "monitor": cfg.train.monitor,
-                "score": float(row[self.monitor.column]),
-                "precision": self.policy,
-                "segbalance_version": __version__,
-            },
-        )
 
     def _finish(self) -> TrainResult:
         state = self.state
