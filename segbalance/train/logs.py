@@ -22,10 +22,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from segbalance.io import write_text
+from segbalance.metrics import metrics_from_counts
 from segbalance.train.workdir import WorkDir
 
 BASE_COLUMNS = (
@@ -245,3 +247,29 @@ def summary_line(row: Mapping[str, Any], epochs: int, monitor: str, improved: bo
     if improved:
         parts.append(f"* best {monitor}")
     return "  ".join(parts)
+
+
+def history_row(
+    epoch: int,
+    loss: float,
+    counts: np.ndarray,
+    seconds: float,
+    seen: int,
+    val: Mapping[str, Any],
+    lr: float,
+) -> dict[str, Any]:
+    """The history row of epoch ``epoch`` (from 0): train loss/IoU, validation, speed."""
+    row: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "loss": loss,
+        "iou": float(metrics_from_counts(*counts)["iou"]),
+        **{k: v for k, v in val.items() if k not in ("groups", "group_loss")},
+        "lr": lr,
+        "seconds": seconds,
+        "images_per_s": seen / seconds if seconds > 0 else float("nan"),
+    }
+    nan = float("nan")
+    for g, entry in val["groups"].items():
+        row[f"iou_{g}"] = nan if entry["iou"] is None else entry["iou"]
+        row[f"dice_{g}"] = nan if entry["dice"] is None else entry["dice"]
+    return row

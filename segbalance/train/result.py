@@ -10,9 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from segbalance.artifacts import ModelMeta
 from segbalance.config import Config
 from segbalance.train import logs as runlog
 from segbalance.train.workdir import WorkDir
+from segbalance.version import __version__
 
 
 @dataclass(frozen=True)
@@ -107,4 +109,23 @@ def result_from(
         history=rows,
         metrics=metrics,
         already_complete=already_complete,
+    )
+
+
+def model_meta(cfg: Config, groups: list[str], epoch: int, score: float, policy: str) -> ModelMeta:
+    """What ``best.keras`` carries for evaluate, predict and export (nanoGPT-style)."""
+    return ModelMeta(
+        image_size=(int(cfg.data.image_size[0]), int(cfg.data.image_size[1])),
+        groups=list(groups),
+        threshold=cfg.train.threshold,
+        preprocessing="0-255",
+        output="logits",
+        config=cfg.model_dump(mode="json"),
+        extra={
+            "epoch": epoch,
+            "monitor": cfg.train.monitor,
+            "score": score,
+            "precision": policy,
+            "segbalance_version": __version__,
+        },
     )
