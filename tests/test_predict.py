@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from segbalance.cli import main
-from segbalance.predict import clashes, expand_inputs, output_names, overlay_image
+from segbalance.predict import overlay_image
+from segbalance.predict_inputs import clashes, expand_inputs, output_names
 
 
 def _image(path: Path, hw: tuple[int, int], seed: int, mode: str = "RGB") -> None:

@@ -45,12 +45,11 @@ from typing import Any, Literal
 import numpy as np
 
 from segbalance.errors import UserError
+from segbalance.sampling.report import REPEAT_WARNING, plan_report, shard_positions
 from segbalance.sampling.weights import SamplingWarning, group_probabilities
 
 __all__ = ["REPEAT_WARNING", "SamplingPlan", "largest_remainder", "training_epoch_length"]
 
-# Showing each image of a group more than this many times per epoch risks over-fitting it.
-REPEAT_WARNING = 10.0
 # Seed domains: the streams of images, the order inside an epoch, random-mode counts.
 _STREAM, _ORDER, _COUNTS = 0, 1, 2
 # Positions are interleaved chunk by chunk so the shuffles stay in the CPU cache.
@@ -371,28 +370,8 @@ class SamplingPlan:
             >>> plan.shard(0, 4, 2, 1)[0].tolist()
             [2, 3]
         """
-        B, R, r = global_batch_size, num_replicas, replica_id
-        if not (isinstance(B, int | np.integer) and isinstance(R, int | np.integer) and B >= 1):
-            raise UserError(f"global batch size must be an integer >= 1, got {B!r}")
-        if not (1 <= R <= B):
-            raise UserError(f"number of replicas must lie in 1..batch size {B}, got {R}")
-        if not (isinstance(r, int | np.integer) and 0 <= r < R):
-            raise UserError(f"replica id must lie in 0..{R - 1}, got {r!r}")
-        indices = self.epoch(e)
-        E = self.epoch_length
-        full = E // B
-        parts = [self._replica_slots(np.arange(full, dtype=np.int64) * B, B, R, r)]
-        if E % B:
-            parts.append(self._replica_slots(np.array([full * B]), E % B, R, r))
-        positions = np.concatenate(parts)
-        return positions, indices[positions]
-
-    @staticmethod
-    def _replica_slots(starts: np.ndarray, size: int, R: int, r: int) -> np.ndarray:
-        """Positions of replica r in batches of ``size`` starting at ``starts`` (array_split)."""
-        width = size // R + (1 if r < size % R else 0)
-        offset = r * (size // R) + min(r, size % R)
-        return (starts[:, None] + offset + np.arange(width)).ravel()
+        positions = shard_positions(self.epoch_length, global_batch_size, num_replicas, replica_id)
+        return positions, self.epoch(e)[positions]
 
     # ----------------------------------------------------------------------------- report
     def report(self, epochs: int | Sequence[int]) -> dict[str, Any]:
@@ -401,44 +380,7 @@ class SamplingPlan:
         Per group: images, target probability, samples per epoch, mean showings of each
         image per epoch and ``repeat_warning`` when that exceeds :data:`REPEAT_WARNING`.
         """
-        which = range(epochs) if isinstance(epochs, int | np.integer) else list(epochs)
-        per_epoch = [(int(e), self._counts(self._check_epoch(e))) for e in which]
-        expected = self._quota if self.mode == "exact" else self._p * self.epoch_length
-        groups = []
-        for i, g in enumerate(self.group_names):
-            n = int(self._n[i])
-            showings = float(expected[i]) / n if n else 0.0
-            groups.append(
-                {
-                    "name": g,
-                    "images": n,
-                    "target": self.target[g],
-                    "samples_per_epoch": float(expected[i]),
-                    "showings_per_image": showings,
-                    "repeat_warning": showings > REPEAT_WARNING,
-                }
-            )
-        return {
-            "balance": self.balance,
-            "weights": dict(self.weights),
-            "mode": self.mode,
-            "seed": self.seed,
-            "epoch_length": self.epoch_length,
-            "rows": self.num_rows,
-            "groups": groups,
-            "target": dict(self.target),
-            "quotas": dict(self.quotas),
-            "epochs": [
-                {"epoch": e, "counts": dict(zip(self.group_names, c.tolist(), strict=True))}
-                for e, c in per_epoch
-            ],
-            "warnings": [
-                f"group '{x['name']}': each image is shown {x['showings_per_image']:.1f}x per "
-                "epoch on average and may over-fit; lower its weight or try power:ALPHA"
-                for x in groups
-                if x["repeat_warning"]
-            ],
-        }
+        return plan_report(self, epochs)
 
     def steps(self, batch_size: int) -> int:
         """Batches per epoch: ``ceil(epoch_length / batch_size)``."""
