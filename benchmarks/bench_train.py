@@ -14,6 +14,7 @@ Usage:
     python benchmarks/bench_train.py                       # unet-small + efficientnetb4
     python benchmarks/bench_train.py --models unet-small --precisions float32 mixed_bfloat16
     python benchmarks/bench_train.py --size 384 --batch 16 --jit off on   # on a GPU
+    python benchmarks/bench_train.py --precision-probe --size 96 --batch 4 --repeats 2
 """
 
 from __future__ import annotations
@@ -45,6 +46,28 @@ def bench_one(
     return batch / seconds[policy]
 
 
+def probe(models: list[str], size: int, batch: int, warmup: int, steps_: int, repeats: int) -> None:
+    """bf16 / float32 speed per model as ``train.precision: auto`` measures it."""
+    from segbalance.config import load_config
+    from segbalance.train import precision, steps
+
+    print(f"{size}px, batch {batch}; {warmup} warm-up, then {steps_} steps taking turns")
+    for model_name in models:
+        cfg = load_config(None, {"model.name": model_name, "data.image_size": size})
+        for rep in range(repeats):
+            s = steps.time_train_steps(
+                cfg, ["float32", "mixed_bfloat16"], batch, steps=steps_, warmup=warmup
+            )
+            ratio = s["float32"] / s["mixed_bfloat16"]
+            pick = "mixed_bfloat16" if ratio >= precision.MIN_SPEEDUP else "float32"
+            print(
+                f"{model_name:16s} run {rep + 1}: float32 {s['float32'] * 1e3:.0f} ms, "
+                f"mixed_bfloat16 {s['mixed_bfloat16'] * 1e3:.0f} ms a step: bf16 "
+                f"{ratio:.2f}x float32 -> auto picks {pick}",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["unet-small", "efficientnetb4"])
@@ -55,7 +78,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument(
+        "--precision-probe",
+        action="store_true",
+        help="time float32 and mixed_bfloat16 taking turns, as train's auto probe does",
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="probe runs per model")
     args = parser.parse_args()
+    if args.precision_probe:
+        probe(args.models, args.size, args.batch, args.warmup, args.steps, args.repeats)
+        return
 
     import tensorflow as tf
 

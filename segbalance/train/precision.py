@@ -200,8 +200,8 @@ def choose_precision(
     """:func:`resolve_precision`, with ``auto`` on a bfloat16 CPU decided by measuring.
 
     Native bfloat16 is not faster for every model: mixed_bfloat16 ran unet-small 1.5x
-    float32 on an AMX CPU but 0.81x on an AVX512-BF16 EPYC, and efficientnetb4 0.95x on
-    the AMX one. So ``auto`` times both policies (``measure(policy)`` -> seconds per
+    float32 and efficientnetb4 0.95x on an AMX CPU, 1.2-1.4x and 0.89x on an AVX512-BF16
+    EPYC. So ``auto`` times both policies (``measure(policy)`` -> seconds per
     step), keeps mixed_bfloat16 only at :data:`MIN_SPEEDUP` x or better, and records the
     result in ``cache`` under ``key`` (a resume or rerun reads it instead of measuring).
 
