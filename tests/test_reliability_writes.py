@@ -33,9 +33,9 @@ CASES = [
     # (argv with {m} = the manifest and {p} = the place, what stderr names)
     (["train", "{m}", "--work-dir", "{p}/afile/run"], "lies under {p}/afile, which is a file"),
     (["train", "{m}", "--work-dir", "{p}/afile"], "work dir {p}/afile is a file"),
-    (["stats", "{m}", "--json", "{p}/afile/stats.json"], "{p}/afile is a file"),
+    (["stats", "{m}", "--json", "{p}/afile/stats.json"], "lies under {p}/afile, which is a file"),
     (["stats", "{m}", "--json", "{p}"], "{p} is a folder"),
-    (["stats", "{m}", "--plot", "{p}/afile/x.png"], "{p}/afile is a file"),
+    (["stats", "{m}", "--plot", "{p}/afile/x.png"], "lies under {p}/afile, which is a file"),
     (["prepare", "{d}", "--out", "{p}/folder.csv"], "--out {p}/folder.csv is a folder"),
     (["prepare", "{d}", "--out", "{p}/afile/m.csv"], "lies under {p}/afile, which is a file"),
 ]

@@ -142,7 +142,10 @@ def _read_scalars(logdir: Path) -> dict[str, dict[int, float]]:
     for path in files:
         for event in tf.compat.v1.train.summary_iterator(str(path)):
             for value in event.summary.value:
-                number = float(tf.make_ndarray(value.tensor))
+                array = tf.make_ndarray(value.tensor)
+                if array.ndim:  # the group images written beside the scalars
+                    continue
+                number = float(array)
                 out.setdefault(value.tag, {})[event.step] = number
     return out
 
