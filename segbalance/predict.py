@@ -78,7 +78,9 @@ def _check_targets(out: Path, names: Sequence[Path], kinds: Sequence[str]) -> No
             raise UserError(f"--out {out}: {out / kind} is a file, not a folder; move it")
     if not out.is_dir() or is_marked(out, MARKER_KIND):
         return
-    taken = [out / k / n for k in kinds for n in names if os.path.lexists(out / k / n)]
+    # In a folder of the user's, an output folder predict made itself (marked) is predict's.
+    mine = [k for k in kinds if not is_marked(out / k, MARKER_KIND)]
+    taken = [out / k / n for k in mine for n in names if os.path.lexists(out / k / n)]
     if taken:
         raise UserError(
             f"--out {out} already holds {taken[0]} ({len(taken)} output(s) in all), and "
@@ -273,7 +275,7 @@ def predict(
         result.failed += [im for _, _, im in loaded if isinstance(im, Problem)]
         if good:
             if not result.written:  # created only now: no empty --out when every input fails
-                _make_out(out)
+                _make_out(out, where.kinds)
             logits = predictor.logits([im for _, _, im in good])
             for (f, name, image), lg in zip(good, logits, strict=True):
                 result.written.append(_write(predictor, f, where, name, image, lg, result))
@@ -304,13 +306,22 @@ def _plan(inputs: Sequence[str | Path], out: Path) -> tuple[list[Path], list[Pat
     return [files[i] for i in keep], [names[i] for i in keep], result
 
 
-def _make_out(out: Path) -> None:
-    """Create --out and mark it when it is new or empty (then no file in it is the user's)."""
+def _make_out(out: Path, kinds: Sequence[str]) -> None:
+    """Create --out and mark it when it is new or empty (then no file in it is the user's).
+
+    In a folder of the user's, the output folders predict creates (masks/, ...) are marked
+    instead, so a second run may replace its own outputs there and nothing else.
+    """
     try:
         fresh = not out.exists() or not any(out.iterdir())
         out.mkdir(parents=True, exist_ok=True)
         if fresh:
             mark_dir(out, MARKER_KIND)
+            return
+        for kind in kinds:
+            if not (out / kind).exists():
+                (out / kind).mkdir()
+                mark_dir(out / kind, MARKER_KIND)
     except OSError as err:
         raise UserError(f"--out {out}: cannot create it ({err.strerror or err})") from err
 

@@ -102,10 +102,12 @@ def _under_output(path: Path, cache: dict[str, bool]) -> bool:
         if parent == folder:
             return False
         if os.path.basename(folder) in OUTPUT_DIRS:
-            if parent not in cache:
-                cache[parent] = _is_predict_dir(parent)
-            if cache[parent]:
-                return True
+            # predict marks its --out, or (in a folder of the user's) the output folder
+            for marked in (parent, folder):
+                if marked not in cache:
+                    cache[marked] = _is_predict_dir(marked)
+                if cache[marked]:
+                    return True
         folder = parent
 
 

@@ -494,3 +494,24 @@ def test_export_refuses_an_unwritable_out(
     code, _, err = run(capsys, "export", model_file, "--format", fmt, "--out", out)
     assert code == 2 and str(out) in err and says in err, err
     assert tree(tmp_path) == before
+
+
+def test_predict_into_a_folder_of_the_users_can_run_again(model_file, tmp_path, capsys) -> None:
+    """The first run writes beside the user's files; the second replaces only its own."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(photos / "a.png")
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    argv = ["predict", str(model_file), str(photos / "a.png"), "--out", str(out)]
+    for _ in range(2):
+        assert main(argv) == 0, capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "my notes"
+    assert (out / "masks" / "a.png.png").is_file()
+    # and a predict over the whole folder does not read its own earlier masks back
+    assert main(["predict", str(model_file), str(tmp_path), "--out", str(tmp_path / "o2")]) in (
+        0,
+        2,
+    )
+    assert not list((tmp_path / "o2" / "masks").rglob("a.png.png.png"))
