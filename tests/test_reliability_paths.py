@@ -281,3 +281,14 @@ def test_manifest_accepts_dot_segments_that_stay_inside(
     path = _edited(synth_manifest, tmp_path, 0, f"{folder}/../{first}")
     code, _out, err = _run(capsys, "stats", path)
     assert code == 0, err
+
+
+def test_a_semicolon_separated_manifest_is_named_as_such(
+    synth_manifest: Path, tmp_path: Path, capsys
+) -> None:
+    """Excel in a comma-decimal locale saves 'CSV' with semicolons."""
+    text = synth_manifest.read_text().replace(",", ";")
+    edited = tmp_path / "m.csv"
+    edited.write_text(text)
+    code, _out, err = _run(capsys, "stats", edited)
+    assert code == 2 and "separated by semicolons" in err and str(edited) in err

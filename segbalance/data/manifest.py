@@ -42,26 +42,17 @@ from segbalance.data.manifest_csv import (
     format_float,
     parse_orientation,
     parse_row,
+    separator_hint,
 )
 from segbalance.data.paths import outside_root_problems
 from segbalance.errors import InvalidDataError, Problem, UserError
 from segbalance.io import atomic_write
 from segbalance.version import __version__
 
-__all__ = [  # the columns are manifest_csv's, re-exported: this is where readers look
-    "COLUMNS",
-    "DEFAULT_DIRNAME",
-    "FOLD_COLUMN",
-    "NO_FOLD",
-    "SPLITS",
-    "Manifest",
-    "manifest_csv_text",
-    "natural_key",
-    "natural_sort",
-    "read_manifest",
-    "sidecar_path",
-    "write_manifest",
-]
+# The columns are manifest_csv's, re-exported: this is where readers look.
+__all__ = ["COLUMNS", "DEFAULT_DIRNAME", "FOLD_COLUMN", "NO_FOLD", "SPLITS", "Manifest"]
+__all__ += ["manifest_csv_text", "natural_key", "natural_sort", "read_manifest"]
+__all__ += ["sidecar_path", "write_manifest"]
 DEFAULT_DIRNAME = "segbalance"
 
 _DIGITS = re.compile(r"(\d+)")
@@ -344,7 +335,8 @@ def read_manifest(
     missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
         raise UserError(
-            f"manifest {path} lacks column(s) {', '.join(missing)}; expected "
+            f"manifest {path} lacks column(s) {', '.join(missing)}"
+            f"{separator_hint(list(reader.fieldnames or []))}; expected "
             f"{', '.join(COLUMNS)}. Write it with 'segbalance prepare'"
         )
     folded = FOLD_COLUMN in (reader.fieldnames or [])

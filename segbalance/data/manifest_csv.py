@@ -111,3 +111,14 @@ def parse_row(
         values["mask_rule"],
     )
     return parsed if fold is None else (*parsed, fold)
+
+
+def separator_hint(columns: list[str]) -> str:
+    """A note when a header read as one column holds ';' or tabs: the wrong separator.
+
+    Excel writes CSV with semicolons in locales whose decimal mark is a comma.
+    """
+    if len(columns) == 1 and (";" in columns[0] or "\t" in columns[0]):
+        sep = "semicolons" if ";" in columns[0] else "tabs"
+        return f". It looks separated by {sep}: save it comma-separated (CSV UTF-8)"
+    return ""

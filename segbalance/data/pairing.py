@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from segbalance.data.manifest import natural_key
+from segbalance.data.manifest_csv import separator_hint
 from segbalance.errors import Problem, UserError
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
@@ -152,7 +153,7 @@ def read_csv(path: Path, need: tuple[str, ...]) -> list[dict[str, str]]:
         raise UserError(f"cannot read {path}: {err}") from err
     if not any(c in columns for c in need):
         raise UserError(
-            f"{path} has no '{need[0]}' column (columns: {', '.join(columns) or 'none'}); "
-            f"add a header line with '{need[0]}'"
+            f"{path} has no '{need[0]}' column (columns: {', '.join(columns) or 'none'})"
+            f"{separator_hint(columns)}; add a header line with '{need[0]}'"
         )
     return rows
