@@ -20,7 +20,8 @@ def register(sub: Any) -> None:
         "demo",
         "Show what group balancing does on built-in synthetic data: train unet-small with "
         "'proportional' and with 'uniform' sampling on the same budget, and compare them per "
-        "group on a separate held-out set (measured on a quiet 2-core CPU: 5 minutes; --quick 2).",
+        "group on a separate held-out set (measured on quiet 2-core CPUs: 2.5 to 5 minutes; "
+        "--quick 1 to 2).",
         EXAMPLES,
         run,
     )
