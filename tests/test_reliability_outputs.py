@@ -6,8 +6,8 @@ Model cases use tiny 1x1-convolution networks (fast to save and load); the real 
 conftest's ``model_file``.
 
 Tests run as root here, and root writes into a chmod 555 folder anyway; the read-only
-cases therefore use a folder no one can write in (sysfs, ``/sys``) when the process is
-root, chmod 555 otherwise, and skip when neither refuses a write on this machine. The
+cases therefore use a folder no one can write in (sysfs ``/sys``, else procfs ``/proc``)
+when the process is root, chmod 555 otherwise; they never skip. The
 ``--out`` under a regular file cases fail for root too.
 """
 
@@ -310,18 +310,20 @@ def test_earlier_outputs_are_never_inputs_whatever_out_was(
 
 
 def _unwritable(tmp_path: Path) -> Path:
-    """A folder this process cannot write in, or skip (see the module docstring)."""
+    """A folder this process cannot write in (see the module docstring)."""
     if os.geteuid() != 0:
         folder = tmp_path / "ro"
         folder.mkdir()
         folder.chmod(0o555)
         return folder
-    folder = Path("/sys")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pytest.skip("root can write in /sys here: no unwritable folder to test with")
-    except OSError:
-        return folder
+    # Root ignores permission bits; the kernel's own file systems refuse new files to root.
+    for folder in (Path("/sys"), Path("/proc")):
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                continue
+        except OSError:
+            return folder
+    raise AssertionError("no folder this root process cannot write in (/sys, /proc)")
 
 
 @pytest.fixture()
