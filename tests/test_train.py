@@ -557,3 +557,26 @@ def test_resume_takes_the_cluster_from_the_command_line_not_the_saved_run(tmp_pa
         ["train", "--work-dir", str(tmp_path), "--resume", "--devices", "cpu:2"]
     )
     assert build_config(args).distribute.devices == "cpu:2"
+
+
+def test_removing_a_refused_new_run_keeps_anything_else(tmp_path: Path) -> None:
+    """remove_new_run deletes only a run with nothing trained and nothing foreign in it."""
+    from segbalance.train.workdir import remove_new_run
+
+    cfg = Config()
+    for extra in ("notes.txt", "checkpoints/ckpt-1.index"):
+        work = tmp_path / extra.split("/")[0].replace(".", "_")
+        wd = check_work_dir(work, cfg, resume=False, overwrite=False)
+        create_work_dir(wd, cfg)
+        (work / extra).parent.mkdir(parents=True, exist_ok=True)
+        (work / extra).write_text("keep me")
+        remove_new_run(wd)
+        assert (work / extra).read_text() == "keep me"  # a user's file, or a trained step
+    fresh = check_work_dir(tmp_path / "fresh", cfg, resume=False, overwrite=False)
+    create_work_dir(fresh, cfg)
+    remove_new_run(fresh)
+    assert not (tmp_path / "fresh").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "data.csv").write_text("a user's folder, no marker")
+    remove_new_run(WorkDir(tmp_path / "mine"))
+    assert (tmp_path / "mine" / "data.csv").is_file()
