@@ -31,6 +31,7 @@ import keras
 # and loss with Keras, which load_model needs to deserialise a model under safe_mode=True.
 import segbalance.losses
 import segbalance.models  # noqa: F401
+from segbalance.classes import ClassSet, classes_from_json
 from segbalance.config import MAX_IMAGE_SIZE
 from segbalance.errors import UserError
 from segbalance.io import atomic_path
@@ -70,6 +71,8 @@ class ModelMeta:
             encoders normalise inside; the only scaling predict/evaluate/export feed).
         output: "logits" (apply a sigmoid for probabilities).
         config: the full training config as a dict (``Config.model_dump(mode="json")``).
+        classes: a multiclass model's classes (``ClassSet.to_json()``: names, values,
+            colours, ignore); None for binary. :attr:`class_set` parses it.
         extra: free-form facts (epoch, monitored value, segbalance version).
     """
 
@@ -79,7 +82,13 @@ class ModelMeta:
     preprocessing: str = "0-255"
     output: str = "logits"
     config: dict[str, Any] = field(default_factory=dict)
+    classes: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_set(self) -> ClassSet | None:
+        """The classes as a :class:`~segbalance.classes.ClassSet`, None for binary."""
+        return None if self.classes is None else classes_from_json(self.classes, META_MEMBER)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -116,6 +125,11 @@ class ModelMeta:
             raise ValueError(f"output {self.output!r} is not one of {OUTPUTS}")
         if not isinstance(self.config, dict) or not isinstance(self.extra, dict):
             raise ValueError("config and extra must be JSON objects")
+        if self.classes is not None:
+            try:
+                self.class_set  # noqa: B018 (parses and checks)
+            except UserError as err:
+                raise ValueError(str(err)) from None
 
 
 def check_image_size(value: Any) -> tuple[int, int]:

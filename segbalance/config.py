@@ -215,6 +215,11 @@ class LossConfig(_Stage):
     focal_gamma: float = Field(2.0, ge=0.0)
     tversky_alpha: float = Field(0.3, ge=0.0)
     tversky_beta: float = Field(0.7, ge=0.0)
+    class_weights: dict[str, Annotated[float, Field(gt=0.0)]] | Literal["auto"] | None = Field(
+        None,
+        description="multiclass: CLASS: WEIGHT (others 1), auto (inverse sqrt of the train "
+        "split's pixel frequency, mean 1) or null (all 1)",
+    )
 
 
 class OptimizerConfig(_Stage):

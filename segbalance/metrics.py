@@ -14,6 +14,15 @@ predicted is 1, recall with nothing to find is 1.
 
 Per-group numbers (:class:`GroupMetrics`) are micro over the images of that group, so
 they are exact sums however the images were batched or sharded.
+
+Multiclass (K >= 2 softmax channels, the first the background): a pixel's class is the
+argmax of the logits; pixels of the ignore index (:data:`segbalance.classes.IGNORE_INDEX`)
+are not counted. Counts are per class, ``[B, K, 4]`` (:func:`class_confusion_counts`). A
+group's ``iou`` (dice, precision, recall) is the **mean over the foreground classes** of the
+per-class ratios of the group's summed counts. Absent-class rule: a class with no true and
+no predicted pixel in a group (tp + fp + fn = 0) is left out of that group's mean and shown
+as ``null``; a group where every foreground class is absent scores 1.0, as an empty binary
+mask with an empty prediction does.
 """
 
 from __future__ import annotations
@@ -70,6 +79,34 @@ def confusion_counts(y_true: Any, logits: Any, threshold: float = 0.5) -> tf.Ten
     )
 
 
+def class_confusion_counts(labels: Any, logits: Any) -> tf.Tensor:
+    """Per-sample, per-class ``[tp, fp, fn, tn]`` as f32[B, K, 4] for K-channel logits.
+
+    ``labels`` holds class indices (any shape with B first and H*W pixels); pixels of
+    :data:`~segbalance.classes.IGNORE_INDEX` (any index outside 0..K-1) count nowhere.
+    """
+    logits = tf.cast(logits, tf.float32)
+    k = logits.shape[-1]
+    batch = tf.shape(logits)[0]
+    pred = tf.reshape(tf.argmax(logits, axis=-1, output_type=tf.int32), [batch, -1])
+    true = tf.reshape(tf.cast(labels, tf.int32), [batch, -1])
+    valid = tf.cast((true >= 0) & (true < k), tf.float32)
+    true_hot = tf.one_hot(true, k, dtype=tf.float32)  # an index outside 0..K-1 is all zeros
+    pred_hot = tf.one_hot(pred, k, dtype=tf.float32) * valid[..., None]
+    tp = tf.reduce_sum(true_hot * pred_hot, axis=1)
+    fp = tf.reduce_sum(pred_hot, axis=1) - tp
+    fn = tf.reduce_sum(true_hot, axis=1) - tp
+    tn = tf.reduce_sum(valid, axis=1)[:, None] - tp - fp - fn
+    return tf.stack([tp, fp, fn, tn], axis=-1)
+
+
+def counts_for(y_true: Any, logits: Any, threshold: float = 0.5) -> tf.Tensor:
+    """The model's counts: [B, 4] for one sigmoid channel, [B, K, 4] for K softmax ones."""
+    if logits.shape[-1] == 1:
+        return confusion_counts(y_true, logits, threshold)
+    return class_confusion_counts(y_true, logits)
+
+
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
     safe = np.where(den > 0, den, 1.0)
@@ -94,6 +131,39 @@ def metrics_from_counts(tp: Any, fp: Any, fn: Any, tn: Any) -> dict[str, np.ndar
     }
 
 
+def class_metrics(counts: Any) -> dict[str, np.ndarray]:
+    """Per-class metrics of counts ``[..., K, 4]``; NaN where the class is absent.
+
+    Absent: no true and no predicted pixel (``tp + fp + fn == 0``), see the module doc.
+    """
+    counts = np.asarray(counts, np.float64)
+    tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
+    absent = (tp + fp + fn) == 0
+    return {k: np.where(absent, np.nan, v) for k, v in metrics_from_counts(tp, fp, fn, 0).items()}
+
+
+def summary_metrics(counts: Any, multiclass: bool) -> dict[str, np.ndarray]:
+    """IoU, Dice, precision, recall of summed counts: ``[..., 4]`` or ``[..., K, 4]``.
+
+    Multiclass: the mean over the present foreground classes (index 1..K-1), 1.0 where
+    every one is absent (module doc).
+    """
+    counts = np.asarray(counts, np.float64)
+    if not multiclass:
+        return metrics_from_counts(*np.moveaxis(counts, -1, 0))
+    out = {}
+    for key, values in class_metrics(counts[..., 1:, :]).items():
+        present = ~np.isnan(values)
+        total = np.where(present, values, 0.0).sum(axis=-1)
+        n = present.sum(axis=-1)
+        out[key] = np.where(n > 0, total / np.maximum(n, 1), 1.0)
+    return out
+
+
+def _optional(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
+
+
 def reduce_metrics(counts: Any, reduction: str = "micro") -> dict[str, float]:
     """Metrics of a set of images from their counts ``[N, 4]``.
 
@@ -116,21 +186,35 @@ def reduce_metrics(counts: Any, reduction: str = "micro") -> dict[str, float]:
 class GroupMetrics:
     """Accumulates per-image counts by group; numpy only, exact sums across workers.
 
+    Args:
+        group_names: the groups, in id order.
+        class_names: the K classes of a multiclass model (counts ``[.., K, 4]``); None for
+            binary (counts ``[.., 4]``).
+
     Example:
         >>> gm = GroupMetrics(["0", "1"])
         >>> gm.update(np.array([0, 1]), counts)  # counts f[2, 4]
         >>> gm.result()["worst_group_iou"]
     """
 
-    def __init__(self, group_names: Sequence[str]) -> None:
+    def __init__(
+        self, group_names: Sequence[str], class_names: Sequence[str] | None = None
+    ) -> None:
         self.group_names = [str(g) for g in group_names]
-        self.counts = np.zeros((len(self.group_names), 4), np.float64)
+        self.class_names = None if class_names is None else [str(c) for c in class_names]
+        self.shape = (4,) if self.class_names is None else (len(self.class_names), 4)
+        self.counts = np.zeros((len(self.group_names), *self.shape), np.float64)
         self.images = np.zeros(len(self.group_names), np.int64)
 
+    @property
+    def multiclass(self) -> bool:
+        """Whether counts are per class."""
+        return self.class_names is not None
+
     def update(self, group_ids: Any, counts: Any) -> None:
-        """Add per-image ``counts`` [B, 4] of images whose groups are ``group_ids`` [B]."""
+        """Add per-image ``counts`` [B, 4] (or [B, K, 4]) of images in groups ``group_ids``."""
         ids = np.asarray(group_ids, np.int64).reshape(-1)
-        counts = np.asarray(counts, np.float64).reshape(-1, 4)
+        counts = np.asarray(counts, np.float64).reshape(-1, *self.shape)
         if len(ids) != len(counts):
             raise ValueError(f"{len(ids)} group ids for {len(counts)} count rows")
         if len(ids) and (ids.min() < 0 or ids.max() >= len(self.group_names)):
@@ -139,31 +223,49 @@ class GroupMetrics:
         np.add.at(self.images, ids, 1)
 
     def add_totals(self, counts: Any, images: Any) -> None:
-        """Add counts already summed per group on the device: ``counts`` [G, 4], ``images`` [G]."""
-        counts = np.asarray(counts, np.float64).reshape(len(self.group_names), 4)
-        self.counts += counts
+        """Add counts already summed per group on the device: [G, 4] (or [G, K, 4]), [G]."""
+        self.counts += np.asarray(counts, np.float64).reshape(self.counts.shape)
         self.images += np.asarray(images).reshape(-1).astype(np.int64)
+
+    def _entry(self, counts: np.ndarray, n: int) -> dict[str, Any]:
+        """One group's (or all images') metrics; per class too when multiclass."""
+        entry: dict[str, Any] = {"images": n}
+        values = summary_metrics(counts, self.multiclass)
+        for key in METRIC_NAMES:
+            entry[key] = float(values[key]) if n > 0 else None
+        if self.class_names is not None:
+            entry["classes"] = self._per_class(counts, n)
+        return entry
+
+    def _per_class(self, counts: np.ndarray, n: int) -> dict[str, dict[str, float | None]]:
+        per = class_metrics(counts)
+        return {
+            name: {k: _optional(per[k][i]) if n > 0 else None for k in METRIC_NAMES}
+            for i, name in enumerate(self.class_names or [])
+        }
 
     def result(self) -> dict[str, Any]:
         """The evaluate JSON shape (without ``threshold``).
 
         A group without images reports ``images: 0`` and ``None`` metrics and does not
         enter ``mean_group_iou``/``worst_group_iou`` (both ``None`` if no group has images).
+        Multiclass adds ``classes`` per group and overall (all pixels), and
+        ``overall_iou`` is the mean over the foreground classes of the all-pixel IoU.
         """
-        groups: dict[str, dict[str, Any]] = {}
-        ious = []
-        for name, counts, n in zip(self.group_names, self.counts, self.images, strict=True):
-            entry: dict[str, Any] = {"images": int(n)}
-            values = metrics_from_counts(*counts)
-            for key in METRIC_NAMES:
-                entry[key] = float(values[key]) if n > 0 else None
-            if n > 0:
-                ious.append(entry["iou"])
-            groups[name] = entry
-        overall = float(metrics_from_counts(*self.counts.sum(axis=0))["iou"])
-        return {
-            "groups": groups,
-            "mean_group_iou": float(np.mean(ious)) if ious else None,
-            "worst_group_iou": float(np.min(ious)) if ious else None,
-            "overall_iou": overall if self.images.sum() > 0 else None,
+        groups = {
+            name: self._entry(counts, int(n))
+            for name, counts, n in zip(self.group_names, self.counts, self.images, strict=True)
         }
+        ious = [g["iou"] for g in groups.values() if g["images"] > 0]
+        total = self.counts.sum(axis=0)
+        seen = int(self.images.sum())
+        overall = float(summary_metrics(total, self.multiclass)["iou"])
+        out: dict[str, Any] = {"groups": groups}
+        if self.class_names is not None:
+            out["classes"] = self._per_class(total, seen)
+        out.update(
+            mean_group_iou=float(np.mean(ious)) if ious else None,
+            worst_group_iou=float(np.min(ious)) if ious else None,
+            overall_iou=overall if seen > 0 else None,
+        )
+        return out

@@ -33,13 +33,16 @@ from typing import Any
 
 import numpy as np
 
+from segbalance.classes import ClassSet, classes_from_json
 from segbalance.data.manifest_csv import (
     COLUMNS,
     FOLD_COLUMN,
     NO_FOLD,
     ORIENTATION_COLUMN,
     SPLITS,
+    class_columns,
     format_float,
+    parse_class_coverage,
     parse_orientation,
     parse_row,
     separator_hint,
@@ -95,6 +98,10 @@ class Manifest:
             the manifest has no folds (``prepare --folds K``).
         orientation: each image's EXIF orientation (int64, 1-8; empty: all 1, stored as
             shown); the decoder turns the pixels by it.
+        classes: the classes of a multiclass manifest (``prepare --classes``, kept in the
+            sidecar), None for binary.
+        class_coverage: float64 [N, K], each row's share of pixels in each class (the
+            ``coverage_<name>`` columns); None for binary.
     """
 
     root: Path
@@ -109,6 +116,8 @@ class Manifest:
     group_order: tuple[str, ...] = field(default=())
     fold: np.ndarray | None = None
     orientation: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    classes: ClassSet | None = None
+    class_coverage: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -127,6 +136,11 @@ class Manifest:
         turns = self.orientation if len(self.orientation) else np.ones(n, np.int64)
         put(self, "orientation", _frozen_array(turns, np.int64))
         lengths[ORIENTATION_COLUMN] = len(self.orientation)
+        if self.class_coverage is not None:
+            k = 0 if self.classes is None else self.classes.num_classes
+            cover = np.array(self.class_coverage, np.float64).reshape(n, k)
+            cover.setflags(write=False)
+            put(self, "class_coverage", cover)
         if any(v != n for v in lengths.values()):
             raise ValueError(f"manifest columns differ in length: {lengths}")
         order = tuple(self.group_order) or tuple(natural_sort(set(self.group)))
@@ -172,6 +186,8 @@ class Manifest:
             group_order=self.group_order,
             fold=None if self.fold is None else self.fold[idx],
             orientation=self.orientation[idx],
+            classes=self.classes,
+            class_coverage=None if self.class_coverage is None else self.class_coverage[idx],
         )
 
     def select(
@@ -222,10 +238,14 @@ def manifest_csv_text(manifest: Manifest) -> str:
     turned = bool((manifest.orientation != 1).any())
     # Optional columns only when used: other manifests stay byte-identical.
     extra = ([FOLD_COLUMN] if folds is not None else []) + ([ORIENTATION_COLUMN] if turned else [])
+    cover = manifest.class_coverage
+    if manifest.classes is not None and cover is not None:
+        extra += class_columns(manifest.classes.names)
     writer.writerow((*COLUMNS, *extra))
     for i in range(len(manifest)):
-        fold = [] if folds is None else [int(folds[i])]
+        fold: list[int | str] = [] if folds is None else [int(folds[i])]
         fold += [int(manifest.orientation[i])] if turned else []
+        fold += [] if cover is None else [format_float(v) for v in cover[i]]
         writer.writerow(
             [
                 manifest.image[i],
@@ -264,6 +284,8 @@ def write_manifest(
     except ValueError:  # another drive on Windows: no relative path exists
         meta["root"] = manifest.root.as_posix()
     meta["groups"] = manifest.groups
+    if manifest.classes is not None:
+        meta["classes"] = manifest.classes.to_json()
     meta["rows"] = len(manifest)
     meta["tool"] = f"segbalance {__version__}"
     # The inner file is renamed first: the sidecar is in place before a reader sees the CSV,
@@ -294,13 +316,34 @@ def _resolve_root(path: Path, root: str | Path | None) -> Path:
     return folder.parent if folder.name == DEFAULT_DIRNAME else folder
 
 
-def _allows_outside(path: Path) -> bool:
-    """Whether the sidecar records ``prepare --allow-outside-root`` (no sidecar: no)."""
+def _sidecar(path: Path) -> dict[str, Any]:
+    """The sidecar's JSON object; empty when absent or unreadable (_resolve_root reports)."""
     try:
         meta = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False  # an unreadable sidecar is reported by _resolve_root
-    return isinstance(meta, dict) and meta.get("allow_outside_root") is True
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _allows_outside(path: Path) -> bool:
+    """Whether the sidecar records ``prepare --allow-outside-root`` (no sidecar: no)."""
+    return _sidecar(path).get("allow_outside_root") is True
+
+
+def _classes(path: Path, fieldnames: Sequence[str]) -> tuple[ClassSet | None, list[str]]:
+    """The sidecar's classes and their coverage columns (None, [] for a binary manifest)."""
+    raw = _sidecar(path).get("classes")
+    if raw is None:
+        return None, []
+    spec = classes_from_json(raw, f"{sidecar_path(path)} 'classes'")
+    columns = class_columns(spec.names)
+    missing = [c for c in columns if c not in fieldnames]
+    if missing:
+        raise UserError(
+            f"manifest {path} lacks column(s) {', '.join(missing)} that its classes need; "
+            "run 'segbalance prepare --classes' again"
+        )
+    return spec, columns
 
 
 def read_manifest(
@@ -340,6 +383,8 @@ def read_manifest(
             f"{', '.join(COLUMNS)}. Write it with 'segbalance prepare'"
         )
     folded = FOLD_COLUMN in (reader.fieldnames or [])
+    spec, class_cols = _classes(path, list(reader.fieldnames or []))
+    cover: list[list[float]] = []
     base = _resolve_root(path, root)
     real_base = None if _allows_outside(path) else base.resolve()
     problems: list[Problem] = []
@@ -371,6 +416,8 @@ def read_manifest(
         turns.append(
             parse_orientation((row.get(ORIENTATION_COLUMN) or "").strip(), where, problems)
         )
+        if spec is not None:
+            cover.append(parse_class_coverage(row, class_cols, where, problems))
         if check_files:
             for col, rel in zip(("image", "mask"), parsed[:2], strict=True):
                 if not (base / rel).is_file():
@@ -388,4 +435,12 @@ def read_manifest(
     cols = list(zip(*rows, strict=True))
     fold = np.array(cols.pop(), np.int64) if folded else None
     orientation = np.array(turns, np.int64)
-    return Manifest(base, *cols, fold=fold, orientation=orientation)  # type: ignore[arg-type, misc]
+    coverage = None if spec is None else np.array(cover, np.float64)
+    return Manifest(  # type: ignore[misc]
+        base,
+        *cols,  # type: ignore[arg-type]
+        fold=fold,
+        orientation=orientation,
+        classes=spec,
+        class_coverage=coverage,
+    )

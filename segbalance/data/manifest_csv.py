@@ -4,9 +4,13 @@ Split off :mod:`segbalance.data.manifest`, which holds the :class:`Manifest` typ
 writer and the reader that calls :func:`parse_row` for every line.
 
 ``orientation`` is optional too (the image's EXIF orientation, 1-8; absent means 1).
-``fold`` is optional: ``prepare --folds K`` writes it (0..K-1, -1 for rows outside the
-folds such as the test split); a manifest without it reads as before, and the writer adds
-the column only when the manifest has folds, so older manifests stay byte-identical.
+A multiclass manifest (``prepare --classes``) adds one ``coverage_<name>`` column per class
+(its share of the mask's counted pixels) and holds the classes in its sidecar; its rows'
+``mask_rule`` is ``class-value`` or ``class-color`` and ``coverage`` is the share of pixels
+in a foreground class. ``fold`` is optional: ``prepare --folds K`` writes it (0..K-1, -1 for
+rows outside the folds such as the test split); a manifest without it reads as before, and
+the writer adds the column only when the manifest has folds, so older manifests stay
+byte-identical.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from segbalance.classes import CLASS_RULES
 from segbalance.data.mask_rules import parse_rule
 from segbalance.errors import Problem
 
@@ -21,6 +26,7 @@ COLUMNS = ("image", "mask", "group", "split", "height", "width", "coverage", "ma
 FOLD_COLUMN = "fold"
 ORIENTATION_COLUMN = "orientation"  # EXIF orientation of the image, written when any is not 1
 SPLITS = ("train", "valid", "test")
+CLASS_COVERAGE_PREFIX = "coverage_"  # + class name: that class's share of the mask's pixels
 NO_FOLD = -1  # a row outside the folds (test split), or a cell left empty
 
 
@@ -83,7 +89,8 @@ def parse_row(
             )
         )
     try:
-        parse_rule(values["mask_rule"])
+        if values["mask_rule"] not in CLASS_RULES:
+            parse_rule(values["mask_rule"])
     except ValueError as err:
         problems.append(Problem(where, str(err), "run 'segbalance prepare' again"))
     fold = parse_fold((row.get(FOLD_COLUMN) or "").strip(), where, problems) if folded else None
@@ -111,6 +118,31 @@ def parse_row(
         values["mask_rule"],
     )
     return parsed if fold is None else (*parsed, fold)
+
+
+def class_columns(names: list[str]) -> list[str]:
+    """The per-class coverage columns of a multiclass manifest, ``coverage_<name>``."""
+    return [f"{CLASS_COVERAGE_PREFIX}{n}" for n in names]
+
+
+def parse_class_coverage(
+    row: dict[str, str], columns: list[str], where: str, problems: list[Problem]
+) -> list[float]:
+    """The ``coverage_<name>`` cells of a row, each a fraction in [0, 1]."""
+    out = []
+    for col in columns:
+        text = (row.get(col) or "").strip()
+        try:
+            value = float(text)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError
+        except ValueError:
+            problems.append(
+                Problem(where, f"{col} '{text}' is not a fraction in [0, 1]", "run prepare again")
+            )
+            value = 0.0
+        out.append(value)
+    return out
 
 
 def separator_hint(columns: list[str]) -> str:
