@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from segbalance.classes import ClassSet, classes_from_json
+from segbalance.classes import ClassSet
 from segbalance.data.manifest_csv import (
     COLUMNS,
     FOLD_COLUMN,
@@ -48,6 +48,13 @@ from segbalance.data.manifest_csv import (
     separator_hint,
 )
 from segbalance.data.paths import outside_root_problems
+from segbalance.data.sidecar import (
+    DEFAULT_DIRNAME,
+    allows_outside,
+    resolve_root,
+    sidecar_classes,
+    sidecar_path,
+)
 from segbalance.errors import InvalidDataError, Problem, UserError
 from segbalance.io import atomic_write
 from segbalance.version import __version__
@@ -56,7 +63,6 @@ from segbalance.version import __version__
 __all__ = ["COLUMNS", "DEFAULT_DIRNAME", "FOLD_COLUMN", "NO_FOLD", "SPLITS", "Manifest"]
 __all__ += ["manifest_csv_text", "natural_key", "natural_sort", "read_manifest"]
 __all__ += ["sidecar_path", "write_manifest"]
-DEFAULT_DIRNAME = "segbalance"
 
 _DIGITS = re.compile(r"(\d+)")
 
@@ -225,11 +231,6 @@ class Manifest:
         return [str(self.root / p) for p in self.mask]
 
 
-def sidecar_path(path: str | Path) -> Path:
-    """The JSON written next to a manifest CSV (``manifest.csv`` -> ``manifest.json``)."""
-    return Path(path).with_suffix(".json")
-
-
 def manifest_csv_text(manifest: Manifest) -> str:
     """The CSV text of a manifest (header plus one line per row)."""
     buf = io.StringIO()
@@ -299,53 +300,6 @@ def write_manifest(
     return path
 
 
-def _resolve_root(path: Path, root: str | Path | None) -> Path:
-    if root is not None:
-        return Path(root)
-    side = sidecar_path(path)
-    if side.is_file():
-        try:
-            meta = json.loads(side.read_text(encoding="utf-8"))
-            return path.absolute().parent / meta["root"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise UserError(
-                f"manifest sidecar {side} is unreadable ({err}); delete it and pass --root, "
-                "or run 'segbalance prepare' again"
-            ) from err
-    folder = path.absolute().parent
-    return folder.parent if folder.name == DEFAULT_DIRNAME else folder
-
-
-def _sidecar(path: Path) -> dict[str, Any]:
-    """The sidecar's JSON object; empty when absent or unreadable (_resolve_root reports)."""
-    try:
-        meta = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
-def _allows_outside(path: Path) -> bool:
-    """Whether the sidecar records ``prepare --allow-outside-root`` (no sidecar: no)."""
-    return _sidecar(path).get("allow_outside_root") is True
-
-
-def _classes(path: Path, fieldnames: Sequence[str]) -> tuple[ClassSet | None, list[str]]:
-    """The sidecar's classes and their coverage columns (None, [] for a binary manifest)."""
-    raw = _sidecar(path).get("classes")
-    if raw is None:
-        return None, []
-    spec = classes_from_json(raw, f"{sidecar_path(path)} 'classes'")
-    columns = class_columns(spec.names)
-    missing = [c for c in columns if c not in fieldnames]
-    if missing:
-        raise UserError(
-            f"manifest {path} lacks column(s) {', '.join(missing)} that its classes need; "
-            "run 'segbalance prepare --classes' again"
-        )
-    return spec, columns
-
-
 def read_manifest(
     path: str | Path, root: str | Path | None = None, check_files: bool = True
 ) -> Manifest:
@@ -383,10 +337,10 @@ def read_manifest(
             f"{', '.join(COLUMNS)}. Write it with 'segbalance prepare'"
         )
     folded = FOLD_COLUMN in (reader.fieldnames or [])
-    spec, class_cols = _classes(path, list(reader.fieldnames or []))
+    spec, class_cols = sidecar_classes(path, list(reader.fieldnames or []))
     cover: list[list[float]] = []
-    base = _resolve_root(path, root)
-    real_base = None if _allows_outside(path) else base.resolve()
+    base = resolve_root(path, root)
+    real_base = None if allows_outside(path) else base.resolve()
     problems: list[Problem] = []
     rows = []
     turns = []
