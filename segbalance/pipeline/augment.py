@@ -12,6 +12,12 @@ images/s, this one at ~32 (benchmarks/bench_pipeline.py). Groups sharing an op l
 pipeline; a ``tf.switch_case`` on the group id picks it. ``augment.engine=albumentations``
 runs an ``A.save()`` file through ``tf.numpy_function`` instead.
 
+Masks: a binary mask is re-thresholded after the ops, so it stays exactly {0, 1}. A
+multiclass mask (``num_classes`` K >= 2: class indices, 255 ignored) moves with nearest
+neighbour only and travels *lifted*: class c as c + 1 and ignored pixels as 0. A border an
+op opens (``fill_mode: constant``, albumentations' ``fill_mask``) is filled with 0, so it
+comes back as 255, ignored, never as the background; any value outside 0..K-1 does too.
+
 Example:
     >>> aug = build_augmenter(AugmentConfig(), ["0", "1"])  # doctest: +SKIP
     >>> image, mask = aug(image, mask, group, seed)  # doctest: +SKIP
@@ -22,12 +28,13 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import tensorflow as tf
 
 from segbalance.augment_ops import DEFAULT_OPS, AugmentOp
+from segbalance.classes import IGNORE_INDEX
 from segbalance.config import AugmentConfig
 from segbalance.errors import UserError
 from segbalance.pipeline.kernels import DualFn, build_kernel
@@ -96,16 +103,40 @@ def _segments(ops: list[AugmentOp], jit: bool) -> list[DualFn]:
     return segments
 
 
-def build_pipeline(spec: OpSpec, jit: bool = True) -> DualFn:
-    """Chain ops in order; the mask is re-thresholded so it stays exactly binary."""
+def lift_labels(mask: Any, num_classes: int) -> Any:
+    """Class indices -> c + 1 for classes, 0 for ignored (or any other) pixels (module doc).
+
+    ``mask``: a float tensor, or a numpy array (the albumentations engine).
+    """
+    if isinstance(mask, np.ndarray):
+        inside = (mask >= 0) & (mask < num_classes)
+        return np.where(inside, mask + 1, 0).astype(np.float32)
+    return tf.where((mask >= 0) & (mask < num_classes), mask + 1.0, 0.0)
+
+
+def lower_labels(mask: Any, num_classes: int) -> Any:
+    """Undo :func:`lift_labels`: c + 1 -> c, anything else (a filled border) -> 255."""
+    if isinstance(mask, np.ndarray):
+        labels = np.rint(mask) - 1
+        inside = (labels >= 0) & (labels < num_classes)
+        return np.where(inside, labels, IGNORE_INDEX).astype(np.float32)
+    labels = tf.round(mask) - 1.0
+    return tf.where((labels >= 0) & (labels < num_classes), labels, float(IGNORE_INDEX))
+
+
+def build_pipeline(spec: OpSpec, jit: bool = True, num_classes: int = 1) -> DualFn:
+    """Chain ops in order; the mask stays binary, or (``num_classes`` >= 2) class indices."""
     segments = _segments(resolve_ops(spec), jit)
 
     def apply(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        if num_classes > 1:
+            mask = lift_labels(mask, num_classes)
         for segment in segments:
             image, mask = segment(image, mask, seed)
         image = tf.clip_by_value(image, 0.0, 255.0)
-        mask = tf.cast(mask > 0.5, tf.float32)
-        return image, mask
+        if num_classes > 1:
+            return image, lower_labels(mask, num_classes)
+        return image, tf.cast(mask > 0.5, tf.float32)
 
     return apply
 
@@ -130,7 +161,9 @@ def _group_specs(cfg: AugmentConfig, group_names: Sequence[str]) -> list[OpSpec]
     return [cfg.groups.get(name, cfg.default) for name in group_names]
 
 
-def build_augmenter(cfg: AugmentConfig, group_names: Sequence[str]) -> Augmenter | None:
+def build_augmenter(
+    cfg: AugmentConfig, group_names: Sequence[str], num_classes: int = 1
+) -> Augmenter | None:
     """The per-sample augmentation of a training set, or None when nothing is augmented.
 
     Groups sharing a spec share one pipeline; inside the map a ``tf.switch_case`` on the
@@ -139,17 +172,18 @@ def build_augmenter(cfg: AugmentConfig, group_names: Sequence[str]) -> Augmenter
     Args:
         cfg: the ``augment`` section of the config.
         group_names: ``manifest.groups`` (index = group id).
+        num_classes: 1 for binary masks, K for class-index masks (module doc).
     """
     if cfg.engine == "none":
         return None
     if cfg.engine == "albumentations":
-        return _albumentations_augmenter(cfg)
+        return _albumentations_augmenter(cfg, num_classes)
     ops = [resolve_ops(s) for s in _group_specs(cfg, group_names)]
     if not any(ops):
         return None
     keys = [repr(o) for o in ops]
     distinct = list(dict.fromkeys(keys))
-    pipelines = [build_pipeline(ops[keys.index(k)], cfg.jit) for k in distinct]
+    pipelines = [build_pipeline(ops[keys.index(k)], cfg.jit, num_classes) for k in distinct]
     branch_of_group = tf.constant([distinct.index(k) for k in keys], tf.int32)
 
     def augment(
@@ -172,8 +206,12 @@ def _seed_int(seed: np.ndarray) -> int:
     return int(np.random.SeedSequence(words).generate_state(1)[0])
 
 
-def _albumentations_augmenter(cfg: AugmentConfig) -> Augmenter:
-    """An albumentations pipeline file (``A.save`` format) applied through tf.numpy_function."""
+def _albumentations_augmenter(cfg: AugmentConfig, num_classes: int = 1) -> Augmenter:
+    """An albumentations pipeline file (``A.save`` format) applied through tf.numpy_function.
+
+    Multiclass masks reach it lifted (uint8 c + 1, 0 ignored; module doc), so a ``fill_mask``
+    of 0 fills opened borders with the ignore index.
+    """
     path = cfg.albumentations_file
     if not path:
         raise UserError("augment.engine=albumentations needs augment.albumentations_file")
@@ -196,13 +234,18 @@ def _albumentations_augmenter(cfg: AugmentConfig) -> Augmenter:
         if transform is None:
             transform = local.transform = A.load(path, data_format=fmt)
         transform.set_random_seed(_seed_int(seed))
+        labels = mask[..., 0]
         out = transform(
             image=np.clip(np.rint(image), 0, 255).astype(np.uint8),
-            mask=(mask[..., 0] > 0.5).astype(np.uint8),
+            mask=(lift_labels(labels, num_classes) if num_classes > 1 else labels > 0.5).astype(
+                np.uint8
+            ),
         )
         if out["image"].shape[:2] != image.shape[:2]:
             raise ValueError(f"{path} changed the image size; segbalance resizes before it")
-        out_mask = np.asarray(out["mask"]).reshape((*image.shape[:2], 1))
+        out_mask = np.asarray(out["mask"], np.float32).reshape((*image.shape[:2], 1))
+        if num_classes > 1:
+            return out["image"].astype(np.float32), lower_labels(out_mask, num_classes)
         return out["image"].astype(np.float32), (out_mask > 0).astype(np.float32)
 
     def augment(

@@ -8,7 +8,8 @@ training map then gathers rows by index and augments them as usual.
 
 Cached images are rounded to whole 0..255 values after resizing, so a cached run can differ
 from an uncached one by less than half a grey level per pixel; the plan, the seeds and the
-masks are identical.
+masks are identical. Multiclass masks (``Manifest.classes``) are kept as their uint8 class
+indices (255 = ignored), binary ones as {0, 1}.
 
 Example:
     >>> cache = DecodedCache.build(train_rows, (256, 256))  # doctest: +SKIP
@@ -36,7 +37,7 @@ class DecodedCache:
 
     Attributes:
         images: uint8 [N, H, W, 3], RGB.
-        masks: uint8 [N, H, W, 1] in {0, 1}.
+        masks: uint8 [N, H, W, 1] in {0, 1} (multiclass: class indices, 255 ignored).
         size: (height, width).
         loaders: traced per-sample loaders keyed by augmentation config, kept with the cache
             so every epoch reuses one graph and the memory goes with the cache.
@@ -60,7 +61,8 @@ class DecodedCache:
         for image, mask in _decoded_rows(manifest, size, batch_size).as_numpy_iterator():
             stop = start + len(image)
             images[start:stop] = np.clip(np.rint(image), 0, 255)
-            masks[start:stop] = mask > 0.5
+            # Binary masks are exactly {0, 1} and class indices whole numbers: rint keeps both.
+            masks[start:stop] = np.clip(np.rint(mask), 0, 255)
             start = stop
         return cls(images, masks, size)
 
@@ -70,7 +72,7 @@ class DecodedCache:
         return int(self.images.nbytes + self.masks.nbytes)
 
     def gather(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Row ``index`` as float32 image 0..255 and float32 mask {0, 1} (graph-safe)."""
+        """Row ``index`` as float32 image 0..255 and float32 mask (graph-safe)."""
         image, mask = tf.numpy_function(
             lambda i: (self.images[i], self.masks[i]),
             [index],
@@ -94,10 +96,11 @@ def _decoded_rows(manifest: Manifest, size: tuple[int, int], batch_size: int) ->
         np.asarray(manifest.mask_rule, dtype=object).astype(str),
         manifest.orientation.astype(np.int32),
     )
+    classes = manifest.classes
 
     @tf.autograph.experimental.do_not_convert
     def load(image_path: Any, mask_path: Any, rule: Any, turn: Any) -> tuple[Any, Any]:
-        return decode_pair(image_path, mask_path, size, rule, turn)
+        return decode_pair(image_path, mask_path, size, rule, turn, classes)
 
     ds = tf.data.Dataset.from_tensor_slices(paths)
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)

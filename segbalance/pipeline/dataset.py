@@ -12,6 +12,9 @@ Elements are dicts, batched::
     {"image": f32[b,H,W,3] 0..255, "mask": f32[b,H,W,1] {0,1}, "group": i32[b],
      "index": i64[b]}  (+ "weight": f32[b] when sample weights are given)
 
+The mask of a multiclass manifest (``Manifest.classes`` set) holds class indices 0..K-1 and
+255 for ignored pixels (:mod:`segbalance.pipeline.decode`); augmentation keeps it so.
+
 Example:
     >>> plan = SamplingPlan(train.group_ids, train.groups, seed=0)  # doctest: +SKIP
     >>> positions, indices = plan.shard(epoch, 16, 1, 0)  # doctest: +SKIP
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from segbalance.classes import ClassSet
 from segbalance.config import AugmentConfig
 from segbalance.data.manifest import Manifest
 from segbalance.errors import UserError
@@ -104,14 +108,25 @@ _LOADER_SIGNATURE = [
 ]
 
 
+def _num_classes(classes: ClassSet | None) -> int:
+    """K of a multiclass manifest, 1 for binary (what the augmenter keeps masks within)."""
+    return 1 if classes is None else classes.num_classes
+
+
 @functools.lru_cache(maxsize=8)
-def _sample_loader(augment_json: str, groups: tuple[str, ...], size: tuple[int, int]) -> Any:
+def _sample_loader(
+    augment_json: str, groups: tuple[str, ...], size: tuple[int, int], classes_json: str
+) -> Any:
     """Decode + augment one sample, as a tf.function traced once and reused by every epoch.
 
     Seed and epoch reach it as the per-sample key tensor, so the next epoch's dataset calls
     the same traced graph instead of re-building ~1000 ops (seconds on a busy CPU).
+    ``classes_json``: the manifest's classes (``ClassSet`` JSON), empty for binary.
     """
-    augmenter = build_augmenter(AugmentConfig.model_validate_json(augment_json), groups)
+    classes = ClassSet.model_validate_json(classes_json) if classes_json else None
+    augmenter = build_augmenter(
+        AugmentConfig.model_validate_json(augment_json), groups, _num_classes(classes)
+    )
 
     @tf.function(input_signature=_LOADER_SIGNATURE, autograph=False)
     def load(
@@ -122,7 +137,7 @@ def _sample_loader(augment_json: str, groups: tuple[str, ...], size: tuple[int, 
         group: tf.Tensor,
         key: tf.Tensor,
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        image, mask = decode_pair(image_path, mask_path, size, mask_rule, orientation)
+        image, mask = decode_pair(image_path, mask_path, size, mask_rule, orientation, classes)
         if augmenter is not None:
             image, mask = augmenter(image, mask, group, key)
         return image, mask
@@ -137,11 +152,14 @@ _CACHED_SIGNATURE = [
 ]
 
 
-def _cached_loader(cache: DecodedCache, augment_json: str, groups: tuple[str, ...]) -> Any:
+def _cached_loader(
+    cache: DecodedCache, augment_json: str, groups: tuple[str, ...], num_classes: int
+) -> Any:
     """Like :func:`_sample_loader`, reading decoded rows from ``cache`` instead of files."""
-    key = (augment_json, groups)
+    key = (augment_json, groups, num_classes)
     if key not in cache.loaders:
-        augmenter = build_augmenter(AugmentConfig.model_validate_json(augment_json), groups)
+        augment = AugmentConfig.model_validate_json(augment_json)
+        augmenter = build_augmenter(augment, groups, num_classes)
 
         @tf.function(input_signature=_CACHED_SIGNATURE, autograph=False)
         def load(index: tf.Tensor, group: tf.Tensor, seed: tf.Tensor) -> tuple[Any, Any]:
@@ -200,10 +218,12 @@ def build_train_dataset(
             f"decoded cache holds {len(cache.images)} rows at {cache.size}, but the dataset "
             f"needs {len(manifest)} rows at {size}: build the cache from the same manifest"
         )
+    spec = manifest.classes
     if cache is None:
-        loader = _sample_loader(augment.model_dump_json(), groups, size)
+        classes_json = "" if spec is None else spec.model_dump_json()
+        loader = _sample_loader(augment.model_dump_json(), groups, size, classes_json)
     else:
-        cached = _cached_loader(cache, augment.model_dump_json(), groups)
+        cached = _cached_loader(cache, augment.model_dump_json(), groups, _num_classes(spec))
 
     @tf.autograph.experimental.do_not_convert
     def load(row: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -238,12 +258,17 @@ def build_eval_dataset(
         cache: keep the decoded rows in memory after the first pass (the same tensors).
     """
     idx = np.arange(len(manifest), dtype=np.int64)
-    size = _size(image_size)
+    size, classes = _size(image_size), manifest.classes
 
     @tf.autograph.experimental.do_not_convert
     def load(row: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         image, mask = decode_pair(
-            row["image_path"], row["mask_path"], size, row["mask_rule"], row["orientation"]
+            row["image_path"],
+            row["mask_path"],
+            size,
+            row["mask_rule"],
+            row["orientation"],
+            classes,
         )
         return {"image": image, "mask": mask, "group": row["group"], "index": row["index"]}
 

@@ -16,6 +16,11 @@ saw. Masks are resized with nearest-neighbour so they stay binary; images biline
 antialiasing. Images are turned by their EXIF orientation (:mod:`segbalance.data.
 orientation`; the manifest records it), so pixels are those a viewer shows.
 
+Multiclass manifests (``Manifest.classes`` set, rows ruled ``class-value``/``class-color``)
+decode masks to float32 [H, W, 1] class *indices* (0..K-1, 255 = ignored), read by
+:func:`segbalance.classes.read_label_mask` in a ``tf.numpy_function``: the very reader that
+prepare checked them with. They are resized with nearest-neighbour as well.
+
 Example:
     >>> image, mask = decode_pair("a.png", "a_mask.png", (256, 256))  # doctest: +SKIP
 """
@@ -25,11 +30,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from segbalance.classes import ClassSet, read_label_mask
 from segbalance.data.mask_rules import LEGACY_RULES, PLANES
 from segbalance.data.orientation import read_orientation
 from segbalance.errors import UserError
@@ -191,11 +198,40 @@ def apply_mask_rule(unit: tf.Tensor, rule: tf.Tensor | str) -> tf.Tensor:
     return tf.cast(plane > tf.strings.to_number(parts[-1], tf.float32), tf.float32)
 
 
-def decode_mask(path: tf.Tensor, rule: tf.Tensor | str | None = None) -> tf.Tensor:
-    """Read a mask file as float32 [H, W, 1] in {0, 1} by its manifest ``rule``.
+def _text(value: bytes | np.ndarray | str) -> str:
+    raw = value.item() if isinstance(value, np.ndarray) else value  # eager: a 0-d array
+    return raw if isinstance(raw, str) else raw.decode("utf-8", "surrogateescape")
 
-    ``None`` is the legacy rule, any of the first three channels > 0.
+
+def decode_label_mask(path: tf.Tensor, rule: tf.Tensor | str, classes: ClassSet) -> tf.Tensor:
+    """Read a multiclass mask as float32 [H, W, 1] class indices (255: ignored).
+
+    Raises (inside the graph): InvalidArgumentError naming the file when it cannot be read
+    or its rule is not a class rule.
     """
+
+    def read(path_value: Any, rule_value: Any) -> np.ndarray:
+        name, how = _text(path_value), _text(rule_value)
+        try:
+            labels = read_label_mask(name, classes, how)
+        except (OSError, SyntaxError, ValueError) as err:  # ValueError: InvalidArgumentError
+            raise ValueError(f"{name}: cannot read the label mask ({err})") from err
+        return labels.astype(np.float32)[..., None]
+
+    out = tf.numpy_function(read, [path, rule], tf.float32, stateful=False)
+    return tf.ensure_shape(out, [None, None, 1])
+
+
+def decode_mask(
+    path: tf.Tensor, rule: tf.Tensor | str | None = None, classes: ClassSet | None = None
+) -> tf.Tensor:
+    """Read a mask file as float32 [H, W, 1] by its manifest ``rule``.
+
+    Binary (``classes`` None): {0, 1}; ``None`` is the legacy rule, any of the first three
+    channels > 0. Multiclass: class indices (:func:`decode_label_mask`).
+    """
+    if classes is not None:
+        return decode_label_mask(path, "class-value" if rule is None else rule, classes)
     return apply_mask_rule(
         _decode_unit(path, accurate_jpeg=True), "any>0" if rule is None else rule
     )
@@ -218,7 +254,7 @@ def resize_image(image: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
 
 
 def resize_mask(mask: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
-    """Nearest-neighbour resize, so a binary mask stays binary."""
+    """Nearest-neighbour resize, so a binary mask stays binary (and class indices exact)."""
     hw = (int(size[0]), int(size[1]))
     out = tf.cond(
         _same_size(mask, hw),
@@ -234,8 +270,9 @@ def decode_pair(
     image_size: Sequence[int],
     mask_rule: tf.Tensor | str | None = None,
     orientation: tf.Tensor | int | None = None,
+    classes: ClassSet | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Decode, binarise and resize one (image, mask) pair to ``image_size``.
+    """Decode, binarise (or label) and resize one (image, mask) pair to ``image_size``.
 
     Masks are read as stored (prepare refuses a mask with an EXIF orientation); the image
     is turned by ``orientation`` (see :func:`decode_image`).
@@ -245,12 +282,14 @@ def decode_pair(
         mask_path: scalar string tensor.
         image_size: (height, width) of the model input.
         mask_rule: the row's ``mask_rule`` (scalar string); None is the legacy ``any>0``.
+        classes: the manifest's classes (multiclass); None for binary.
 
     Returns:
-        image f32[H, W, 3] in 0..255 and mask f32[H, W, 1] in {0, 1}.
+        image f32[H, W, 3] in 0..255 and mask f32[H, W, 1] in {0, 1} (multiclass: class
+        indices, 255 ignored).
     """
     image = resize_image(decode_image(image_path, orientation), image_size)
-    mask = resize_mask(decode_mask(mask_path, mask_rule), image_size)
+    mask = resize_mask(decode_mask(mask_path, mask_rule, classes), image_size)
     return image, mask
 
 

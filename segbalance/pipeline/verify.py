@@ -81,7 +81,11 @@ def undecodable(manifest: Manifest, rows: Iterable[int]) -> list[Problem]:
             decode_image(
                 tf.constant(str(manifest.root / manifest.image[i])), int(manifest.orientation[i])
             )
-            decode_mask(tf.constant(str(manifest.root / manifest.mask[i])), manifest.mask_rule[i])
+            decode_mask(
+                tf.constant(str(manifest.root / manifest.mask[i])),
+                manifest.mask_rule[i],
+                manifest.classes,
+            )
         except DATA_ERRORS as err:
             pair = f"{manifest.image[i]} / {manifest.mask[i]}"
             problems.append(Problem(pair, f"damaged or truncated: {plain(err)}", FIX))
