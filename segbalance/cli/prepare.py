@@ -11,6 +11,9 @@ from segbalance.cli.common import add_command
 
 # segbalance.data.check.CHANNELS, spelled out so building the parser imports no numpy/PIL
 MASK_CHANNELS = ("gray", "red", "green", "blue", "alpha")
+# segbalance.data.mask_rules.LABEL_RULES and segbalance.data.class_groups.GROUP_BY, likewise
+MASK_RULES = ("labels",)
+GROUP_BY = ("folder", "rarest-class", "folder+rarest-class")
 
 EXAMPLES = """
 segbalance prepare data/nails
@@ -21,6 +24,9 @@ segbalance prepare data/tutorial                      # Images/, Masks/, csv_fil
 segbalance prepare data/jpeg --mask-threshold 127     # JPEG/anti-aliased masks: > 127 is fg
 segbalance prepare data/cutouts --mask-channel alpha  # foreground drawn in the alpha channel
 segbalance prepare data/nails --folds 5               # + group-stratified folds (train/cv --fold)
+segbalance prepare data/cells --mask-rule labels      # instance ids (0 background) as > 0
+segbalance prepare data/parts --classes classes.yaml  # multiclass label masks
+segbalance prepare data/parts --classes classes.yaml --group-by rarest-class
 
 Layouts (folder names case-insensitive):
   a  Images/<group>/...  + Masks/<group>/...
@@ -30,6 +36,20 @@ Layouts (folder names case-insensitive):
      to images/ or train/images/, a leading '/' too, as the tutorial writes them; an
      optional 'train' column of 1/0 gives the split)
 Pairs match by relative path and stem across .png .jpg .jpeg .bmp .tif .tiff.
+
+Classes file (--classes; the first class is the background):
+  classes:
+    - {name: background, value: 0}
+    - {name: nail, value: 1, color: [255, 0, 0]}
+    - {name: skin, value: 2, color: [0, 255, 0]}
+  ignore: 255          # optional: pixels never counted in losses or metrics
+value: the gray level (or palette index) of a label mask; color: the RGB of a colour mask.
+A value or colour no class names is refused, so are JPEG label masks. The classes go into
+the manifest's sidecar: train, evaluate and predict read them from there.
+--group-by rarest-class: each image's group is the rarest foreground class it contains
+(rarity: share of train images containing it; ties: lower train pixel share, then the
+class listed later; no foreground class: group 'none'). The split is stratified by those
+groups first, then rarity is measured on its train images.
 """
 
 
@@ -61,7 +81,8 @@ def register(sub: Any) -> None:
         sub,
         "prepare",
         "Find image/mask pairs and their groups, check every pair (decode, sizes, binary "
-        "masks) and write a manifest CSV; any problem is listed and nothing is written.",
+        "masks, or class values with --classes) and write a manifest CSV; any problem is "
+        "listed and nothing is written.",
         EXAMPLES,
         run,
     )
@@ -132,6 +153,28 @@ def register(sub: Any) -> None:
         "it (alpha for cut-outs; red, green, blue for colour masks on a coloured background); "
         "above 0, or above --mask-threshold; unambiguous masks keep their own rule",
     )
+    parser.add_argument(
+        "--mask-rule",
+        choices=MASK_RULES,
+        default=None,
+        help="labels: instance-label masks (0 background, 1..N one id per object, 8- or "
+        "16-bit, as nuclei/cell data store them) read as binary, every id > 0 foreground",
+    )
+    parser.add_argument(
+        "--classes",
+        type=Path,
+        default=None,
+        metavar="YAML",
+        help="multiclass: a classes file (below) every mask is checked against; the manifest "
+        "records each class's pixel share per image (coverage_<name> columns)",
+    )
+    parser.add_argument(
+        "--group-by",
+        choices=GROUP_BY,
+        default="folder",
+        help="folder: the layout's groups; rarest-class: the rarest foreground class each "
+        "image contains (needs --classes); folder+rarest-class: both, e.g. '3/skin'",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -144,6 +187,17 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--workers {args.workers} must be at least 1")
     if args.max_pixels <= 0:
         raise UserError(f"--max-pixels {args.max_pixels} must be positive")
+    labels = args.mask_rule == "labels"
+    if labels and args.classes is not None:
+        raise UserError(
+            "--mask-rule labels reads instance masks as binary (> 0) and --classes reads "
+            "class values: choose one"
+        )
+    if labels and (args.mask_threshold is not None or args.mask_channel is not None):
+        raise UserError(
+            "--mask-rule labels reads every mask as > 0: leave out --mask-threshold and "
+            "--mask-channel"
+        )
     result = prepare_dataset(
         args.root,
         args.out,
@@ -155,8 +209,10 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         max_pixels=int(args.max_pixels),
         progress=False if args.quiet else None,
-        mask_choice=MaskChoice(args.mask_threshold, args.mask_channel),
+        mask_choice=MaskChoice(args.mask_threshold, args.mask_channel, labels),
         folds=args.folds,
+        classes=args.classes,
+        group_by=args.group_by,
     )
     print(result.summary_table())
     if result.rejects:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from segbalance.data.class_masks import ClassChoice, check_class_mask
 from segbalance.data.mask_rules import PNG_FIX, SILENT_RULES, MaskChoice, MaskError, mask_foreground
 from segbalance.data.orientation import SWAPPING, displayed_size, orientation
 from segbalance.errors import Problem
@@ -43,6 +44,7 @@ class PairCheck:
     mask_rule: str = ""
     problems: tuple[Problem, ...] = ()
     orientation: int = 1  # the image's EXIF orientation (1: stored as shown)
+    class_fractions: tuple[float, ...] | None = None  # multiclass: each class's pixel share
 
     @property
     def ok(self) -> bool:
@@ -122,6 +124,7 @@ def check_pair(
     shown: tuple[str, str],
     max_pixels: int = DEFAULT_MAX_PIXELS,
     choice: MaskChoice = SILENT_RULES,
+    classes: ClassChoice | None = None,
 ) -> PairCheck:
     """Check one pair; never raises for bad data (problems are returned).
 
@@ -131,6 +134,9 @@ def check_pair(
         max_pixels: refuse larger images (decompression bombs).
         choice: the user's mask rule, for a mask whose encoding needs one (see
             :func:`~segbalance.data.mask_rules.decide_rule`).
+        classes: multiclass: the mask is checked against these classes instead
+            (:func:`~segbalance.data.class_masks.check_class_mask`); ``coverage`` is then
+            the share of foreground-class pixels and ``class_fractions`` each class's share.
     """
     img = _open(image, shown[0], max_pixels)
     msk = _open(mask, shown[1], max_pixels)
@@ -149,14 +155,26 @@ def check_pair(
     size_problem = _size_problem(img, msk, shown)
     if size_problem is not None:
         problems.append(size_problem)
-    try:
-        fg, rule = mask_foreground(msk, choice)
-    except MaskError as err:
-        problems.append(Problem(shown[1], err.problem, err.fix))
+    fractions = None
+    if classes is not None:
+        read = check_class_mask(msk, shown[1], classes)
+        if isinstance(read, Problem):
+            problems.append(read)
+        else:
+            fractions, rule = read
+            coverage = float(fractions[1:].sum())
+    else:
+        try:
+            fg, rule = mask_foreground(msk, choice)
+            coverage = float(fg.mean())
+        except MaskError as err:
+            problems.append(Problem(shown[1], err.problem, err.fix))
     if problems:
         return PairCheck(problems=tuple(problems))
     width, height = displayed_size(img)  # as viewers show it: what masks are drawn on
-    return PairCheck(height, width, float(fg.mean()), rule, orientation=orientation(img))
+    per_class = None if fractions is None else tuple(float(f) for f in fractions)
+    turn = orientation(img)
+    return PairCheck(height, width, coverage, rule, orientation=turn, class_fractions=per_class)
 
 
 def _size_problem(img: Image.Image, msk: Image.Image, shown: tuple[str, str]) -> Problem | None:
@@ -205,6 +223,7 @@ def check_pairs(
     workers: int | None = None,
     progress: bool | None = None,
     choice: MaskChoice = SILENT_RULES,
+    classes: ClassChoice | None = None,
 ) -> list[PairCheck]:
     """Check many pairs over threads (PIL and numpy release the GIL while decoding).
 
@@ -213,6 +232,7 @@ def check_pairs(
         names: how each pair is named in problems.
         max_pixels: pixel cap per image.
         choice: the user's mask rule, the same for every pair.
+        classes: multiclass: the classes every mask is checked against.
         workers: threads; default every core available.
         progress: tqdm bar on stderr; None shows it only on a terminal.
 
@@ -224,7 +244,7 @@ def check_pairs(
     bar = tqdm(total=len(pairs), desc="checking pairs", unit="pair", disable=disable)
 
     def one(i: int) -> PairCheck:
-        return check_pair(pairs[i][0], pairs[i][1], names[i], max_pixels, choice)
+        return check_pair(pairs[i][0], pairs[i][1], names[i], max_pixels, choice, classes)
 
     results: list[PairCheck] = []
     with bar:

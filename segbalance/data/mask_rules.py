@@ -1,9 +1,8 @@
-"""Mask rules: rule names, and the rule a mask is read by (from its pixels and the user's choice).
+"""Mask rules: the rule a mask is read by, from its pixels and the user's choice.
 
-Rules are ``<plane>><T>``: foreground where the plane, on the 0..255 scale training reads
-(16-bit values / 257), is above T. Planes: ``gray``, ``red``, ``green``, ``blue``, ``alpha``
-and ``any`` (the brightest of red, green, blue). The names older manifests hold, ``0/255``,
-``0/1``, ``palette-nonblack`` and ``rgb-nonblack``, all mean ``any>0``.
+Rule names and planes are :mod:`segbalance.data.mask_planes` (re-exported here): ``<plane>>T``
+is foreground where the plane is above T; the legacy names ``0/255``, ``0/1``,
+``palette-nonblack`` and ``rgb-nonblack`` all mean ``any>0``.
 
 Accepted silently (unambiguous): gray with exactly {0, 255} / {0, 65535} -> ``0/255``, {0, 1}
 -> ``0/1``, one value; 1-bit; RGB(A) whose pixels are black or one colour ->
@@ -13,141 +12,62 @@ else is refused with a fix, or read by the user's rule (:class:`MaskChoice`:
 ``--mask-threshold``, ``--mask-channel``; a channel only for masks that have it), which is
 refused in turn where it finds no foreground (or no background) in a mask that is not blank.
 
+``--mask-rule labels`` (:data:`LABEL_RULES`) reads instance-label masks (0 background, 1..N
+one id per object, 8- or 16-bit, as nuclei and cell data store them) as binary: every gray
+mask by ``gray>0``, a colour one by ``any>0`` when black is its background. It reads every
+mask so, also the unambiguous ones (same foreground), and refuses JPEG (ids move near edges).
+
 Example:
-    >>> parse_rule("red>127"), rule_name("gray", 0.5), parse_rule("0/255")
-    (('red', 127.0), 'gray>0.5', ('any', 0.0))
+    >>> decide_rule(mask_planes(Image.open("nuclei_16bit.png")), MaskChoice(labels=True))
+    'gray>0'
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
-from functools import cached_property
 
 import numpy as np
 from PIL import Image
 
-_GRAY16 = ("I", "I;16", "I;16B", "I;16L")
-PLANES = ("gray", "red", "green", "blue", "alpha", "any")
-CHANNELS = PLANES[:5]  # what --mask-channel may name
-LEGACY_RULES = ("0/255", "0/1", "palette-nonblack", "rgb-nonblack")  # all mean any>0
-_RULE = re.compile(r"^(gray|red|green|blue|alpha|any)>(\d+(?:\.\d+)?)$")
-PNG_FIX = "save it as PNG (PIL: Image.open(p).save(p.with_suffix('.png')))"
-_BINARY_FIX = (
-    "save the mask with only 0 and 255 as PNG, or pass --mask-threshold T "
-    "(values above T are foreground) for a JPEG or anti-aliased mask"
+from segbalance.data.mask_planes import (
+    CHANNELS,
+    LEGACY_RULES,
+    PLANES,
+    PNG_FIX,
+    MaskError,
+    Planes,
+    mask_planes,
+    parse_rule,
+    rule_name,
 )
 
-
-class MaskError(Exception):
-    """A mask whose foreground no accepted rule reads (``problem``, ``fix``)."""
-
-    def __init__(self, problem: str, fix: str = _BINARY_FIX) -> None:
-        super().__init__(problem)
-        self.problem, self.fix = problem, fix
+# The vocabulary is mask_planes'; re-exported: this is where callers look.
+__all__ = ["CHANNELS", "LABEL_RULES", "LEGACY_RULES", "PLANES", "PNG_FIX", "SILENT_RULES"]
+__all__ += ["MaskChoice", "MaskError", "Planes", "decide_rule", "mask_foreground"]
+__all__ += ["mask_planes", "parse_rule", "rule_name"]
 
 
 @dataclass(frozen=True)
 class MaskChoice:
-    """The user's rule: ``threshold`` (0..255 scale, values above are foreground), ``channel``."""
+    """The user's rule: ``threshold`` (0..255 scale, values above are foreground), ``channel``,
+    or ``labels`` (``--mask-rule labels``: instance ids, anything above 0 is foreground).
+
+    Raises:
+        ValueError: ``labels`` together with a threshold or a channel.
+    """
 
     threshold: float | None = None
     channel: str | None = None
+    labels: bool = False
+
+    def __post_init__(self) -> None:
+        if self.labels and (self.threshold is not None or self.channel is not None):
+            raise ValueError("--mask-rule labels reads every mask as > 0: no threshold or channel")
 
 
 SILENT_RULES = MaskChoice()  # no user rule: only unambiguous encodings are accepted
-
-
-def parse_rule(rule: str) -> tuple[str, float]:
-    """``(plane, T)`` of a rule name; the legacy names are ``("any", 0.0)``.
-
-    Raises:
-        ValueError: not a rule name.
-    """
-    if rule in LEGACY_RULES or not rule:  # empty: a manifest from before the column
-        return "any", 0.0
-    match = _RULE.match(rule)
-    if not match:
-        raise ValueError(
-            f"unknown mask rule '{rule}'; valid: {', '.join(LEGACY_RULES)} or <plane>>T "
-            f"with plane one of {', '.join(PLANES)}"
-        )
-    return match[1], float(match[2])
-
-
-def rule_name(plane: str, threshold: float) -> str:
-    """``red>127``; the number written without exponent so :func:`parse_rule` reads it."""
-    return f"{plane}>{np.format_float_positional(float(threshold), trim='-')}"
-
-
-@dataclass(frozen=True)
-class Planes:
-    """A mask as training decodes it: native ints (``top`` 255 or 65535) per plane."""
-
-    mode: str
-    rgb: np.ndarray  # HxWx3, or HxWx1 for gray (training tiles it)
-    alpha: np.ndarray | None
-    top: int
-    indices: np.ndarray | None = None  # palette masks: the index of each pixel
-    palette: np.ndarray | None = None  # palette masks: Nx3 colours
-    lossy: bool = False  # JPEG: even values that look binary are the codec's guess
-
-    @cached_property
-    def is_gray(self) -> bool:
-        c = self.rgb
-        return c.shape[2] == 1 or bool(
-            (c[..., 0] == c[..., 1]).all() and (c[..., 1] == c[..., 2]).all()
-        )
-
-    def plane(self, name: str) -> np.ndarray:
-        if name == "alpha":
-            assert self.alpha is not None
-            return self.alpha
-        if name == "any":
-            return self.rgb.max(axis=2)
-        return self.rgb[
-            ..., 0 if name == "gray" or self.rgb.shape[2] == 1 else PLANES.index(name) - 1
-        ]
-
-    def foreground(self, rule: str) -> np.ndarray:
-        """Bool HxW: the rule applied in float32, as :mod:`segbalance.pipeline.decode` does."""
-        plane, threshold = parse_rule(rule)
-        values = self.plane(plane).astype(np.float32)
-        if self.top == 65535:
-            values /= np.float32(257.0)
-        return values > np.float32(threshold)
-
-
-def mask_planes(img: Image.Image) -> Planes:
-    """The planes training sees: palette expanded (alpha only from a tRNS, as libpng does).
-
-    Raises:
-        MaskError: a mode no rule reads (CMYK, float, values above 16 bits).
-    """
-    mode = img.mode
-    if mode == "1":
-        return Planes(mode, np.asarray(img, np.uint8)[..., None] * np.uint8(255), None, 255)
-    if mode in ("L", "LA"):
-        arr = np.asarray(img)
-        gray = arr if mode == "L" else arr[..., 0]
-        return Planes(mode, gray[..., None], None if mode == "L" else arr[..., 1], 255)
-    if mode in _GRAY16:
-        gray = np.asarray(img).astype(np.int64)
-        if gray.min(initial=0) < 0 or gray.max(initial=0) > 65535:
-            raise MaskError(f"mask mode {mode} holds values outside 0..65535", PNG_FIX)
-        return Planes(mode, gray.astype(np.uint16)[..., None], None, 65535)
-    if mode == "P":
-        rgba = "transparency" in img.info
-        arr = np.asarray(img.convert("RGBA" if rgba else "RGB"))
-        pal = np.asarray(img.getpalette("RGB") or [0, 0, 0], np.uint8).reshape(-1, 3)
-        return Planes(mode, arr[..., :3], arr[..., 3] if rgba else None, 255, np.asarray(img), pal)
-    if mode in ("RGB", "RGBA"):
-        arr = np.asarray(img)
-        return Planes(mode, arr[..., :3], arr[..., 3] if mode == "RGBA" else None, 255)
-    raise MaskError(
-        f"mask mode {mode} is not a supported encoding",
-        "save the mask as 8-bit gray PNG with 0 and 255",
-    )
+#: What ``prepare --mask-rule`` accepts: ``labels`` reads instance-label masks as > 0.
+LABEL_RULES = ("labels",)
 
 
 def _values_text(values: np.ndarray) -> str:
@@ -168,7 +88,12 @@ def _gray_rule(gray: np.ndarray, top: int) -> str:
         return "0/1" if int(values[0]) == 1 else "0/255"
     if len(values) == 2 and values[0] == 0 and values[1] in (1, top):
         return "0/1" if values[1] == 1 else "0/255"
-    raise MaskError(f"mask is not binary: values {_values_text(values)}")
+    raise MaskError(
+        f"mask is not binary: values {_values_text(values)}",
+        "save the mask with only 0 and 255 as PNG, or pass --mask-threshold T (values above "
+        "T are foreground) for an anti-aliased mask; instance ids (0 background): "
+        "--mask-rule labels; class values: --classes FILE",
+    )
 
 
 def _colours(p: Planes, limit: int = 3) -> list[tuple[int, ...]]:
@@ -362,6 +287,25 @@ def _user_rule(p: Planes, choice: MaskChoice, silent: MaskError) -> str:
     return rule
 
 
+def _labels_rule(p: Planes) -> str:
+    """``--mask-rule labels``: 0 (black) is background, any other id or colour foreground."""
+    if p.lossy:
+        raise MaskError(
+            "JPEG label mask: lossy compression moves the ids near edges, so background "
+            "pixels there read as objects",
+            PNG_FIX,
+        )
+    if p.is_gray:
+        return rule_name("gray", 0.0)
+    if not (p.plane("any") == 0).any() and len(_colours(p, limit=2)) > 1:
+        raise MaskError(
+            "colour label mask without black: which colour is background is unknown",
+            "save the ids as a gray 8- or 16-bit PNG with 0 for background, or paint the "
+            "background black",
+        )
+    return rule_name("any", 0.0)
+
+
 def decide_rule(p: Planes, choice: MaskChoice = SILENT_RULES) -> str:
     """The rule reading this mask's foreground, from its planes and the user's choice.
 
@@ -372,6 +316,8 @@ def decide_rule(p: Planes, choice: MaskChoice = SILENT_RULES) -> str:
         MaskError: ambiguous or unreadable, with the fix (often the flag that reads it); or
             the user's rule finds no foreground (or no background) in a mask that is not blank.
     """
+    if choice.labels:
+        return _labels_rule(p)
     try:
         return _silent_rule(p)
     except MaskError as silent:

@@ -12,42 +12,40 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import io
 import zlib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from segbalance.classes import ClassSet
 from segbalance.data.check import DEFAULT_MAX_PIXELS, check_pairs
+from segbalance.data.class_groups import check_group_by, class_groups, rarity_table, split_strata
+from segbalance.data.class_masks import ClassChoice, class_choice
 from segbalance.data.discover import Discovery, Reject, discover
-from segbalance.data.folds import assign_folds, fold_table
-from segbalance.data.manifest import (
-    COLUMNS,
-    DEFAULT_DIRNAME,
-    Manifest,
-    natural_key,
-    natural_sort,
-    sidecar_path,
-    write_manifest,
-)
+from segbalance.data.folds import assign_folds
+from segbalance.data.manifest import DEFAULT_DIRNAME, Manifest, natural_key, write_manifest
 from segbalance.data.mask_rules import SILENT_RULES, MaskChoice
 from segbalance.data.paths import path_problem, root_relative
-from segbalance.errors import InvalidDataError, Problem, UserError
-from segbalance.io import (
-    PRODUCER_PREFIX,
-    check_output_path,
-    check_replaceable_file,
-    csv_header,
-    json_object,
-    write_text,
+from segbalance.data.prepare_outputs import (
+    REJECT_COLUMNS,
+    check_prepare_outputs,
+    is_manifest_file,
+    is_manifest_sidecar,
+    rejects_csv,
+    rejects_path_for,
 )
-from segbalance.text import table_lines
+from segbalance.data.prepare_report import PrepareResult
+from segbalance.errors import InvalidDataError, Problem, UserError
+from segbalance.io import write_text
 
-REJECT_COLUMNS = ("image", "mask", "group", "problem", "fix")
+# These live in prepare_report and prepare_outputs; callers may take them from here.
+__all__ = ["REJECT_COLUMNS", "PrepareResult", "Scan", "assign_splits", "build_manifest"]
+__all__ += ["check_prepare_outputs", "is_manifest_file", "is_manifest_sidecar"]
+__all__ += ["prepare_dataset", "rejects_path_for", "scan"]
 
 
 @dataclass
@@ -59,64 +57,6 @@ class Scan:
     rejects: list[Reject]
     mask_rules: dict[str, int]
     split_given: bool
-
-
-@dataclass
-class PrepareResult:
-    """What :func:`prepare_dataset` did."""
-
-    manifest: Manifest
-    manifest_path: Path
-    rejects_path: Path | None
-    layout: str
-    rejects: list[Reject] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    mask_rules: dict[str, int] = field(default_factory=dict)
-
-    def group_rows(self) -> list[tuple[str, int, int, int, int]]:
-        """(group, pairs, train, valid, skipped) per group, natural order."""
-        skipped = Counter(r.group or "(none)" for r in self.rejects)
-        names = natural_sort(set(self.manifest.groups) | set(skipped))
-        rows = []
-        for g in names:
-            splits = [
-                s for s, gg in zip(self.manifest.split, self.manifest.group, strict=True) if gg == g
-            ]
-            rows.append((g, len(splits), splits.count("train"), splits.count("valid"), skipped[g]))
-        return rows
-
-    def summary_table(self) -> str:
-        """Per-group table plus totals and the facts worth a glance."""
-        head = ("group", "pairs", "train", "valid", "skipped")
-        rows = [tuple(map(str, r)) for r in self.group_rows()]
-        totals = [sum(int(r[i]) for r in rows) for i in range(1, 5)]
-        rows.append(("total", *map(str, totals)))
-        lines = table_lines(head, rows)
-        if self.manifest.fold is not None:  # prepare --folds K
-            folds = fold_table(self.manifest)
-            k = len(folds[0]) - 1 if folds else 0
-            lines += ["", f"{k} folds (rows per group and fold; test rows are in none):"]
-            lines += table_lines(("group", *(f"fold {f}" for f in range(k))), folds)
-        rules = ", ".join(f"{k} x{v}" for k, v in sorted(self.mask_rules.items()))
-        lines += ["", f"layout: {self.layout}", f"mask rules applied: {rules or 'none'}"]
-        if self.ignored:
-            kinds = Counter(
-                Path(p).name
-                if Path(p).name.startswith(".") or not Path(p).suffix
-                else Path(p).suffix.lower()
-                for p in self.ignored
-            )
-            shown = ", ".join(f"{k} x{v}" for k, v in kinds.most_common(5))
-            lines.append(f"ignored {len(self.ignored)} non-image file(s): {shown}")
-        lines += [f"note: {n}" for n in self.notes]
-        lines.append(f"manifest: {self.manifest_path}")
-        if self.rejects_path:
-            lines.append(f"skipped {len(self.rejects)} item(s), listed in {self.rejects_path}:")
-            lines += [f"  {r.problem.file}: {r.problem.problem}" for r in self.rejects[:10]]
-            if len(self.rejects) > 10:
-                lines.append(f"  ... and {len(self.rejects) - 10} more")
-        return "\n".join(lines)
 
 
 def _drop_outside(found: Discovery, root: Path) -> None:
@@ -171,6 +111,56 @@ def assign_splits(
     return out
 
 
+def _options(
+    valid_fraction: float,
+    folds: int,
+    mask_choice: MaskChoice,
+    classes: str | Path | ClassSet | ClassChoice | None,
+    group_by: str,
+) -> ClassChoice | None:
+    """Refuse bad options before any pair is checked; the classes, loaded and checked."""
+    if not 0.0 < valid_fraction < 1.0:
+        raise UserError(f"--valid-fraction {valid_fraction} must be between 0 and 1 (exclusive)")
+    if folds and folds < 2:
+        raise UserError(f"--folds {folds} must be at least 2 (0: no folds)")
+    chosen = class_choice(classes)
+    check_group_by(group_by, None if chosen is None else chosen.spec)
+    if chosen is not None and mask_choice != SILENT_RULES:
+        raise UserError(
+            "--classes reads masks by their class values or colours; --mask-threshold, "
+            "--mask-channel and --mask-rule are rules for binary masks: leave them out"
+        )
+    return chosen
+
+
+def _place_rows(
+    found: Discovery,
+    keep: list[int],
+    keys: list[str],
+    cover: np.ndarray | None,
+    names: list[str],
+    options: tuple[str, float, int],
+) -> tuple[list[str], list[str], bool]:
+    """(group, split) of every kept row, and whether the layout gave the split.
+
+    The split comes first (rarity is measured on its train rows): stratified by the
+    folders, or with groups from classes by those groups with rarity over all images.
+    """
+    group_by, valid_fraction, seed = options
+    folders = [found.pairs[i].group for i in keep]
+    given = [found.pairs[i].split for i in keep]
+    split_given = all(s is not None for s in given)
+    if split_given:
+        splits = [str(s) for s in given]
+    else:
+        strata = folders if cover is None else split_strata(group_by, cover, names, folders)
+        splits = assign_splits(keys, strata, valid_fraction, seed)
+    if cover is None:
+        return folders, splits, split_given
+    train = np.array(splits) == "train"
+    return class_groups(group_by, cover, names, folders, train), splits, split_given
+
+
 def scan(
     root: str | Path,
     *,
@@ -184,26 +174,31 @@ def scan(
     progress: bool | None = None,
     mask_choice: MaskChoice = SILENT_RULES,
     folds: int = 0,
+    classes: str | Path | ClassSet | ClassChoice | None = None,
+    group_by: str = "folder",
 ) -> Scan:
-    """Discover and check every pair under ``root`` and split them; nothing is written.
+    """Discover and check every pair under ``root``, split and group them; nothing is written.
 
     Raises:
         InvalidDataError: any problem while ``skip_invalid`` is False (the full table).
         UserError: no layout, or no valid pair at all; ``folds`` not 0 and below 2, or
-            more than the train/valid pairs.
+            more than the train/valid pairs; a bad classes file or ``group_by``.
     """
     root = Path(root)
-    if not 0.0 < valid_fraction < 1.0:
-        raise UserError(f"--valid-fraction {valid_fraction} must be between 0 and 1 (exclusive)")
-    if folds and folds < 2:  # before any pair is checked
-        raise UserError(f"--folds {folds} must be at least 2 (0: no folds)")
+    chosen = _options(valid_fraction, folds, mask_choice, classes, group_by)
     found = discover(root, groups_csv, allow_outside_root)
     if not allow_outside_root:
         _drop_outside(found, root)
     names = [(root_relative(p.image, root), root_relative(p.mask, root)) for p in found.pairs]
     paths = [(str(p.image), str(p.mask)) for p in found.pairs]
     checks = check_pairs(
-        paths, names, max_pixels=max_pixels, workers=workers, progress=progress, choice=mask_choice
+        paths,
+        names,
+        max_pixels=max_pixels,
+        workers=workers,
+        progress=progress,
+        choice=mask_choice,
+        classes=chosen,
     )
     rejects = list(found.rejects)
     for pair, name, res in zip(found.pairs, names, checks, strict=True):
@@ -220,30 +215,35 @@ def scan(
             f"no valid image/mask pairs in {root} ({found.layout}, {len(rejects)} left out); "
             "nothing to write"
         )
-    keep.sort(key=lambda i: (natural_key(found.pairs[i].group), natural_key(names[i][0])))
-    given = [found.pairs[i].split for i in keep]
-    split_given = all(s is not None for s in given)
-    if split_given:
-        splits = [str(s) for s in given]
-    else:
-        groups = [found.pairs[i].group for i in keep]
-        splits = assign_splits([names[i][0] for i in keep], groups, valid_fraction, seed)
+    keys = [names[i][0] for i in keep]
+    cover = None
+    if chosen is not None:
+        cover = np.array([checks[i].class_fractions for i in keep], np.float64)
+    class_names = [] if chosen is None else chosen.spec.names
+    groups, splits, split_given = _place_rows(
+        found, keep, keys, cover, class_names, (group_by, valid_fraction, seed)
+    )
+    order = sorted(range(len(keep)), key=lambda j: (natural_key(groups[j]), natural_key(keys[j])))
+    rows = [keep[j] for j in order]
+    splits, groups = [splits[j] for j in order], [groups[j] for j in order]
     fold = None
     if folds:
-        keys, kept_groups = [names[i][0] for i in keep], [found.pairs[i].group for i in keep]
-        fold = np.array(assign_folds(keys, kept_groups, folds, seed, splits), np.int64)
+        keys = [keys[j] for j in order]
+        fold = np.array(assign_folds(keys, groups, folds, seed, splits), np.int64)
     manifest = Manifest(
         root=root,
-        image=tuple(names[i][0] for i in keep),
-        mask=tuple(names[i][1] for i in keep),
-        group=tuple(found.pairs[i].group for i in keep),
+        image=tuple(names[i][0] for i in rows),
+        mask=tuple(names[i][1] for i in rows),
+        group=tuple(groups),
         split=tuple(splits),
-        height=np.array([checks[i].height for i in keep]),
-        width=np.array([checks[i].width for i in keep]),
-        coverage=np.array([checks[i].coverage for i in keep]),
-        mask_rule=tuple(checks[i].mask_rule for i in keep),
-        orientation=np.array([checks[i].orientation for i in keep], np.int64),
+        height=np.array([checks[i].height for i in rows]),
+        width=np.array([checks[i].width for i in rows]),
+        coverage=np.array([checks[i].coverage for i in rows]),
+        mask_rule=tuple(checks[i].mask_rule for i in rows),
+        orientation=np.array([checks[i].orientation for i in rows], np.int64),
         fold=fold,
+        classes=None if chosen is None else chosen.spec,
+        class_coverage=None if cover is None else cover[order],
     )
     if split_given:
         counts, valid = manifest.counts(), manifest.select(split="valid").counts()
@@ -259,52 +259,13 @@ def build_manifest(root: str | Path, **kwargs: object) -> Manifest:
     return scan(root, **kwargs).manifest  # type: ignore[arg-type]
 
 
-def _rejects_csv(rejects: list[Reject]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(REJECT_COLUMNS)
-    for r in rejects:
-        writer.writerow([r.image, r.mask, r.group, r.problem.problem, r.problem.fix])
-    return buf.getvalue()
-
-
-def rejects_path_for(manifest_path: str | Path) -> Path:
-    """``manifest.csv`` -> ``manifest_rejects.csv`` beside it."""
-    path = Path(manifest_path)
-    return path.with_name(f"{path.stem}_rejects.csv")
-
-
-def is_manifest_sidecar(path: str | Path) -> bool:
-    """True when ``path`` is the JSON that :func:`write_manifest` puts beside a manifest."""
-    meta = json_object(path)
-    tool = meta.get("tool") if meta is not None else None
-    return isinstance(tool, str) and tool.startswith(PRODUCER_PREFIX) and "root" in (meta or {})
-
-
-def is_manifest_file(path: str | Path) -> bool:
-    """True when ``path`` is a manifest CSV prepare wrote: its columns and its sidecar."""
-    header = csv_header(path)
-    return header[: len(COLUMNS)] == COLUMNS and is_manifest_sidecar(sidecar_path(path))
-
-
-def _is_rejects_file(path: Path) -> bool:
-    return csv_header(path) == REJECT_COLUMNS
-
-
-def check_prepare_outputs(out_path: Path) -> None:
-    """Refuse, before any work, outputs that cannot be written or are a user's own files.
-
-    The manifest, its sidecar and the rejects list may each replace (or, the rejects,
-    delete) only what an earlier ``prepare`` wrote.
-    """
-    side, rejects = sidecar_path(out_path), rejects_path_for(out_path)
-    for target, what, recognise in (
-        (out_path, "a manifest", is_manifest_file),
-        (side, "the sidecar JSON of a manifest", is_manifest_sidecar),
-        (rejects, "a rejects list", _is_rejects_file),
-    ):
-        check_output_path(target, "--out", folder=False)
-        check_replaceable_file(target, "--out", f"{what} segbalance wrote", recognise)
+def _class_info(manifest: Manifest, chosen: ClassChoice, group_by: str) -> dict[str, Any]:
+    """Sidecar facts of a multiclass manifest (the classes themselves write_manifest adds)."""
+    info: dict[str, Any] = {"classes_file": chosen.source, "group_by": group_by}
+    if group_by != "folder" and manifest.class_coverage is not None:
+        train = np.array(manifest.split) == "train"
+        info["class_rarity"] = rarity_table(chosen.spec, manifest.class_coverage, train)
+    return info
 
 
 def prepare_dataset(
@@ -321,6 +282,8 @@ def prepare_dataset(
     progress: bool | None = None,
     mask_choice: MaskChoice = SILENT_RULES,
     folds: int = 0,
+    classes: str | Path | ClassSet | None = None,
+    group_by: str = "folder",
 ) -> PrepareResult:
     """Check a data root and write its manifest (and rejects CSV with ``skip_invalid``).
 
@@ -339,6 +302,11 @@ def prepare_dataset(
             rule each mask is read by lands in its row's ``mask_rule``.
         folds: K >= 2 records a group-stratified fold id per row (``fold`` column, test
             rows -1; :mod:`segbalance.data.folds`); 0 writes no fold column.
+        classes: a classes file (or ClassSet): multiclass. Every mask is checked against it
+            (:mod:`segbalance.data.class_masks`), each row gets its class pixel fractions
+            and the classes go into the sidecar, where train/evaluate/predict read them.
+        group_by: ``folder`` (the layout's groups), ``rarest-class`` or
+            ``folder+rarest-class`` (:mod:`segbalance.data.class_groups`; needs classes).
 
     Raises:
         InvalidDataError: problems found and ``skip_invalid`` is False; nothing is written.
@@ -348,6 +316,7 @@ def prepare_dataset(
     if out_path.suffix.lower() != ".csv":
         raise UserError(f"--out {out_path} must be a .csv file")
     check_prepare_outputs(out_path)  # now, not after checking every pair
+    chosen = class_choice(classes)
     done = scan(
         root,
         valid_fraction=valid_fraction,
@@ -360,10 +329,12 @@ def prepare_dataset(
         progress=progress,
         mask_choice=mask_choice,
         folds=folds,
+        classes=chosen,
+        group_by=group_by,
     )
     rejects_path = rejects_path_for(out_path)
     if done.rejects:
-        write_text(rejects_path, _rejects_csv(done.rejects))
+        write_text(rejects_path, rejects_csv(done.rejects))
     else:
         rejects_path.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
     info = {
@@ -378,6 +349,8 @@ def prepare_dataset(
     }
     if folds:  # only then: the sidecar of a run without folds stays as it was
         info["folds"] = f"group-stratified, seeded, folds={folds}"
+    if chosen is not None:  # so is a binary one's
+        info.update(_class_info(done.manifest, chosen, group_by))
     write_manifest(done.manifest, out_path, info)
     return PrepareResult(
         manifest=done.manifest,
@@ -388,4 +361,6 @@ def prepare_dataset(
         ignored=done.discovery.ignored,
         notes=done.discovery.notes,
         mask_rules=done.mask_rules,
+        group_by=group_by,
+        classes_source=None if chosen is None else chosen.source,
     )
