@@ -82,7 +82,10 @@ def fold_configs(cfg: Config, folds: int | None = None) -> list[Config]:
 
 
 def fold_counts(cfg: Config, best_model: Path) -> tuple[Manifest, np.ndarray]:
-    """The fold's validation rows and their confusion counts [N, 4] by its best model."""
+    """The fold's validation rows and their confusion counts by its best model.
+
+    Counts are [N, 4], or [N, K, 4] per class for a manifest with classes.
+    """
     model, meta = load_model(best_model)
     valid = load_data(cfg)[1]
     size = (int(meta.image_size[0]), int(meta.image_size[1]))
@@ -119,6 +122,7 @@ def cross_validate(
     groups = select_groups(cfg, read_manifest(str(cfg.data.manifest), check_files=False)).groups
     per_fold: list[dict[str, Any]] = []
     pooled_ids, pooled_counts = [], []
+    names: list[str] | None = None
     for k, fold_cfg in enumerate(configs):
         print(f"[cv] {'resuming' if resumed[k] else 'training'} fold {k} in {work_dir}/fold{k}")
         run = train_or_resume(fold_cfg, work_dir / f"fold{k}")
@@ -126,14 +130,14 @@ def cross_validate(
             raise RuntimeError(f"fold {k} wrote no best.keras")
         valid, counts = fold_counts(fold_cfg, run.best_model)
         ids = valid.group_ids  # the manifest's group order: the same ids in every fold
-        metrics = GroupMetrics(groups)
+        names = None if valid.classes is None else valid.classes.names
+        metrics = GroupMetrics(groups, names)
         metrics.update(ids, counts)
         per_fold.append({"fold": k, "best_epoch": run.best_epoch, **metrics.result()})
         pooled_ids.append(ids)
         pooled_counts.append(counts)
-    pooled = pooled_result(
-        groups, np.concatenate(pooled_ids), np.concatenate(pooled_counts), bootstrap, cfg.train.seed
-    )
+    ids, counts = np.concatenate(pooled_ids), np.concatenate(pooled_counts)
+    pooled = pooled_result(groups, ids, counts, bootstrap, cfg.train.seed, names)
     summary: dict[str, Any] = {
         "folds": per_fold,
         "groups": spread(per_fold, groups),
@@ -146,12 +150,20 @@ def cross_validate(
 
 
 def pooled_result(
-    groups: Sequence[str], ids: np.ndarray, counts: np.ndarray, bootstrap: int, seed: int
+    groups: Sequence[str],
+    ids: np.ndarray,
+    counts: np.ndarray,
+    bootstrap: int,
+    seed: int,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The out-of-fold evaluation: every fold's counts summed, with bootstrap intervals."""
+    """The out-of-fold evaluation: every fold's counts summed, with bootstrap intervals.
+
+    ``class_names``: the classes of multiclass counts [N, K, 4] (None for binary [N, 4]).
+    """
     present = [g for i, g in enumerate(groups) if (ids == i).any()]
     local = np.array([present.index(groups[i]) for i in ids], np.int64)
-    metrics = GroupMetrics(present)
+    metrics = GroupMetrics(present, class_names)
     metrics.update(local, counts)
     result = metrics.result()
     add_intervals(result, counts, local, present, bootstrap, seed)

@@ -13,6 +13,11 @@ on the command line. Groups found in the data that the model was not trained on 
 evaluated too and listed in ``unknown_groups`` of the returned dict (not in the JSON file,
 whose keys are fixed).
 
+A multiclass model is evaluated on data with its classes (names and values, else refused):
+argmax of the resized logits (no threshold), ignored pixels count nowhere, per-class counts
+``[K, 4]`` summed per group, whose ``iou`` is the mean over its foreground classes (absent
+classes left out, ``null``: :mod:`segbalance.metrics`). The JSON adds ``classes``.
+
 Example:
     >>> result = evaluate("runs/demo/uniform/best.keras", "data/segbalance/manifest.csv",
     ...                   split="valid")  # doctest: +SKIP
@@ -29,21 +34,26 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from segbalance.artifacts import load_model
-from segbalance.data.manifest import read_manifest
+from segbalance.artifacts import ModelMeta, load_model, read_meta
+from segbalance.classes import ClassSet, read_label_mask
+from segbalance.data.manifest import Manifest, read_manifest
 from segbalance.data.prepare import build_manifest
-from segbalance.errors import InvalidDataError, UserError
+from segbalance.errors import InvalidDataError, Problem, UserError
 from segbalance.io import check_replaceable_file, json_has_keys, write_text
-from segbalance.metrics import GroupMetrics, confusion_counts, logit_threshold
-from segbalance.pipeline.dataset import build_eval_dataset
-from segbalance.pipeline.decode import decode_mask
-from segbalance.pipeline.verify import DATA_ERRORS, check_files, undecodable
+from segbalance.metrics import GroupMetrics, counts_for, logit_threshold
+from segbalance.pipeline.decode import decode_image, decode_mask, resize_image
+from segbalance.pipeline.verify import DATA_ERRORS, FIX, check_files, undecodable
 from segbalance.text import table_lines
 from segbalance.uncertainty import DEFAULT_SAMPLES, bootstrap_iou
 
 SPLITS = ("train", "valid", "test", "all")
+MULTICLASS_HEADER = (
+    "IoU per group and class; iou = mean over foreground classes (background excluded); "
+    "'-' = class absent (no true and no predicted pixel)"
+)
 JSON_KEYS = (
     "groups",
+    "classes",  # multiclass only
     "mean_group_iou",
     "worst_group_iou",
     "overall_iou",
@@ -95,7 +105,7 @@ def load_data(data: str | Path, split: str | None = None) -> Any:
     return chosen
 
 
-def _original_masks(manifest: Any) -> Iterator[Any]:
+def _original_masks(manifest: Manifest) -> Iterator[Any]:
     """Each row's mask at its own size, f32[h, w, 1] in {0, 1}, in row order (prefetched)."""
     # each row's own mask_rule, so evaluation scores the foreground that was trained
     paths = np.asarray(manifest.mask_paths(), dtype=str)
@@ -105,31 +115,114 @@ def _original_masks(manifest: Any) -> Iterator[Any]:
     return iter(ds.prefetch(tf.data.AUTOTUNE))
 
 
+def _label_masks(manifest: Manifest, spec: ClassSet) -> Iterator[np.ndarray]:
+    """Each row's label mask at its own size, uint8 [h, w] class indices (255 ignored)."""
+    for path, rule in zip(manifest.mask_paths(), manifest.mask_rule, strict=True):
+        try:
+            yield read_label_mask(path, spec, rule)
+        except (OSError, SyntaxError, ValueError) as err:
+            problem = Problem(path, f"cannot be read as a label mask ({err})", FIX)
+            raise InvalidDataError([problem], "a mask cannot be read") from err
+
+
+def _image_batches(manifest: Manifest, image_size: tuple[int, int], batch_size: int) -> Any:
+    """Every row's image, decoded and resized as in training, in row order and batches."""
+    paths = np.asarray(manifest.image_paths(), dtype=str)
+    turns = manifest.orientation.astype(np.int32)
+
+    def load(path: tf.Tensor, turn: tf.Tensor) -> tf.Tensor:
+        return resize_image(decode_image(path, turn), image_size)
+
+    ds = tf.data.Dataset.from_tensor_slices((paths, turns))
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(int(batch_size)).prefetch(tf.data.AUTOTUNE)
+
+
 def _count_fn(threshold: float) -> Any:
-    """tf.function: (logits f[H,W,1] at training size, mask f[h,w,1]) -> counts f[4]."""
+    """tf.function: (logits f[H,W,C] at training size, mask at its own size) -> counts.
+
+    One channel: mask f[h,w,1], counts f[4]. K channels: a label mask, counts f[K, 4].
+    """
 
     @tf.function(reduce_retracing=True)
     def count(logits: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
         size = tf.shape(mask)[:2]
         resized = tf.image.resize(logits[None], size, method="bilinear")
-        return confusion_counts(mask[None], resized, threshold)[0]
+        return counts_for(mask[None], resized, threshold)[0]
 
     return count
 
 
 def predict_counts(
-    model: Any, manifest: Any, image_size: tuple[int, int], threshold: float, batch_size: int
+    model: Any, manifest: Manifest, image_size: tuple[int, int], threshold: float, batch_size: int
 ) -> np.ndarray:
-    """Per-row confusion counts ``[N, 4]`` (tp, fp, fn, tn) at the original mask sizes."""
-    ds = build_eval_dataset(manifest, image_size=image_size, batch_size=batch_size)
-    masks = _original_masks(manifest)
+    """Per-row confusion counts at the original mask sizes: ``[N, 4]`` (tp, fp, fn, tn).
+
+    A manifest with classes gives per-class counts ``[N, K, 4]`` (argmax, no threshold).
+    """
+    spec = manifest.classes
+    masks = _original_masks(manifest) if spec is None else _label_masks(manifest, spec)
     count = _count_fn(threshold)
     rows = []
-    for batch in ds:
-        logits = model(batch["image"], training=False)
+    for images in _image_batches(manifest, image_size, batch_size):
+        logits = model(images, training=False)
         for i in range(int(logits.shape[0])):
             rows.append(np.asarray(count(logits[i], next(masks))))
-    return np.asarray(rows, np.float64).reshape(-1, 4)
+    shape = (4,) if spec is None else (spec.num_classes, 4)
+    return np.asarray(rows, np.float64).reshape(-1, *shape)
+
+
+def _differences(model: ClassSet, data: ClassSet) -> list[str]:
+    """How two class sets differ, in words (empty when names and values agree)."""
+    if model.names != data.names:
+        return [f"names: model {', '.join(model.names)}; data {', '.join(data.names)}"]
+    return [
+        f"'{name}' has value {a} in the model, {b} in the data"
+        for name, a, b in zip(model.names, model.values, data.values, strict=True)
+        if a != b
+    ]
+
+
+def check_classes(meta: ModelMeta, manifest: Manifest, model_path: Any, data: Any) -> None:
+    """Refuse data whose classes are not the model's (binary vs multiclass, names, values).
+
+    Raises:
+        UserError: naming both files and what differs.
+    """
+    mine, theirs = meta.class_set, manifest.classes
+    if mine is None:
+        if theirs is None:
+            return
+        raise UserError(
+            f"{model_path} is a binary model (one foreground channel), but {data} has "
+            f"classes {', '.join(theirs.names)}: evaluate a model trained on these classes"
+        )
+    if theirs is None:
+        raise UserError(
+            f"{model_path} is a {mine.num_classes}-class model ({', '.join(mine.names)}), "
+            f"but {data} has binary masks (no classes): give the manifest written by "
+            "'segbalance prepare ROOT --classes CLASSES.yaml' with the model's classes file"
+        )
+    differ = _differences(mine, theirs)
+    if differ:
+        raise UserError(
+            f"the classes of {model_path} and {data} differ ({'; '.join(differ)}): prepare "
+            "the data with the classes file the model was trained with"
+        )
+
+
+def _counts(
+    model: Any, manifest: Manifest, meta: ModelMeta, threshold: float, batch_size: int
+) -> np.ndarray:
+    """:func:`predict_counts`, with a decode failure traced to its files."""
+    size = (int(meta.image_size[0]), int(meta.image_size[1]))
+    try:
+        return predict_counts(model, manifest, size, threshold, batch_size)
+    except DATA_ERRORS as err:  # traced to the files, with the pipeline's own decoder
+        problems = undecodable(manifest, range(len(manifest)))
+        if not problems:
+            raise
+        raise InvalidDataError(problems, "the pipeline cannot decode these files") from err
 
 
 def evaluate(
@@ -147,7 +240,7 @@ def evaluate(
         model_path: a ``.keras`` file written by ``segbalance train`` (carries its meta).
         data: manifest CSV or data root (see :func:`load_data`).
         split: ``train``/``valid``/``test``, or ``None``/``all`` for every row.
-        threshold: probability threshold; default the model's.
+        threshold: probability threshold; default the model's (binary models only).
         batch_size: images per forward pass.
         bootstrap: replicates of the 95 % intervals (:mod:`segbalance.uncertainty`); 0 for
             none (the ``*_ci`` values are then null).
@@ -157,29 +250,35 @@ def evaluate(
         ``{"groups": {g: {"images", "iou", "dice", "precision", "recall", "iou_ci"}},
         "mean_group_iou", "worst_group_iou", "overall_iou", "threshold",
         "mean_group_iou_ci", "worst_group_iou_ci", "bootstrap"}`` plus ``unknown_groups``
-        (data groups the model was not trained on) and ``rows``.
+        (data groups the model was not trained on) and ``rows``. A multiclass model adds
+        ``classes`` (``{name: {"iou", "dice", "precision", "recall"}}``) to each group and
+        at the top (all pixels); a group's ``iou`` is then its foreground classes' mean.
+
+    Raises:
+        UserError: bad arguments or data, or data whose classes are not the model's.
     """
     if bootstrap < 0:
         raise UserError(f"--bootstrap must be >= 0 (0: no intervals), got {bootstrap}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     manifest = load_data(data, split)
+    meta = read_meta(model_path)
+    check_classes(meta, manifest, model_path, data)  # before any file is opened
+    spec = meta.class_set
+    if spec is not None and threshold is not None:
+        raise UserError(
+            f"--threshold {threshold}: {model_path} is a multiclass model, whose pixels take "
+            "the most probable class (no threshold); drop --threshold"
+        )
     check_files(manifest, str(data))  # a file changed since prepare fails before the model
     model, meta = load_model(model_path)
     t = float(meta.threshold if threshold is None else threshold)
     logit_threshold(t)  # validates 0 < t < 1 with a clear message
-    size = (int(meta.image_size[0]), int(meta.image_size[1]))
-    try:
-        counts = predict_counts(model, manifest, size, t, batch_size)
-    except DATA_ERRORS as err:  # traced to the files, with the pipeline's own decoder
-        problems = undecodable(manifest, range(len(manifest)))
-        if not problems:
-            raise
-        raise InvalidDataError(problems, "the pipeline cannot decode these files") from err
+    counts = _counts(model, manifest, meta, t, batch_size)
     present = [g for g in manifest.groups if g in set(manifest.group)]
     local = {g: i for i, g in enumerate(present)}
     ids = np.array([local[g] for g in manifest.group], np.int64)
-    metrics = GroupMetrics(present)
+    metrics = GroupMetrics(present, None if spec is None else spec.names)
     metrics.update(ids, counts)
     result: dict[str, Any] = metrics.result()
     add_intervals(result, counts, ids, present, bootstrap, seed)
@@ -212,8 +311,8 @@ def add_intervals(
 
 
 def json_view(result: dict[str, Any]) -> dict[str, Any]:
-    """Exactly the documented JSON keys, in order."""
-    return {key: result[key] for key in JSON_KEYS}
+    """Exactly the documented JSON keys, in order (``classes`` only for multiclass)."""
+    return {key: result[key] for key in JSON_KEYS if key in result}
 
 
 def is_result_json(path: str | Path) -> bool:
@@ -247,8 +346,31 @@ def _fmt_ci(interval: list[float] | None) -> str:
     return "-" if interval is None else f"{interval[0]:.3f}-{interval[1]:.3f}"
 
 
+def _group_rows(result: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The table's header and one row per group (per class IoU when multiclass)."""
+    unknown = set(result.get("unknown_groups", []))
+    names = list(result.get("classes", {}))
+    extra = names or ["dice", "precision", "recall"]
+    header = ("group", "images", "iou", "iou 95% CI", *extra)
+    rows: list[tuple[str, ...]] = []
+    for name, g in result["groups"].items():
+        label = f"{name}*" if name in unknown else name
+        if names:
+            values = [_fmt(g["classes"][c]["iou"]) for c in names]
+        else:
+            values = [_fmt(g[k]) for k in extra]
+        rows.append((label, str(g["images"]), _fmt(g["iou"]), _fmt_ci(g.get("iou_ci")), *values))
+    if names:  # the all-pixel row
+        images = str(sum(g["images"] for g in result["groups"].values()))
+        per_class = [_fmt(result["classes"][c]["iou"]) for c in names]
+        rows.append(("all pixels", images, _fmt(result["overall_iou"]), "", *per_class))
+    return header, rows
+
+
 def format_evaluation(result: dict[str, Any]) -> str:
     """A terminal table: one row per group, then the summary lines.
+
+    A multiclass result shows group x class IoU, and an all-pixel row.
 
     Example:
         >>> print(format_evaluation(evaluate(model, manifest)))  # doctest: +SKIP
@@ -256,22 +378,23 @@ def format_evaluation(result: dict[str, Any]) -> str:
         0          37  0.8123  0.8965  0.9012     0.8919
         ...
     """
-    unknown = set(result.get("unknown_groups", []))
-    header = ("group", "images", "iou", "iou 95% CI", "dice", "precision", "recall")
-    rows: list[tuple[str, ...]] = []
-    for name, g in result["groups"].items():
-        label = f"{name}*" if name in unknown else name
-        values = (_fmt(g[k]) for k in ("dice", "precision", "recall"))
-        rows.append((label, str(g["images"]), _fmt(g["iou"]), _fmt_ci(g.get("iou_ci")), *values))
-    lines = table_lines(header, rows)
+    multiclass = "classes" in result
+    lines = [MULTICLASS_HEADER] if multiclass else []
+    header, rows = _group_rows(result)
+    lines += table_lines(header, rows)
     lines.append("")
     mean_ci, worst_ci = result.get("mean_group_iou_ci"), result.get("worst_group_iou_ci")
     lines.append(f"mean_group_iou   {_fmt(result['mean_group_iou'])}   (95% CI {_fmt_ci(mean_ci)})")
     lines.append(
         f"worst_group_iou  {_fmt(result['worst_group_iou'])}   (95% CI {_fmt_ci(worst_ci)})"
     )
-    lines.append(f"overall_iou      {_fmt(result['overall_iou'])}   (all pixels)")
-    lines.append(f"threshold        {result['threshold']:g}   (metrics at original mask size)")
+    which = ", mean over foreground classes" if multiclass else ""
+    lines.append(f"overall_iou      {_fmt(result['overall_iou'])}   (all pixels{which})")
+    if multiclass:
+        lines.append("classes          argmax per pixel at original mask size; dice etc.: --json")
+    else:
+        lines.append(f"threshold        {result['threshold']:g}   (metrics at original mask size)")
+    unknown = set(result.get("unknown_groups", []))
     if unknown:
         lines.append(f"* not a training group of this model: {', '.join(sorted(unknown))}")
     return "\n".join(lines)

@@ -8,6 +8,10 @@ the point estimate is computed (micro over the group's pixels), and takes the pe
 The worst-group and mean-group intervals come from the same replicates: per replicate the
 minimum (mean) over groups, so they include the uncertainty of which group is worst.
 
+Multiclass counts ``[N, K, 4]`` are resampled the same way (whole images within a group);
+each replicate's group IoU is the mean over the foreground classes present in the
+resampled images, as :func:`segbalance.metrics.summary_metrics` computes the estimate.
+
 Example:
     >>> ci = bootstrap_iou(counts, group_ids, 5, samples=1000, seed=0)  # doctest: +SKIP
     >>> ci.groups[4], ci.worst  # doctest: +SKIP
@@ -21,11 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from segbalance.errors import UserError
-from segbalance.metrics import metrics_from_counts
+from segbalance.metrics import summary_metrics
 
 #: Replicates per evaluation: the percentile ends move by about 0.005 between seeds at 1000.
 DEFAULT_SAMPLES = 1000
-# Replicates drawn at once: bounds memory to BLOCK x (largest group) x 4 floats.
+# Replicates drawn at once: bounds memory to BLOCK x (largest group) x K x 4 floats.
 _BLOCK = 100
 
 Interval = tuple[float, float]
@@ -50,12 +54,13 @@ class Intervals:
 def _replicate_ious(counts: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
     """IoU of ``samples`` resamples (with replacement, same size) of one group's images."""
     n = len(counts)
+    multiclass = counts.ndim == 3
     out = np.empty(samples)
     for start in range(0, samples, _BLOCK):
         stop = min(start + _BLOCK, samples)
         draw = rng.integers(0, n, size=(stop - start, n))
         sums = counts[draw].sum(axis=1)
-        out[start:stop] = metrics_from_counts(*sums.T)["iou"]
+        out[start:stop] = summary_metrics(sums, multiclass)["iou"]
     return out
 
 
@@ -77,7 +82,8 @@ def bootstrap_iou(
     """Percentile intervals of each group's IoU and of the worst and mean group IoU.
 
     Args:
-        counts: per-image confusion counts ``[N, 4]`` (tp, fp, fn, tn).
+        counts: per-image confusion counts ``[N, 4]`` (tp, fp, fn, tn), or ``[N, K, 4]``
+            per class (multiclass: a group's IoU is the mean over its foreground classes).
         group_ids: the group of each image ``[N]``, in ``0..num_groups-1``.
         num_groups: groups reported (a group without images gets None).
         samples: bootstrap replicates.
@@ -91,7 +97,9 @@ def bootstrap_iou(
         raise UserError(f"bootstrap samples must be >= 1, got {samples}")
     if not 0.0 < level < 1.0:
         raise UserError(f"interval level must be in (0, 1), got {level}")
-    counts = np.asarray(counts, np.float64).reshape(-1, 4)
+    counts = np.asarray(counts, np.float64)
+    multiclass = counts.ndim == 3
+    counts = counts if multiclass else counts.reshape(-1, 4)
     ids = np.asarray(group_ids, np.int64).reshape(-1)
     rng = np.random.default_rng(seed)
     per_group: list[Interval | None] = []
@@ -102,7 +110,7 @@ def bootstrap_iou(
             per_group.append(None)
             continue
         if len(mine) == 1:
-            replicates.append(np.full(samples, metrics_from_counts(*mine[0])["iou"]))
+            replicates.append(np.full(samples, summary_metrics(mine[0], multiclass)["iou"]))
             per_group.append(None)
             continue
         ious = _replicate_ious(mine, samples, rng)
