@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segbalance.data.class_groups import rarity_table
+from segbalance.data.class_groups import NO_CLASS_GROUP, rarity_table
 from segbalance.data.discover import Reject
 from segbalance.data.folds import fold_table
 from segbalance.data.manifest import SPLITS, Manifest, natural_sort
@@ -39,9 +39,11 @@ def class_summary(manifest: Manifest, source: str | None, group_by: str) -> list
     if group_by != "folder":
         rarity = rarity_table(spec, cover, train)
         shares = ", ".join(f"{n} {100 * v:.0f}%" for n, v in rarity.items())
+        empty = not (cover[:, 1:] > 0).any(axis=1).all()
         lines.append(
             f"groups ({group_by}): the rarest foreground class of each image, rarity = share "
-            f"of train images containing it ({shares}); 'none': no foreground class"
+            f"of train images containing it ({shares})"
+            + (f"; '{NO_CLASS_GROUP}': no foreground class" if empty else "")
         )
         lines += [
             f"note: class {n} is in no train image, so its group has none to train on"

@@ -16,6 +16,10 @@ own generator seeded by ``(seed, group, index)``, so the result does not depend 
 number of worker processes. Files appear under ``OUT/Images`` and ``OUT/Masks`` only when
 the whole set is written (they are built in ``OUT/.synth-tmp`` and renamed).
 
+``classes=True`` (``synth --classes``) writes the 3-class version: the same photos plus a
+metal ring on a finger in most images of the small groups 3 and 4 and few of the others
+(the rare class), label masks 0 background, 1 nail, 2 ring, and ``OUT/classes.yaml``.
+
 Example:
     >>> counts = generate(Path("data/synth"), scale=0.1, size=128)
     >>> counts
@@ -38,13 +42,22 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from segbalance.data.synth_draw import STYLES, render
+from segbalance.data.synth_draw import CLASS_NAMES, RING, STYLES, render
 from segbalance.errors import UserError
 from segbalance.io import check_output_path, json_object
 
 TUTORIAL_COUNTS: dict[str, int] = {"0": 749, "1": 144, "2": 126, "3": 52, "4": 34}
 TMP_NAME = ".synth-tmp"
 INFO_NAME = "synth.json"
+CLASSES_NAME = "classes.yaml"
+#: The classes file ``synth --classes`` writes (colours for predicted colour masks).
+CLASSES_YAML = f"""# segbalance synth --classes: the label masks hold these values
+classes:
+  - {{name: {CLASS_NAMES[0]}, value: 0}}
+  - {{name: {CLASS_NAMES[1]}, value: 1, color: [230, 25, 75]}}
+  - {{name: {CLASS_NAMES[2]}, value: 2, color: [255, 200, 0]}}
+"""
+Job = tuple[Path, str, int, int, int, bool]
 
 
 def group_counts(scale: float) -> dict[str, int]:
@@ -93,13 +106,14 @@ def file_name(group: str, index: int) -> str:
     return f"nail_{group}_{index:04d}.png"
 
 
-def _write_one(job: tuple[Path, str, int, int, int]) -> str:
-    root, group, index, size, seed = job
-    image, mask = render(group, index, size, seed)
+def _write_one(job: Job) -> tuple[str, bool]:
+    """Draw and write one pair: its group, and whether its mask shows a ring."""
+    root, group, index, size, seed, classes = job
+    image, mask = render(group, index, size, seed, classes)
     name = file_name(group, index)
     (root / "Images" / group / name).write_bytes(png_bytes(image))
     (root / "Masks" / group / name).write_bytes(png_bytes(mask, level=6))
-    return group
+    return group, bool(classes and (mask == RING).any())
 
 
 def _synth_paths(counts: dict[str, int]) -> set[str]:
@@ -110,6 +124,12 @@ def _synth_paths(counts: dict[str, int]) -> set[str]:
             paths.add(f"{top}/{g}")
             paths.update(f"{top}/{g}/{file_name(g, i)}" for i in range(n))
     return paths
+
+
+def _recorded_classes(out: Path) -> bool:
+    """Whether OUT's synth.json records the classes file as synth's own."""
+    info = json_object(out / INFO_NAME)
+    return info is not None and info.get("classes_file") == CLASSES_NAME
 
 
 def _recorded_counts(out: Path) -> dict[str, int]:
@@ -153,10 +173,16 @@ def _listing(names: list[str], shown: int = 5) -> str:
     return ", ".join(names[:shown]) + more
 
 
-def _check_replaceable(out: Path, overwrite: bool) -> None:
+def _outputs(classes: bool) -> tuple[str, ...]:
+    """What synth puts directly in OUT."""
+    return ("Images", "Masks", INFO_NAME) + ((CLASSES_NAME,) if classes else ())
+
+
+def _check_replaceable(out: Path, overwrite: bool, classes: bool = False) -> None:
     """Refuse an OUT holding data synth did not write (the real reason first), or, without
-    ``overwrite``, a data set it did write."""
-    present = [n for n in ("Images", "Masks", INFO_NAME) if os.path.lexists(out / n)]
+    ``overwrite``, a data set it did write. A classes.yaml counts only when synth writes one.
+    """
+    present = [n for n in _outputs(classes) if os.path.lexists(out / n)]
     if not present:
         return
     if not (out / INFO_NAME).is_file():
@@ -167,6 +193,8 @@ def _check_replaceable(out: Path, overwrite: bool) -> None:
             "empty or new OUT"
         )
     foreign = foreign_files(out)
+    if CLASSES_NAME in present and not _recorded_classes(out):
+        foreign.append(CLASSES_NAME)
     if foreign:
         raise UserError(
             f"{out} holds files segbalance synth did not write: {_listing(foreign)}; they "
@@ -180,10 +208,10 @@ def _check_replaceable(out: Path, overwrite: bool) -> None:
         )
 
 
-def _prepare_out(out: Path, overwrite: bool) -> Path:
+def _prepare_out(out: Path, overwrite: bool, classes: bool) -> Path:
     """Check OUT, and return a fresh temp folder inside it (nothing is removed yet)."""
     check_output_path(out, "OUT", folder=True)
-    _check_replaceable(out, overwrite)
+    _check_replaceable(out, overwrite, classes)
     tmp = out / TMP_NAME
     if tmp.exists():  # left by an interrupted run of ours
         shutil.rmtree(tmp)
@@ -193,7 +221,7 @@ def _prepare_out(out: Path, overwrite: bool) -> Path:
     return tmp
 
 
-def _run_jobs(jobs: list[tuple[Path, str, int, int, int]], workers: int) -> Iterator[str]:
+def _run_jobs(jobs: list[Job], workers: int) -> Iterator[tuple[str, bool]]:
     if workers <= 1 or len(jobs) < 48:  # starting processes costs more than small sets save
         yield from map(_write_one, jobs)
         return
@@ -211,6 +239,7 @@ def generate(
     *,
     overwrite: bool = False,
     workers: int | None = None,
+    classes: bool = False,
 ) -> dict[str, int]:
     """Write the synthetic data set in the tutorial layout and return images per group.
 
@@ -223,6 +252,8 @@ def generate(
         overwrite: replace a data set synth wrote in ``out`` (only that: never files it
             did not write, as recorded in ``synth.json``).
         workers: processes to draw with (default: up to 2).
+        classes: the 3-class set (module doc): label masks 0/1/2 and ``OUT/classes.yaml``;
+            ``synth.json`` records per group how many images show a ring.
 
     Raises:
         UserError: bad scale or size, ``out`` cannot be written, already holds a data
@@ -236,20 +267,33 @@ def generate(
     if not 32 <= size <= 4096:
         raise UserError(f"--size must be between 32 and 4096 pixels, got {size}")
     out = Path(out)
-    tmp = _prepare_out(out, overwrite)
-    jobs = [(tmp, g, i, size, seed) for g, n in counts.items() for i in range(n)]
+    tmp = _prepare_out(out, overwrite, classes)
+    jobs = [(tmp, g, i, size, seed, classes) for g, n in counts.items() for i in range(n)]
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     bar = tqdm(total=len(jobs), desc="synth", unit="img", disable=not progress)
+    ringed = dict.fromkeys(counts, 0)
     try:
-        for _ in _run_jobs(jobs, workers):
+        for group, ring in _run_jobs(jobs, workers):
+            ringed[group] += ring
             bar.update()
     finally:
         bar.close()
-    info = {"seed": seed, "scale": scale, "size": size, "counts": counts}
+    info: dict[str, object] = {"seed": seed, "scale": scale, "size": size, "counts": counts}
     info["styles"] = {g: s.description for g, s in STYLES.items()}
+    if classes:  # only then: a binary set's synth.json stays as it was
+        info.update(classes_file=CLASSES_NAME, ring_images=ringed)
+        (tmp / CLASSES_NAME).write_text(CLASSES_YAML, encoding="utf-8")
     (tmp / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
-    _check_replaceable(out, overwrite)  # again: files may have been added while drawing
-    for name in ("Images", "Masks", INFO_NAME):
+    _check_replaceable(out, overwrite, classes)  # again: files may have been added meanwhile
+    _move_into(tmp, out, classes)
+    return counts
+
+
+def _move_into(tmp: Path, out: Path, classes: bool) -> None:
+    """Replace OUT's data set with the one built in ``tmp`` (then removed)."""
+    if not classes and _recorded_classes(out):  # the old set's classes file: stale now
+        (out / CLASSES_NAME).unlink(missing_ok=True)
+    for name in _outputs(classes):
         target = out / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -257,4 +301,3 @@ def generate(
             target.unlink()
         os.replace(tmp / name, target)
     tmp.rmdir()
-    return counts

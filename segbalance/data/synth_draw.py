@@ -4,6 +4,11 @@ Drawing is vectorised numpy on the bounding box of each shape (:class:`GroupStyl
 group's photos look); every image draws from its own generator seeded by
 ``(seed, group, index)``, so one image never depends on which others were drawn.
 
+With ``classes`` the photo also gets a metal ring on a finger in some images (:data:`RING_ODDS`:
+most images of the small groups 3 and 4, few of the others), and the mask is a label map:
+0 background, 1 nail, 2 ring (:data:`CLASS_NAMES`). The ring's choices come from a second
+generator, so the rest of the photo is exactly the binary one's.
+
 Example:
     >>> image, mask = render("0", 0, size=64, seed=0)
     >>> image.shape, mask.shape, sorted(set(mask.ravel().tolist())) == [0, 255]
@@ -19,6 +24,12 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 RGB = tuple[float, float, float]
+#: The classes of ``render(..., classes=True)`` masks, in label-value order.
+CLASS_NAMES = ("background", "nail", "ring")
+NAIL, RING = 1, 2
+#: Per group, the share of images with a ring: the rare class lives in the small groups.
+RING_ODDS = {"0": 0.05, "1": 0.08, "2": 0.05, "3": 0.8, "4": 0.8}
+_RING_COLOURS: tuple[RGB, ...] = ((226, 180, 40), (240, 200, 70), (205, 212, 225))
 
 
 @dataclass(frozen=True)
@@ -95,12 +106,19 @@ def _grid(ys: slice, xs: slice) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Canvas:
-    """An RGB float image plus its mask; shapes are blended with a 1-pixel soft edge."""
+    """An RGB float image plus its mask (and label map); shapes blend with a soft edge."""
 
-    def __init__(self, img: np.ndarray) -> None:
+    def __init__(self, img: np.ndarray, labels: bool = False) -> None:
         self.img = img
         self.mask = np.zeros(img.shape[:2], dtype=bool)
+        self.labels = np.zeros(img.shape[:2], dtype=np.uint8) if labels else None
         self.h, self.w = img.shape[:2]
+
+    def label(self, ys: slice, xs: slice, alpha: np.ndarray, value: int) -> None:
+        """Set the label map to ``value`` where a shape covers a pixel (alpha >= 0.5)."""
+        if self.labels is not None:
+            region = self.labels[ys, xs]  # a view
+            region[alpha >= 0.5] = value
 
     def blend(self, ys: slice, xs: slice, alpha: np.ndarray, colour: np.ndarray) -> None:
         region = self.img[ys, xs]  # a view: blend in place
@@ -124,6 +142,7 @@ class _Canvas:
         shade = 1.0 - 0.28 * np.clip(dist / radius, 0.0, 1.0) ** 2
         self.blend(ys, xs, alpha, skin * shade[..., None])
         self.mask[ys, xs] &= alpha < 0.5
+        self.label(ys, xs, alpha, 0)
 
     def ellipse(
         self,
@@ -138,6 +157,7 @@ class _Canvas:
         free_edge: float = 0.0,
         opacity: float = 1.0,
         is_nail: bool = False,
+        label: int = 0,
     ) -> None:
         """A rotated rounded (super)ellipse; ``axis`` is the unit (y, x) long-axis direction."""
         pad = max(half_len, half_wid) * 1.1 + 2
@@ -165,6 +185,8 @@ class _Canvas:
         self.blend(ys, xs, alpha * opacity, fill)
         if is_nail:
             self.mask[ys, xs] |= alpha >= 0.5
+        if label:
+            self.label(ys, xs, alpha, label)
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
@@ -197,7 +219,41 @@ def _background(rng: np.random.Generator, kind: str, h: int, w: int) -> np.ndarr
     return np.broadcast_to(base, (h, w, 3)) * (1 + 0.1 * blotch)
 
 
-def _draw_hand(rng: np.random.Generator, canvas: _Canvas, style: GroupStyle) -> None:
+def _ring_fingers(rings: np.random.Generator | None, group: str, n: int) -> set[int]:
+    """Which of the ``n`` fingers wear a ring (none without the ring generator)."""
+    if rings is None or rings.random() >= RING_ODDS[group]:
+        return set()
+    count = 2 if n >= 4 and rings.random() < 0.4 else 1
+    return {int(i) for i in rings.choice(n, size=count, replace=False)}
+
+
+def _draw_ring(
+    rings: np.random.Generator,
+    canvas: _Canvas,
+    base: np.ndarray,
+    end: np.ndarray,
+    radius: float,
+) -> None:
+    """A glossy metal band across the finger from ``base`` to ``end``, below its nail."""
+    axis = (end - base) / max(float(np.linalg.norm(end - base)), 1e-6)
+    centre = end - axis * radius * rings.uniform(2.7, 3.4)
+    side = float(min(canvas.h, canvas.w))
+    half_len = max(radius * rings.uniform(0.5, 0.62), 0.018 * side)  # a wide band: learnable
+    colour = np.array(_RING_COLOURS[rings.integers(len(_RING_COLOURS))], dtype=np.float32)
+    canvas.ellipse(centre, axis, half_len * 1.35, radius * 1.12, colour * 0.45, power=4.0)
+    canvas.ellipse(
+        centre, axis, half_len, radius * 1.1, colour,
+        power=4.0, gloss=rings.uniform(0.5, 0.8), label=RING,
+    )  # fmt: skip
+
+
+def _draw_hand(
+    rng: np.random.Generator,
+    canvas: _Canvas,
+    style: GroupStyle,
+    rings: np.random.Generator | None = None,
+    group: str = "0",
+) -> None:
     h, w = canvas.h, canvas.w
     side = float(min(h, w))
     n = int(rng.integers(style.nails[0], style.nails[1] + 1))
@@ -217,6 +273,7 @@ def _draw_hand(rng: np.random.Generator, canvas: _Canvas, style: GroupStyle) -> 
     palm_wid = reach + 0.2 * width
     canvas.finger(palm - d * side * 1.5, palm, palm_wid * 0.85, skin * 0.97)
     canvas.ellipse(palm, d, 2.2 * width + 0.3 * palm_wid, palm_wid, skin * 0.97, power=2.2)
+    ringed = _ring_fingers(rings, group, n)
     for i in range(n):
         offset = (i - (n - 1) / 2) * spacing
         middle = 1.0 - abs(i - (n - 1) / 2) / max(1.0, n / 2)
@@ -225,6 +282,8 @@ def _draw_hand(rng: np.random.Generator, canvas: _Canvas, style: GroupStyle) -> 
         tilt = tilt / np.linalg.norm(tilt)
         radius = width / 2 * rng.uniform(0.9, 1.05)
         canvas.finger(palm + p * offset * 0.9, tip - tilt * radius, radius, skin)
+        if rings is not None and i in ringed:
+            _draw_ring(rings, canvas, palm + p * offset * 0.9, tip - tilt * radius, radius)
         nail_len, nail_wid = radius * rng.uniform(0.95, 1.2), radius * rng.uniform(0.72, 0.82)
         nail_c = tip - tilt * (radius * 0.3 + nail_len)
         canvas.ellipse(nail_c, tilt, nail_len * 1.08, nail_wid * 1.1, skin * 0.8)  # cuticle
@@ -232,17 +291,24 @@ def _draw_hand(rng: np.random.Generator, canvas: _Canvas, style: GroupStyle) -> 
         gloss = rng.uniform(0.35, 0.6)
         canvas.ellipse(
             nail_c, tilt, nail_len, nail_wid, colour,
-            gloss=gloss, free_edge=style.free_edge, is_nail=True,
+            gloss=gloss, free_edge=style.free_edge, is_nail=True, label=NAIL,
         )  # fmt: skip
 
 
-def render(group: str, index: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """One image (uint8 HxWx3) and its mask (uint8 HxW, 0/255), fixed by its arguments."""
+def render(
+    group: str, index: int, size: int, seed: int, classes: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """One image (uint8 HxWx3) and its mask, fixed by its arguments.
+
+    The mask is uint8 HxW 0/255 (nails), or with ``classes`` the label map 0 background,
+    1 nail, 2 ring (the ring only in some images, :data:`RING_ODDS`).
+    """
     style = STYLES[group]
     rng = np.random.default_rng([seed, int(group), index])
+    rings = np.random.default_rng([seed, int(group), index, RING]) if classes else None
     h = w = size
-    canvas = _Canvas(_background(rng, style.background, h, w).astype(np.float32))
-    _draw_hand(rng, canvas, style)
+    canvas = _Canvas(_background(rng, style.background, h, w).astype(np.float32), classes)
+    _draw_hand(rng, canvas, style, rings, group)
     yy = np.arange(h, dtype=np.float32)[:, None] / size - 0.5
     xx = np.arange(w, dtype=np.float32)[None, :] / size - 0.5
     phi, slope = rng.uniform(0, 2 * np.pi), rng.uniform(0.0, 0.25)
@@ -259,5 +325,5 @@ def render(group: str, index: int, size: int, seed: int) -> tuple[np.ndarray, np
     noise *= style.noise
     noise += pixels
     noise += 0.5
-    mask = canvas.mask.astype(np.uint8) * 255
+    mask = canvas.mask.astype(np.uint8) * 255 if canvas.labels is None else canvas.labels
     return np.clip(noise, 0, 255, out=noise).astype(np.uint8), mask
