@@ -2,7 +2,9 @@
 
 Three views of the same numbers: a dict (JSON-able, :func:`compute_stats`), a terminal
 table (:func:`format_stats_table`) and a figure (:func:`plot_stats`) with images per group
-(train/valid stacked) beside the coverage distribution per group.
+(train/valid stacked) beside the coverage distribution per group. A multiclass manifest
+adds, per group, the images containing each class and its pixel share
+(:mod:`segbalance.data.class_stats`); coverage is then the share of foreground-class pixels.
 
 Example:
     >>> stats = compute_stats(read_manifest("data/segbalance/manifest.csv"))
@@ -21,6 +23,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from segbalance.data.class_stats import class_block, class_table_lines
 from segbalance.data.manifest import SPLITS, Manifest
 from segbalance.errors import UserError
 from segbalance.io import (
@@ -71,7 +74,7 @@ def _block(manifest: Manifest, rows: np.ndarray, splits: list[str]) -> dict[str,
     split = np.array(manifest.split, dtype=object)[rows]
     rules = Counter(np.array(manifest.mask_rule, dtype=object)[rows].tolist())
     coverage = manifest.coverage[rows]
-    return {
+    block = {
         "images": int(rows.size),
         "splits": {s: int((split == s).sum()) for s in splits},
         "coverage": _coverage_stats(coverage),
@@ -79,6 +82,9 @@ def _block(manifest: Manifest, rows: np.ndarray, splits: list[str]) -> dict[str,
         "sizes": _size_stats(manifest.height[rows], manifest.width[rows]),
         "mask_rules": dict(sorted(rules.items())),
     }
+    if manifest.classes is not None and manifest.class_coverage is not None:
+        block["classes"] = class_block(manifest.class_coverage[rows], manifest.classes.names)
+    return block
 
 
 def compute_stats(manifest: Manifest) -> dict[str, Any]:
@@ -94,7 +100,8 @@ def compute_stats(manifest: Manifest) -> dict[str, Any]:
     Returns:
         ``{"root", "images", "groups_order", "splits", "imbalance", "groups": {g: block},
         "all": block}`` where a block has ``images, splits, coverage {mean, q10, q25,
-        median, q75, q90, min, max}, empty_masks, sizes, mask_rules``.
+        median, q75, q90, min, max}, empty_masks, sizes, mask_rules``. Multiclass adds
+        ``"classes": [names]`` and per block ``classes {name: {images, pixel_share}}``.
     """
     present = set(manifest.split)
     splits = [s for s in SPLITS if s in present] + sorted(present - set(SPLITS))
@@ -104,7 +111,7 @@ def compute_stats(manifest: Manifest) -> dict[str, Any]:
         for i, g in enumerate(manifest.groups)
     }
     sizes = [b["images"] for b in groups.values() if b["images"] > 0]
-    return {
+    out = {
         "root": str(manifest.root),
         "images": len(manifest),
         "groups_order": manifest.groups,
@@ -114,6 +121,9 @@ def compute_stats(manifest: Manifest) -> dict[str, Any]:
         "groups": groups,
         "all": _block(manifest, np.arange(len(manifest)), splits),
     }
+    if manifest.classes is not None and manifest.class_coverage is not None:
+        out["classes"] = manifest.classes.names  # only then: binary JSON keeps its keys
+    return out
 
 
 def _pct(value: float | None) -> str:
@@ -161,6 +171,7 @@ def format_stats_table(stats: dict[str, Any]) -> str:
     lines = [*body[:-1], "-" * len(body[0]), body[-1]]
     if stats["imbalance"] is not None:
         lines.append(f"largest / smallest group: {stats['imbalance']:.1f}x")
+    lines += class_table_lines(stats)
     return "\n".join(lines)
 
 
