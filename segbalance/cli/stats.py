@@ -21,8 +21,9 @@ def register(sub: Any) -> None:
         sub,
         "stats",
         "Describe a manifest per group: images (per split), mask coverage (mean, median, "
-        "10th/90th percentiles), empty masks and image sizes; as a table, JSON and a figure. "
-        "Reads only the manifest CSV, not the images.",
+        "10th/90th percentiles), empty masks and image sizes, and for a multiclass manifest "
+        "the images containing each class and its pixel share; as a table, JSON and a "
+        "figure. Reads only the manifest CSV, not the images.",
         EXAMPLES,
         run,
     )

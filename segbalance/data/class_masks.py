@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from segbalance.classes import ClassSet, class_pixel_fractions, class_rule, label_map, load_classes
-from segbalance.errors import Problem
+from segbalance.errors import Problem, UserError
 
 #: PIL modes a label mask may have (what training's decoder reads to the same values).
 LABEL_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L")
@@ -51,7 +51,12 @@ def class_choice(classes: str | Path | ClassSet | ClassChoice | None) -> ClassCh
         return classes
     if isinstance(classes, ClassSet):
         return ClassChoice(classes, "the classes")
-    return ClassChoice(load_classes(classes), str(classes))
+    path = Path(classes)
+    if path.is_dir():
+        inside = sorted(path.glob("*.y*ml"))
+        hint = f" ({', '.join(str(p) for p in inside[:3])} there?)" if inside else ""
+        raise UserError(f"classes file {path} is a folder; give the YAML file itself{hint}")
+    return ClassChoice(load_classes(path), str(classes))
 
 
 def describe_classes(spec: ClassSet, rule: str) -> str:
