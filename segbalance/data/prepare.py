@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from segbalance.classes import ClassSet
-from segbalance.data.check import DEFAULT_MAX_PIXELS, check_pairs
+from segbalance.data.check import DEFAULT_MAX_PIXELS, PairCheck, check_pairs
 from segbalance.data.class_groups import check_group_by, class_groups, rarity_table, split_strata
 from segbalance.data.class_masks import ClassChoice, class_choice
 from segbalance.data.discover import Discovery, Reject, discover
@@ -161,6 +161,32 @@ def _place_rows(
     return class_groups(group_by, cover, names, folders, train), splits, split_given
 
 
+def _rejects_and_kept(
+    root: Path,
+    found: Discovery,
+    names: list[tuple[str, str]],
+    checks: list[PairCheck],
+    skip_invalid: bool,
+) -> tuple[list[Reject], list[int]]:
+    """Every problem found, and the good pairs; raises unless ``skip_invalid``."""
+    rejects = list(found.rejects)
+    for pair, name, res in zip(found.pairs, names, checks, strict=True):
+        rejects += [Reject(name[0], name[1], pair.group, p) for p in res.problems]
+    keep = [i for i, res in enumerate(checks) if res.ok]
+    if rejects and not skip_invalid:
+        raise InvalidDataError(
+            [r.problem for r in rejects],
+            f"{len(rejects)} problem(s) in {root} ({found.layout}); no manifest written. "
+            "Fix them, or pass --skip-invalid to leave them out",
+        )
+    if not keep:
+        raise UserError(
+            f"no valid image/mask pairs in {root} ({found.layout}, {len(rejects)} left out); "
+            "nothing to write"
+        )
+    return rejects, keep
+
+
 def scan(
     root: str | Path,
     *,
@@ -200,21 +226,7 @@ def scan(
         choice=mask_choice,
         classes=chosen,
     )
-    rejects = list(found.rejects)
-    for pair, name, res in zip(found.pairs, names, checks, strict=True):
-        rejects += [Reject(name[0], name[1], pair.group, p) for p in res.problems]
-    keep = [i for i, res in enumerate(checks) if res.ok]
-    if rejects and not skip_invalid:
-        raise InvalidDataError(
-            [r.problem for r in rejects],
-            f"{len(rejects)} problem(s) in {root} ({found.layout}); no manifest written. "
-            "Fix them, or pass --skip-invalid to leave them out",
-        )
-    if not keep:
-        raise UserError(
-            f"no valid image/mask pairs in {root} ({found.layout}, {len(rejects)} left out); "
-            "nothing to write"
-        )
+    rejects, keep = _rejects_and_kept(root, found, names, checks, skip_invalid)
     keys = [names[i][0] for i in keep]
     cover = None
     if chosen is not None:
