@@ -1,7 +1,10 @@
 """From a data root to a checked manifest: discover, check in parallel, split, write.
 
 ``prepare_dataset`` is what ``segbalance prepare`` and the demo call; ``build_manifest``
-does the same in memory for stages that accept a data folder instead of a manifest.
+does the same in memory for stages that accept a data folder instead of a manifest. With
+``classes`` every mask is checked against a classes file (:mod:`segbalance.data.class_masks`)
+and ``group_by`` may draw the groups from the classes (:mod:`segbalance.data.class_groups`):
+the split is decided first, rarity then measured on its train rows.
 
 Example:
     >>> result = prepare_dataset("data", valid_fraction=0.2, seed=0)
