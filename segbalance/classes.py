@@ -182,6 +182,8 @@ def load_classes(path: str | Path) -> ClassSet:
         UserError: unreadable file, bad YAML or an invalid class, naming the file and key.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"classes file {path} is a folder; give the YAML file itself")
     if not path.is_file():
         raise UserError(f"classes file {path} does not exist; write one (see 'prepare --help')")
     try:

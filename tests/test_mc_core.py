@@ -89,6 +89,8 @@ def test_classes_file_errors_name_the_file_and_key(tmp_path, text, expected):
 def test_classes_file_missing_or_not_yaml(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_classes(tmp_path / "nope.yaml")
+    with pytest.raises(UserError, match="is a folder"):
+        load_classes(tmp_path)
     bad = tmp_path / "bad.yaml"
     bad.write_text("classes: [unclosed")
     with pytest.raises(UserError, match="cannot read classes file"):
