@@ -51,6 +51,7 @@ MULTICLASS_HEADER = (
     "IoU per group and class; iou = mean over foreground classes (background excluded); "
     "'-' = class absent (no true and no predicted pixel)"
 )
+MULTICLASS_FOOT = "classes          most probable per pixel, at original mask size (dice: --json)"
 JSON_KEYS = (
     "groups",
     "classes",  # multiclass only
@@ -64,13 +65,14 @@ JSON_KEYS = (
 )
 
 
-def load_data(data: str | Path, split: str | None = None) -> Any:
+def load_data(data: str | Path, split: str | None = None, classes: ClassSet | None = None) -> Any:
     """A manifest from a CSV file or a data root, restricted to ``split``.
 
     Args:
         data: a manifest CSV written by ``segbalance prepare``, or a data root in one of
             the layouts ``prepare`` understands (checked on the fly, nothing written).
         split: ``train``, ``valid``, ``test``, or ``None``/``all`` for every row.
+        classes: a multiclass model's classes: a data root's masks are read as theirs.
 
     Raises:
         UserError: missing path, unknown split, or no rows in the split.
@@ -78,7 +80,7 @@ def load_data(data: str | Path, split: str | None = None) -> Any:
     path = Path(data)
     if path.is_dir():  # discovered and checked in memory, no manifest written
         try:
-            manifest = build_manifest(path, progress=False)
+            manifest = build_manifest(path, progress=False, classes=classes)
         except InvalidDataError as err:
             # prepare's own advice names prepare's flags (--skip-invalid, --mask-*), which
             # evaluate does not have: say how to get there.
@@ -261,8 +263,8 @@ def evaluate(
         raise UserError(f"--bootstrap must be >= 0 (0: no intervals), got {bootstrap}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
-    manifest = load_data(data, split)
     meta = read_meta(model_path)
+    manifest = load_data(data, split, meta.class_set)
     check_classes(meta, manifest, model_path, data)  # before any file is opened
     spec = meta.class_set
     if spec is not None and threshold is not None:
@@ -368,9 +370,7 @@ def _group_rows(result: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[str
 
 
 def format_evaluation(result: dict[str, Any]) -> str:
-    """A terminal table: one row per group, then the summary lines.
-
-    A multiclass result shows group x class IoU, and an all-pixel row.
+    """A terminal table: one row per group (multiclass: x class IoU), then the summary lines.
 
     Example:
         >>> print(format_evaluation(evaluate(model, manifest)))  # doctest: +SKIP
@@ -390,10 +390,8 @@ def format_evaluation(result: dict[str, Any]) -> str:
     )
     which = ", mean over foreground classes" if multiclass else ""
     lines.append(f"overall_iou      {_fmt(result['overall_iou'])}   (all pixels{which})")
-    if multiclass:
-        lines.append("classes          argmax per pixel at original mask size; dice etc.: --json")
-    else:
-        lines.append(f"threshold        {result['threshold']:g}   (metrics at original mask size)")
+    last = f"threshold        {result['threshold']:g}   (metrics at original mask size)"
+    lines.append(MULTICLASS_FOOT if multiclass else last)
     unknown = set(result.get("unknown_groups", []))
     if unknown:
         lines.append(f"* not a training group of this model: {', '.join(sorted(unknown))}")

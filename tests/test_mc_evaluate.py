@@ -267,3 +267,14 @@ def test_multiclass_model_on_binary_data_is_refused(case, tmp_path) -> None:
     csv = write_manifest(manifest, root / "manifest.csv")
     with pytest.raises(UserError, match="3-class model .* binary masks .*--classes"):
         evaluate(model, csv)
+
+
+def test_a_data_root_is_read_with_the_models_classes(case) -> None:
+    from segbalance.evaluate import evaluate
+
+    model, csv = case
+    from_root = evaluate(model, csv.parent.parent, bootstrap=0)  # prepared on the fly
+    from_csv = evaluate(model, csv, bootstrap=0)
+    for name, entry in from_csv["classes"].items():
+        assert from_root["classes"][name] == pytest.approx(entry)
+    assert from_root["overall_iou"] == pytest.approx(from_csv["overall_iou"])

@@ -13,6 +13,11 @@ segbalance evaluate runs/exp/best.keras data/segbalance/manifest.csv --split val
 segbalance evaluate runs/exp/best.keras data/nails --json runs/exp/eval.json
 segbalance evaluate best.keras manifest.csv --threshold 0.4 --batch-size 16
 segbalance evaluate best.keras manifest.csv --bootstrap 0     # no intervals (faster)
+
+A multiclass model (trained with a classes file) is evaluated on data with the same classes:
+the table shows each group's IoU per class, and a group's iou is the mean over its
+foreground classes (background excluded); a class absent from a group (no true and no
+predicted pixel) shows '-' (null in --json) and is left out of that mean.
 """
 
 
@@ -39,7 +44,10 @@ def register(sub: Any) -> None:
         help="rows to evaluate",
     )
     parser.add_argument(
-        "--threshold", type=float, default=None, help="probability threshold (default: model's)"
+        "--threshold",
+        type=float,
+        default=None,
+        help="probability threshold (default: model's; binary models only)",
     )
     parser.add_argument(
         "--json",
