@@ -6,6 +6,12 @@ float32 in 0..255 (or uint8 for the SavedModel's ``serve_uint8`` endpoint), in; 
 * ``probabilities``: float32 [B, H, W, 1], sigmoid of the logits;
 * ``mask``: uint8 [B, H, W, 1] in {0, 1}, ``sigmoid(logit) > threshold`` (the model's).
 
+A multiclass model (K classes in its file) gives instead:
+
+* ``probabilities``: float32 [B, H, W, K], the softmax over the classes (file order);
+* ``mask``: uint8 [B, H, W, 1], the label map: the classes file's value of the most
+  probable class (argmax; no threshold).
+
 Resizing to and from the training size is left to the caller (``segbalance predict`` does
 it for files). A model trained under mixed precision is rebuilt in float32 first, so the
 exported graph runs on any CPU and converts to TFLite. The SavedModel folder also holds
@@ -28,7 +34,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from segbalance.artifacts import META_MEMBER, ModelMeta, load_model
+from segbalance.artifacts import META_MEMBER, ModelMeta, load_model, read_meta
+from segbalance.classes import ClassSet
 from segbalance.errors import UserError, unknown_name_error
 from segbalance.io import (
     atomic_dir,
@@ -69,9 +76,28 @@ def float32_model(model: Any) -> Any:
     return clone
 
 
-def serving_function(model: Any, threshold: float) -> Callable[[Any], dict[str, Any]]:
-    """``images f32[B,H,W,3] 0..255 -> {"probabilities", "mask"}`` around ``model``."""
+def serving_function(
+    model: Any, threshold: float, classes: ClassSet | None = None
+) -> Callable[[Any], dict[str, Any]]:
+    """``images f32[B,H,W,3] 0..255 -> {"probabilities", "mask"}`` around ``model``.
+
+    ``classes``: a multiclass model's; softmax probabilities and the argmax's class values.
+    """
     cut = logit_threshold(threshold)
+    if classes is not None:
+        values = list(classes.values)
+
+        def serve_classes(images: Any) -> dict[str, Any]:
+            logits = tf.cast(model(tf.cast(images, tf.float32), training=False), tf.float32)
+            best = tf.argmax(logits, axis=-1, output_type=tf.int32)
+            # a constant of the graph (not a captured tensor, which ONNX would make an input)
+            table = tf.constant(values, tf.uint8)
+            return {
+                "probabilities": tf.nn.softmax(logits, axis=-1),
+                "mask": tf.gather(table, best)[..., None],
+            }
+
+        return serve_classes
 
     def serve(images: Any) -> dict[str, Any]:
         logits = tf.cast(model(tf.cast(images, tf.float32), training=False), tf.float32)
@@ -93,7 +119,7 @@ def _specs(meta: ModelMeta) -> tuple[Any, Any]:
 
 def write_savedmodel(model: Any, meta: ModelMeta, path: Path, threshold: float) -> None:
     """Write a SavedModel with ``serve`` (= ``serving_default``, float) and ``serve_uint8``."""
-    serve = serving_function(model, threshold)
+    serve = serving_function(model, threshold, meta.class_set)
     float_spec, uint8_spec = _specs(meta)
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -141,7 +167,8 @@ def write_onnx(model: Any, meta: ModelMeta, path: Path, threshold: float) -> Non
         ) from err
     _patch_tf2onnx_for_numpy2()
     float_spec, _ = _specs(meta)
-    fn = tf.function(serving_function(model, threshold), input_signature=[float_spec])
+    serve = serving_function(model, threshold, meta.class_set)
+    fn = tf.function(serve, input_signature=[float_spec])
     tf2onnx.convert.from_function(fn, input_signature=[float_spec], output_path=str(path))
 
 
@@ -179,16 +206,23 @@ def export_model(
         model_path: a ``.keras`` file written by ``segbalance train``.
         fmt: ``savedmodel`` (a folder), ``tflite`` (a ``.tflite`` file) or ``onnx``.
         out: where to write.
-        threshold: mask threshold baked into the export; default the model's.
+        threshold: mask threshold baked into the export; default the model's (binary
+            models only: a multiclass mask is the most probable class).
         overwrite: replace an existing ``out``.
 
     Raises:
-        UserError: unknown format, bad ``out``, or tf2onnx missing for ONNX.
+        UserError: unknown format, bad ``out``, a threshold for a multiclass model, or
+            tf2onnx missing for ONNX.
     """
     if fmt not in FORMATS:
         raise unknown_name_error("export format", fmt, FORMATS)
     out = Path(out)
     _check_out(fmt, out, overwrite)
+    if threshold is not None and read_meta(model_path).class_set is not None:
+        raise UserError(
+            f"--threshold {threshold}: {model_path} is a multiclass model, whose mask is the "
+            "most probable class (no threshold); drop --threshold"
+        )
     keras_model, meta = load_model(model_path)
     model = float32_model(keras_model)
     t = float(meta.threshold if threshold is None else threshold)

@@ -14,6 +14,15 @@ no two inputs share an output::
     OUT/overlays/<rel>/<name>.png       image with a tinted mask and its contour (--overlay)
     OUT/probabilities/<rel>/<name>.png  foreground probability x 255 (--probabilities)
 
+A multiclass model (its file carries the classes) takes the most probable class per pixel
+(argmax of the resized logits, no threshold) and writes::
+
+    OUT/masks/<rel>/<name>.png                  label masks: each pixel its class's value
+    OUT/colors/<rel>/<name>.png                 each pixel its class's colour (--colors)
+    OUT/overlays/<rel>/<name>.png               classes tinted and outlined in their colours,
+                                                a legend of class names below (--overlay)
+    OUT/probabilities/<class>/<rel>/<name>.png  each class's probability x 255
+
 ``OUT`` is checked before any work (a folder, writable, holding no file of the user's
 that an output would replace) and carries a ``.segbalance`` marker when predict created
 it; files in marked folders (earlier outputs, wherever ``--out`` was) are never inputs.
@@ -30,36 +39,39 @@ Example:
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from segbalance.artifacts import ModelMeta, check_image_size, load_model
+from segbalance.artifacts import ModelMeta, NoMetadataError, check_image_size, load_model, read_meta
+from segbalance.classes import ClassSet
 from segbalance.data.check import DEFAULT_MAX_PIXELS
 from segbalance.errors import Problem, UserError
-from segbalance.io import MARKER, atomic_path, check_output_path, is_marked, mark_dir
+from segbalance.io import atomic_path, check_output_path
 from segbalance.metrics import logit_threshold
-from segbalance.pipeline.decode import load_image, preprocess_for_model
+from segbalance.pipeline.decode import preprocess_for_model
 from segbalance.predict_inputs import (
     EARLIER,
-    MARKER_KIND,
     OUTPUT_DIRS,
+    Outputs,
+    check_targets,
     clashes,
     expand_inputs,
+    make_out,
     output_names,
+    read_input,
 )
 
 TINT = np.array([0, 220, 255], np.float32)  # cyan: distinct from skin and common polish
 CONTOUR = np.array([255, 230, 0], np.uint8)  # yellow
 TINT_ALPHA = 0.45
-FIX_IMAGE = "re-export the image as PNG or JPEG, or remove it"
 
 
 @dataclass
@@ -69,24 +81,6 @@ class PredictResult:
     written: list[dict[str, str]] = field(default_factory=list)
     failed: list[Problem] = field(default_factory=list)
     ignored: list[Problem] = field(default_factory=list)  # earlier outputs, non-image files
-
-
-def _check_targets(out: Path, names: Sequence[Path], kinds: Sequence[str]) -> None:
-    """Refuse outputs that would replace files in an --out that predict did not create."""
-    for kind in kinds:
-        if (out / kind).exists() and not (out / kind).is_dir():
-            raise UserError(f"--out {out}: {out / kind} is a file, not a folder; move it")
-    if not out.is_dir() or is_marked(out, MARKER_KIND):
-        return
-    # In a folder of the user's, an output folder predict made itself (marked) is predict's.
-    mine = [k for k in kinds if not is_marked(out / k, MARKER_KIND)]
-    taken = [out / k / n for k in mine for n in names if os.path.lexists(out / k / n)]
-    if taken:
-        raise UserError(
-            f"--out {out} already holds {taken[0]} ({len(taken)} output(s) in all), and "
-            f"segbalance did not create {out} (no {MARKER} file), so they may be your files; "
-            "choose a new or empty --out, or move them"
-        )
 
 
 def save_png(array: np.ndarray, path: Path) -> None:
@@ -106,6 +100,14 @@ def _erode(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def _edge(mask: np.ndarray) -> np.ndarray:
+    """The contour of a binary mask: 1 px, thicker on large images."""
+    edge = mask & ~_erode(mask)
+    for _ in range(max(0, min(mask.shape) // 256)):  # thicker contour on large images
+        edge = edge | (~_erode(~edge) & mask)
+    return edge
+
+
 def overlay_image(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The image with the mask tinted and its contour drawn (uint8 RGB, same size).
 
@@ -116,21 +118,67 @@ def overlay_image(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     mask = mask.astype(bool)
     out = image.astype(np.float32)
     out[mask] = (1 - TINT_ALPHA) * out[mask] + TINT_ALPHA * TINT
-    edge = mask & ~_erode(mask)
-    for _ in range(max(0, min(mask.shape) // 256)):  # thicker contour on large images
-        edge = edge | (~_erode(~edge) & mask)
+    edge = _edge(mask)
     result = np.clip(np.round(out), 0, 255).astype(np.uint8)
     result[edge] = CONTOUR
     return result
 
 
-class _Predictor:
-    """Holds the model and writes the outputs of one batch."""
+def _font(size: int) -> Any:
+    try:
+        return ImageFont.load_default(size)
+    except (ImportError, OSError):  # a Pillow without FreeType: its fixed bitmap font
+        return ImageFont.load_default()
 
-    def __init__(self, model: Any, image_size: tuple[int, int], threshold: float) -> None:
+
+def with_legend(image: np.ndarray, names: list[str], palette: np.ndarray) -> np.ndarray:
+    """The image above a white strip naming each class beside its colour (uint8 RGB).
+
+    The image keeps its pixels (top-left aligned); the strip widens it if the names need it.
+    """
+    h, w = image.shape[:2]
+    font = _font(max(10, min(h, w) // 30))
+    line = int(font.getbbox("Ag")[3]) + 4
+    text_w = max(int(font.getlength(n)) for n in names)
+    canvas = Image.new("RGB", (max(w, 3 * line // 2 + text_w + 8), h + line * len(names) + 4))
+    canvas.paste((255, 255, 255), (0, 0, canvas.width, canvas.height))
+    canvas.paste(Image.fromarray(image), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, (name, rgb) in enumerate(zip(names, palette, strict=True)):
+        y = h + 2 + i * line
+        box = (4, y + 2, 4 + line - 4, y + line - 2)
+        draw.rectangle(box, fill=tuple(int(c) for c in rgb), outline=(0, 0, 0))
+        draw.text((line + 6, y + 1), name, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
+def class_overlay(image: np.ndarray, labels: np.ndarray, spec: ClassSet) -> np.ndarray:
+    """The image with each foreground class tinted and outlined in its colour, and a legend.
+
+    Example:
+        >>> class_overlay(np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), np.uint8), spec)
+        ...  # doctest: +SKIP
+    """
+    palette = spec.palette()
+    out = image.astype(np.float32)
+    fg = labels > 0
+    out[fg] = (1 - TINT_ALPHA) * out[fg] + TINT_ALPHA * palette[labels[fg]].astype(np.float32)
+    result = np.clip(np.round(out), 0, 255).astype(np.uint8)
+    for k in range(1, spec.num_classes):
+        result[_edge(labels == k)] = palette[k]
+    return with_legend(result, spec.foreground, palette[1:])
+
+
+class _Predictor:
+    """Holds the model and turns its logits into outputs at each image's size."""
+
+    def __init__(
+        self, model: Any, image_size: tuple[int, int], threshold: float, spec: ClassSet | None
+    ) -> None:
         self.model = model
         self.image_size = image_size
         self.cut = logit_threshold(threshold)
+        self.spec = spec
 
         @tf.function(reduce_retracing=True)
         def resize(logits: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
@@ -143,54 +191,14 @@ class _Predictor:
         return np.asarray(self.model(batch, training=False), np.float32)
 
     def outputs(self, image: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(mask bool[h, w], probability float[h, w]) at the image's own size."""
-        full = np.asarray(self.resize(logits, np.array(image.shape[:2], np.int32)))[..., 0]
-        return full > self.cut, 0.5 + 0.5 * np.tanh(0.5 * full)  # sigmoid, no overflow
-
-
-def _damage(path: Path) -> str:
-    """Why a file PIL could open does not decode, in PIL's words (plainer than TF's)."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-    except (OSError, SyntaxError, ValueError) as err:
-        return f"damaged or truncated image ({err})"
-    return "the image decoder cannot read it (damaged, or an unsupported variant)"
-
-
-def _over_cap(shown: str, pixels: int, size: str, max_pixels: int) -> Problem:
-    return Problem(
-        shown,
-        f"{size}{pixels / 1e6:.1f} Mpx is over the pixel cap {max_pixels / 1e6:.1f} Mpx",
-        "downscale or tile it, or raise --max-pixels if the memory allows",
-    )
-
-
-def read_input(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | Problem:
-    """One input as uint8 RGB, or a Problem in plain words (checked with PIL first).
-
-    The header gives the size before any pixel is decoded, so a decompression bomb is
-    refused without the memory it would take.
-    """
-    shown = str(path)
-    try:
-        if path.stat().st_size == 0:
-            return Problem(shown, "empty file (0 bytes)", FIX_IMAGE)
-        with Image.open(path) as img:
-            width, height = img.size
-    except Image.DecompressionBombError as err:  # PIL's own cap, far above ours
-        found = re.search(r"\((\d+) pixels\)", str(err))
-        return _over_cap(shown, int(found.group(1)) if found else 0, "", max_pixels)
-    except UnidentifiedImageError:
-        return Problem(shown, "not an image (no known image format inside)", FIX_IMAGE)
-    except OSError as err:
-        return Problem(shown, f"cannot be read ({err.strerror or err})", "check the file")
-    if width * height > max_pixels:
-        return _over_cap(shown, width * height, f"{width}x{height} = ", max_pixels)
-    try:
-        return load_image(path)
-    except (UserError, OSError):
-        return Problem(shown, _damage(path), FIX_IMAGE)
+        """At the image's own size: binary (mask bool[h, w], probability f[h, w]);
+        multiclass (class indices uint8 [h, w], probabilities f[h, w, K])."""
+        full = np.asarray(self.resize(logits, np.array(image.shape[:2], np.int32)))
+        if self.spec is None:
+            full = full[..., 0]
+            return full > self.cut, 0.5 + 0.5 * np.tanh(0.5 * full)  # sigmoid, no overflow
+        shifted = np.exp(full - full.max(axis=-1, keepdims=True))
+        return full.argmax(axis=-1).astype(np.uint8), shifted / shifted.sum(-1, keepdims=True)
 
 
 def _model(
@@ -225,6 +233,25 @@ def _check_args(batch_size: int, threshold: float | None, image_size: Any, pixel
             raise UserError(f"--image-size: {err}") from err
 
 
+def _classes(model_path: str | Path, colors: bool, threshold: float | None) -> ClassSet | None:
+    """A segbalance model's classes (None: binary or a plain Keras model), flags checked."""
+    try:
+        spec = read_meta(model_path).class_set
+    except NoMetadataError:  # a plain Keras model: binary, or refused by load_model
+        spec = None
+    if spec is None and colors:
+        raise UserError(
+            f"--colors is for multiclass models; {model_path} is binary (its masks are 0/255): "
+            "drop --colors, or use --overlay"
+        )
+    if spec is not None and threshold is not None:
+        raise UserError(
+            f"--threshold {threshold}: {model_path} is a multiclass model, whose pixels take "
+            "the most probable class (no threshold); drop --threshold"
+        )
+    return spec
+
+
 def predict(
     model_path: str | Path,
     inputs: Sequence[str | Path],
@@ -232,6 +259,7 @@ def predict(
     *,
     overlay: bool = False,
     probabilities: bool = False,
+    colors: bool = False,
     threshold: float | None = None,
     image_size: Sequence[int] | None = None,
     batch_size: int = 8,
@@ -245,9 +273,11 @@ def predict(
             model, given ``image_size`` and ``threshold``).
         inputs: files, folders (recursive) or glob patterns.
         out: output folder (created and marked).
-        overlay: also write the image with the mask tinted and outlined.
-        probabilities: also write 8-bit probability maps.
-        threshold: probability threshold; default the model's.
+        overlay: also write the image with the mask tinted and outlined (multiclass: each
+            class in its colour, with a legend of class names below).
+        probabilities: also write 8-bit probability maps (multiclass: one per class).
+        colors: also write colour masks (multiclass models only).
+        threshold: probability threshold; default the model's (binary models only).
         image_size: (height, width) of a plain Keras model; must match a segbalance one.
         batch_size: images per forward pass.
         max_pixels: skip larger images (decompression bombs, out of memory).
@@ -261,11 +291,13 @@ def predict(
     out = Path(out)
     check_output_path(out, "--out", folder=True)
     files, names, result = _plan(inputs, out)
-    where = Outputs(out, overlay, probabilities)
-    _check_targets(out, names, where.kinds)
+    spec = _classes(model_path, colors, threshold)
+    where = Outputs(out, overlay, probabilities, colors, tuple(spec.names) if spec else ())
+    check_targets(where, names)
     model, meta = _model(model_path, image_size, threshold)
     t = float(meta.threshold if threshold is None else threshold)
-    predictor = _Predictor(model, (int(meta.image_size[0]), int(meta.image_size[1])), t)
+    size = (int(meta.image_size[0]), int(meta.image_size[1]))
+    predictor = _Predictor(model, size, t, meta.class_set)
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress)
     pairs = list(zip(files, names, strict=True))
     for start in range(0, len(pairs), batch_size):
@@ -275,7 +307,7 @@ def predict(
         result.failed += [im for _, _, im in loaded if isinstance(im, Problem)]
         if good:
             if not result.written:  # created only now: no empty --out when every input fails
-                _make_out(out, where.kinds)
+                make_out(where)
             logits = predictor.logits([im for _, _, im in good])
             for (f, name, image), lg in zip(good, logits, strict=True):
                 result.written.append(_write(predictor, f, where, name, image, lg, result))
@@ -306,37 +338,37 @@ def _plan(inputs: Sequence[str | Path], out: Path) -> tuple[list[Path], list[Pat
     return [files[i] for i in keep], [names[i] for i in keep], result
 
 
-def _make_out(out: Path, kinds: Sequence[str]) -> None:
-    """Create --out and mark it when it is new or empty (then no file in it is the user's).
-
-    In a folder of the user's, the output folders predict creates (masks/, ...) are marked
-    instead, so a second run may replace its own outputs there and nothing else.
-    """
-    try:
-        fresh = not out.exists() or not any(out.iterdir())
-        out.mkdir(parents=True, exist_ok=True)
-        if fresh:
-            mark_dir(out, MARKER_KIND)
-            return
-        for kind in kinds:
-            if not (out / kind).exists():
-                (out / kind).mkdir()
-                mark_dir(out / kind, MARKER_KIND)
-    except OSError as err:
-        raise UserError(f"--out {out}: cannot create it ({err.strerror or err})") from err
+Target = tuple[str, str, Callable[[], np.ndarray]]  # (result key, folder under --out, pixels)
 
 
-@dataclass(frozen=True)
-class Outputs:
-    """Where outputs go and which are written."""
+def _targets(
+    predictor: _Predictor, where: Outputs, image: np.ndarray, logits: np.ndarray
+) -> list[Target]:
+    """What one input's outputs are and where they go (pixels made only when written)."""
+    mask, prob = predictor.outputs(image, logits)
+    spec = predictor.spec
+    if spec is None:
+        targets: list[Target] = [("mask", "masks", lambda: mask.astype(np.uint8) * 255)]
+        if where.overlay:
+            targets.append(("overlay", "overlays", lambda: overlay_image(image, mask)))
+        if where.probabilities:
+            targets.append(("probabilities", "probabilities", lambda: np.round(prob * 255)))
+        return targets
+    values = np.array(spec.values, np.uint8)  # label masks hold the classes file's values
+    targets = [("mask", "masks", lambda: values[mask])]
+    if where.colors:
+        targets.append(("colors", "colors", lambda: spec.palette()[mask]))
+    if where.overlay:
+        targets.append(("overlay", "overlays", lambda: class_overlay(image, mask, spec)))
+    if where.probabilities:
+        for k, name in enumerate(spec.names):
+            make = partial(_probability_map, prob, k)
+            targets.append((f"probabilities_{name}", f"probabilities/{name}", make))
+    return targets
 
-    out: Path
-    overlay: bool
-    probabilities: bool
 
-    @property
-    def kinds(self) -> list[str]:
-        return ["masks"] + ["overlays"] * self.overlay + ["probabilities"] * self.probabilities
+def _probability_map(prob: np.ndarray, k: int) -> np.ndarray:
+    return np.round(prob[..., k] * 255)
 
 
 def _write(
@@ -349,14 +381,8 @@ def _write(
     result: PredictResult,
 ) -> dict[str, str]:
     """Write one input's outputs; a failed write (full disk) stops the run, cleanly."""
-    mask, prob = predictor.outputs(image, logits)
     written = {"input": str(source)}
-    targets = [("mask", "masks", lambda: mask.astype(np.uint8) * 255)]
-    if where.overlay:
-        targets.append(("overlay", "overlays", lambda: overlay_image(image, mask)))
-    if where.probabilities:
-        targets.append(("probabilities", "probabilities", lambda: np.round(prob * 255)))
-    for key, kind, make in targets:
+    for key, kind, make in _targets(predictor, where, image, logits):
         path = where.out / kind / name
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,20 +1,28 @@
-"""Input discovery and output naming of predict: files, folders and globs -> images, names."""
+"""Predict's inputs and outputs: files, folders and globs found and read; output names, folders."""
 
 from __future__ import annotations
 
 import glob
 import os
+import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from segbalance.errors import Problem
-from segbalance.io import is_marked
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from segbalance.data.check import DEFAULT_MAX_PIXELS
+from segbalance.errors import Problem, UserError
+from segbalance.io import MARKER, is_marked, mark_dir
+from segbalance.pipeline.decode import load_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-OUTPUT_DIRS = ("masks", "overlays", "probabilities")
+OUTPUT_DIRS = ("masks", "colors", "overlays", "probabilities")
 MARKER_KIND = "predict"  # the kind in the .segbalance marker of a folder predict created
 EARLIER = "an earlier output of segbalance predict"
 NOT_IMAGE = "not an image file name (" + ", ".join(IMAGE_EXTENSIONS) + ")"
+FIX_IMAGE = "re-export the image as PNG or JPEG, or remove it"
 
 
 def _is_image(path: Path) -> bool:
@@ -149,3 +157,123 @@ def clashes(names: Sequence[Path]) -> dict[int, int]:
         for p in parts:
             folders.setdefault(p, i)
     return found
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where outputs go and which are written.
+
+    ``classes``: a multiclass model's class names; its probabilities go one folder per
+    class (``probabilities/<class>/``), each file named as the input's mask.
+    """
+
+    out: Path
+    overlay: bool
+    probabilities: bool
+    colors: bool = False
+    classes: tuple[str, ...] = ()
+
+    @property
+    def kinds(self) -> list[str]:
+        """The output folders directly under ``out``."""
+        return (
+            ["masks"]
+            + ["colors"] * self.colors
+            + ["overlays"] * self.overlay
+            + ["probabilities"] * self.probabilities
+        )
+
+    @property
+    def folders(self) -> list[str]:
+        """Every folder (relative to ``out``) that gets one file per input."""
+        probs = [f"probabilities/{c}" for c in self.classes] or ["probabilities"]
+        return [k for k in self.kinds if k != "probabilities"] + probs * self.probabilities
+
+
+def check_targets(where: Outputs, names: Sequence[Path]) -> None:
+    """Refuse outputs that would replace files in an --out that predict did not create.
+
+    Raises:
+        UserError: an output folder is a file, or an output would replace a file there.
+    """
+    out = where.out
+    for kind in where.kinds:
+        if (out / kind).exists() and not (out / kind).is_dir():
+            raise UserError(f"--out {out}: {out / kind} is a file, not a folder; move it")
+    if not out.is_dir() or is_marked(out, MARKER_KIND):
+        return
+    # In a folder of the user's, an output folder predict made itself (marked) is predict's.
+    mine = [f for f in where.folders if not is_marked(out / f.split("/")[0], MARKER_KIND)]
+    taken = [out / f / n for f in mine for n in names if os.path.lexists(out / f / n)]
+    if taken:
+        raise UserError(
+            f"--out {out} already holds {taken[0]} ({len(taken)} output(s) in all), and "
+            f"segbalance did not create {out} (no {MARKER} file), so they may be your files; "
+            "choose a new or empty --out, or move them"
+        )
+
+
+def make_out(where: Outputs) -> None:
+    """Create --out and mark it when it is new or empty (then no file in it is the user's).
+
+    In a folder of the user's, the output folders predict creates (masks/, ...) are marked
+    instead, so a second run may replace its own outputs there and nothing else.
+    """
+    out = where.out
+    try:
+        fresh = not out.exists() or not any(out.iterdir())
+        out.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            mark_dir(out, MARKER_KIND)
+            return
+        for kind in where.kinds:
+            if not (out / kind).exists():
+                (out / kind).mkdir()
+                mark_dir(out / kind, MARKER_KIND)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot create it ({err.strerror or err})") from err
+
+
+def _damage(path: Path) -> str:
+    """Why a file PIL could open does not decode, in PIL's words (plainer than TF's)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except (OSError, SyntaxError, ValueError) as err:
+        return f"damaged or truncated image ({err})"
+    return "the image decoder cannot read it (damaged, or an unsupported variant)"
+
+
+def _over_cap(shown: str, pixels: int, size: str, max_pixels: int) -> Problem:
+    return Problem(
+        shown,
+        f"{size}{pixels / 1e6:.1f} Mpx is over the pixel cap {max_pixels / 1e6:.1f} Mpx",
+        "downscale or tile it, or raise --max-pixels if the memory allows",
+    )
+
+
+def read_input(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | Problem:
+    """One input as uint8 RGB, or a Problem in plain words (checked with PIL first).
+
+    The header gives the size before any pixel is decoded, so a decompression bomb is
+    refused without the memory it would take.
+    """
+    shown = str(path)
+    try:
+        if path.stat().st_size == 0:
+            return Problem(shown, "empty file (0 bytes)", FIX_IMAGE)
+        with Image.open(path) as img:
+            width, height = img.size
+    except Image.DecompressionBombError as err:  # PIL's own cap, far above ours
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        return _over_cap(shown, int(found.group(1)) if found else 0, "", max_pixels)
+    except UnidentifiedImageError:
+        return Problem(shown, "not an image (no known image format inside)", FIX_IMAGE)
+    except OSError as err:
+        return Problem(shown, f"cannot be read ({err.strerror or err})", "check the file")
+    if width * height > max_pixels:
+        return _over_cap(shown, width * height, f"{width}x{height} = ", max_pixels)
+    try:
+        return load_image(path)
+    except (UserError, OSError):
+        return Problem(shown, _damage(path), FIX_IMAGE)

@@ -20,7 +20,8 @@ def register(sub: Any) -> None:
         sub,
         "export",
         "Export a trained model: inputs are images of the training size (float 0..255 or "
-        "uint8), outputs 'probabilities' and 'mask' (threshold from the model file).",
+        "uint8), outputs 'probabilities' and 'mask' (threshold from the model file; a "
+        "multiclass model: per-class softmax and the most probable class's value).",
         EXAMPLES,
         run,
     )
@@ -30,7 +31,10 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="folder (savedmodel) or file")
     parser.add_argument(
-        "--threshold", type=float, default=None, help="mask threshold (default: model's)"
+        "--threshold",
+        type=float,
+        default=None,
+        help="mask threshold (default: model's; binary models only)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
@@ -53,5 +57,14 @@ def run(args: argparse.Namespace) -> int:
     h, w = meta.image_size
     print(f"exported {args.model} as {args.fmt} to {out}")
     print(f"input: images [batch, {h}, {w}, 3] float32 0..255 (SavedModel also: serve_uint8)")
-    print("outputs: probabilities [batch, H, W, 1] float32; mask [batch, H, W, 1] uint8 0/1")
+    spec = meta.class_set
+    if spec is None:
+        print("outputs: probabilities [batch, H, W, 1] float32; mask [batch, H, W, 1] uint8 0/1")
+        return 0
+    k, values = spec.num_classes, ", ".join(map(str, spec.values))
+    print(
+        f"outputs: probabilities [batch, H, W, {k}] float32, softmax over "
+        f"{', '.join(spec.names)}; mask [batch, H, W, 1] uint8, the most probable class's "
+        f"value ({values})"
+    )
     return 0

@@ -15,9 +15,15 @@ segbalance predict runs/exp/best.keras photos/ --out predictions
 segbalance predict best.keras "shots/**/*.jpg" one.png --out out --overlay --probabilities
 segbalance predict best.keras photos/ --out out --threshold 0.4 --batch-size 16
 segbalance predict plain_keras.keras photos/ --out out --image-size 256 256 --threshold 0.5
+segbalance predict multiclass.keras photos/ --out out --colors --overlay --probabilities
 
 Output names: the input's full file name plus .png, mirrored below the inputs' common
 folder (photos/a/x.jpg -> OUT/masks/a/x.jpg.png), so a.jpg and a.png never share a mask.
+
+A multiclass model (trained with a classes file) writes label masks holding each class's
+value from the classes file, --colors colour masks (the file's colours), --overlay the
+classes tinted with a legend of class names, --probabilities one map per class
+(OUT/probabilities/<class>/...).
 """
 
 
@@ -25,9 +31,9 @@ def register(sub: Any) -> None:
     parser = add_command(
         sub,
         "predict",
-        "Write masks at each image's original size (PNG 0/255) for files, folders "
-        "(recursive) or globs; unreadable files are reported and skipped (exit 2). --out is "
-        "checked first, and outputs of earlier runs are never inputs.",
+        "Write masks at each image's original size (PNG 0/255; multiclass: class values) "
+        "for files, folders (recursive) or globs; unreadable files are reported and skipped "
+        "(exit 2). --out is checked first, and outputs of earlier runs are never inputs.",
         EXAMPLES,
         run,
     )
@@ -44,10 +50,20 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--overlay", action="store_true", help="also write tinted overlays")
     parser.add_argument(
-        "--probabilities", action="store_true", help="also write 8-bit probability maps"
+        "--probabilities",
+        action="store_true",
+        help="also write 8-bit probability maps (multiclass: one per class)",
     )
     parser.add_argument(
-        "--threshold", type=float, default=None, help="probability threshold (default: model's)"
+        "--colors",
+        action="store_true",
+        help="multiclass models: also write colour masks (OUT/colors/) in the classes' colours",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="probability threshold (default: model's; binary models only)",
     )
     parser.add_argument(
         "--image-size",
@@ -79,13 +95,15 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         overlay=args.overlay,
         probabilities=args.probabilities,
+        colors=args.colors,
         threshold=args.threshold,
         image_size=args.image_size,
         batch_size=args.batch_size,
         max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels,
         progress=not args.quiet,
     )
-    kinds = ["masks"] + ["overlays"] * args.overlay + ["probabilities"] * args.probabilities
+    kinds = ["masks"] + ["colors"] * args.colors + ["overlays"] * args.overlay
+    kinds += ["probabilities"] * args.probabilities
     print(f"wrote {len(result.written)} image(s) ({', '.join(kinds)}) under {args.out}")
     for reason, count in Counter(p.problem for p in result.ignored).items():
         first = next(p.file for p in result.ignored if p.problem == reason)
