@@ -90,9 +90,9 @@ def _check_inputs(
 ) -> dict[str, bool]:
     """Everything that can be refused, before any run: data, test set, folders."""
     cfg = next(iter(configs.values()))
-    load_data(cfg)  # the same rows for every strategy; files checked once
-    if test is not None:
-        rows = load_eval_data(test)
+    train = load_data(cfg)[0]  # the same rows for every strategy; files checked once
+    if test is not None:  # a test folder's masks are read with the training data's classes
+        rows = load_eval_data(test, classes=train.classes)
         check_files(rows, str(test))
     if work_dir.exists() and not work_dir.is_dir():
         raise UserError(f"--work-dir {work_dir} is a file; pass a folder")
