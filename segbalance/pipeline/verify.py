@@ -89,4 +89,24 @@ def undecodable(manifest: Manifest, rows: Iterable[int]) -> list[Problem]:
         except DATA_ERRORS as err:
             pair = f"{manifest.image[i]} / {manifest.mask[i]}"
             problems.append(Problem(pair, f"damaged or truncated: {plain(err)}", FIX))
+        except ValueError as err:  # a PIL reader (TIFF, label mask) called eagerly
+            pair = f"{manifest.image[i]} / {manifest.mask[i]}"
+            problems.append(Problem(pair, f"damaged or truncated: {err}", FIX))
     return problems
+
+
+def pipeline_error(
+    train: Manifest, train_rows: Iterable[int], valid: Manifest, epoch: int
+) -> Exception:
+    """A decode failure inside the pipeline of epoch ``epoch`` (from 0), traced to the rows
+    that fail to decode (the train rows read that epoch and every valid row).
+
+    Returns:
+        InvalidDataError naming them, or a RuntimeError when every file decodes (a bug,
+        not the data).
+    """
+    problems = undecodable(train, train_rows)
+    problems += undecodable(valid, range(len(valid)))
+    if not problems:  # not the data: let the original error through as a bug
+        return RuntimeError(f"the input pipeline failed in epoch {epoch + 1}")
+    return InvalidDataError(problems, "the pipeline cannot decode these files")

@@ -26,8 +26,9 @@ class RunState:
         best_epoch: its epoch (-1 before).
         bad_epochs: epochs since the last improvement (early stopping).
         plateau_best, plateau_wait, lr: reduce-on-plateau state and the current rate.
-        run_loss, run_counts: sums of the step losses and [4] train counts of the epoch in
-            progress (a mid-epoch resume reports the whole epoch).
+        run_loss, run_counts: sums of the step losses and [4] train counts ([K, 4] for a
+            multiclass run, ``counts_shape``) of the epoch in progress (a mid-epoch resume
+            reports the whole epoch).
         done: the run finished (all epochs or early stop); stopped_early: by early stopping.
         group_q, group_p: adaptive balancing only (``adaptive=(epochs, groups)``): the
             weights q after the last update [G] and the mix p_e each epoch samples from
@@ -35,7 +36,12 @@ class RunState:
             run_group_loss: [G] sums of each group's train losses in the epoch in progress.
     """
 
-    def __init__(self, lr: float, adaptive: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        lr: float,
+        adaptive: tuple[int, int] | None = None,
+        counts_shape: tuple[int, ...] = (4,),
+    ) -> None:
         def var(value: Any, dtype: Any, name: str) -> Any:
             return tf.Variable(value, dtype=dtype, trainable=False, name=name)
 
@@ -48,7 +54,7 @@ class RunState:
         self.plateau_wait = var(0, tf.int64, "plateau_wait")
         self.lr = var(lr, tf.float64, "lr")
         self.run_loss = var(0.0, tf.float64, "run_loss")
-        self.run_counts = var(np.zeros(4), tf.float64, "run_counts")
+        self.run_counts = var(np.zeros(counts_shape), tf.float64, "run_counts")
         self.done = var(False, tf.bool, "done")
         self.stopped_early = var(False, tf.bool, "stopped_early")
         if adaptive is not None:  # static runs keep the checkpoint layout they always had
@@ -70,6 +76,11 @@ class RunState:
         """Assign counters by name."""
         for name, value in values.items():
             getattr(self, name).assign(value)
+
+    def next_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch``: step 0 and the running sums of the epoch cleared."""
+        zeros = np.zeros(self.run_counts.shape, np.float64)
+        self.set(epoch=epoch, step=0, run_loss=0.0, run_counts=zeros)
 
 
 def make_checkpoint(model: Any, optimizer: Any, state: RunState) -> Any:

@@ -4,6 +4,7 @@ A resume continues the plan at the checkpointed epoch and step; that is only the
 when the rows are the same. Re-preparing the data (other rows, another split, other image
 sizes, a changed ``mask_rule``) changes the plan silently, so the run records a fingerprint
 of its train and valid rows when it starts and a resume compares it, saying what changed.
+A multiclass manifest's classes are part of it (binary fingerprints are as they were).
 """
 
 from __future__ import annotations
@@ -36,11 +37,15 @@ def _digest(rows: Manifest) -> str:
 
 
 def data_fingerprint(train: Manifest, valid: Manifest) -> dict[str, Any]:
-    """Row counts per split and group, and a digest of every row (paths, group, split, size)."""
-    return {
+    """Row counts per split and group, a digest of every row (paths, group, split, size),
+    and the classes of a multiclass manifest."""
+    out: dict[str, Any] = {
         "train": {"rows": len(train), "groups": train.counts(), "sha256": _digest(train)},
         "valid": {"rows": len(valid), "groups": valid.counts(), "sha256": _digest(valid)},
     }
+    if train.classes is not None:
+        out["classes"] = train.classes.to_json()
+    return out
 
 
 def write_fingerprint(work_dir: Path, fingerprint: dict[str, Any]) -> None:
@@ -57,9 +62,22 @@ def read_fingerprint(work_dir: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _class_change(old: dict[str, Any] | None, new: dict[str, Any] | None) -> str:
+    def names(raw: dict[str, Any] | None) -> str:
+        if raw is None:
+            return "none (binary)"
+        return ", ".join(str(c.get("name")) for c in raw.get("classes", []))
+
+    if names(old) == names(new):
+        return f"classes {names(new)}: other values, colours or ignore"
+    return f"classes: {names(old)} -> {names(new)}"
+
+
 def data_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What differs between two fingerprints, one line per change ([] when the same)."""
     out: list[str] = []
+    if old.get("classes") != new.get("classes"):
+        out.append(_class_change(old.get("classes"), new.get("classes")))
     for split in ("train", "valid"):
         a, b = old.get(split, {}), new[split]
         if a.get("sha256") == b["sha256"]:

@@ -8,7 +8,9 @@ group (manifest order, so the same images every epoch and on a resume) and decod
 as validation does; after each epoch it predicts them and writes, per group, one image
 summary ``group_images/<g>`` at the epoch's step (the step of the ``group_iou/<g>``
 scalars): the image with the predicted foreground tinted red and the true mask's contour
-drawn in green.
+drawn in green. A multiclass run (the manifest has classes) writes three panels side by
+side instead: the image, the true label map and the predicted one (argmax), each class in
+its colour (:meth:`segbalance.classes.ClassSet.palette`), ignored pixels gray.
 
 tensorflow-cpu ships no tensorboard package, which ``tf.summary.image`` needs, so the
 summary is written as that function writes it: ``tf.summary.write`` of the tensor
@@ -39,6 +41,7 @@ TAG = "group_images"
 TINT = np.array([255.0, 40.0, 40.0], np.float32)  # predicted foreground
 CONTOUR = np.array([40.0, 255.0, 40.0], np.float32)  # the true mask's border
 ALPHA = 0.45  # tint strength: the photo stays readable under the prediction
+IGNORED = np.array([128, 128, 128], np.uint8)  # ignored pixels of a true label map
 
 
 def pick_rows(valid: Manifest, per_group: int = PER_GROUP) -> dict[str, list[int]]:
@@ -70,6 +73,23 @@ def overlay(image: np.ndarray, predicted: np.ndarray, mask: np.ndarray) -> np.nd
     out[fg] = (1.0 - ALPHA) * out[fg] + ALPHA * TINT
     out[contour(mask)] = CONTOUR
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def colour_labels(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3]: each class index in its palette colour, others (ignored) gray."""
+    index = np.asarray(labels).astype(np.int64)
+    inside = (index >= 0) & (index < len(palette))
+    out = np.where(inside[..., None], palette[np.clip(index, 0, len(palette) - 1)], IGNORED)
+    return out.astype(np.uint8)
+
+
+def label_panels(
+    image: np.ndarray, predicted: np.ndarray, labels: np.ndarray, palette: np.ndarray
+) -> np.ndarray:
+    """uint8 [H, 3W, 3]: the image, the true label map, the predicted one (multiclass)."""
+    photo = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    true, pred = colour_labels(labels, palette), colour_labels(predicted, palette)
+    return np.concatenate([photo, true, pred], axis=1)
 
 
 def write_images(writer: Any, tag: str, step: int, images: Sequence[np.ndarray]) -> None:
@@ -123,6 +143,7 @@ class GroupImages(keras.callbacks.Callback):
                     tf.constant(masks[i]),
                     self.size,
                     tf.constant(self.valid.mask_rule[i]),
+                    classes=self.valid.classes,
                 )
                 for i in rows
             ]
@@ -138,10 +159,17 @@ class GroupImages(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.writer is None:
             return
+        spec = self.valid.classes
         for g, (images, masks) in self.batch.items():
             logits = np.asarray(self.model(tf.constant(images), training=False), np.float32)
-            predicted = logits[..., 0] > self.logit
-            drawn = [overlay(im, p, m) for im, p, m in zip(images, predicted, masks, strict=True)]
+            if spec is None:
+                predicted = logits[..., 0] > self.logit
+                trios = zip(images, predicted, masks, strict=True)
+                drawn = [overlay(im, p, m) for im, p, m in trios]
+            else:
+                predicted, palette = logits.argmax(axis=-1), spec.palette()
+                trios = zip(images, predicted, masks, strict=True)
+                drawn = [label_panels(im, p, m, palette) for im, p, m in trios]
             write_images(self.writer, f"{TAG}/{g}", epoch + 1, drawn)
         self.writer.flush()
 

@@ -9,7 +9,11 @@ exactly once. ``epoch`` counts from 1. Columns: ``epoch, loss, iou, val_loss, va
 val_dice, mean_group_iou, worst_group_iou, worst_group, lr, seconds, images_per_s`` then
 ``iou_<g>`` and ``dice_<g>`` for every group; an adaptive run (``balance: adaptive``) adds
 ``weight_<g>`` (the mix p_e the epoch sampled from) and ``val_loss_<g>`` (each group's mean
-validation loss), and TensorBoard ``group_weight/<g>`` scalars.
+validation loss), and TensorBoard ``group_weight/<g>`` scalars. A multiclass run (the
+manifest has classes) adds ``val_iou_<class>`` for every class after the group columns
+(NaN when the class is absent from the validation set), and TensorBoard ``class_iou/<c>``
+and ``group_class_iou/<g>/<c>`` scalars; its ``iou``, ``val_iou``, ``val_dice`` and the
+group columns are means over the foreground classes (:mod:`segbalance.metrics`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from segbalance.io import write_text
-from segbalance.metrics import metrics_from_counts
+from segbalance.metrics import summary_metrics
 from segbalance.train.workdir import WorkDir
 
 BASE_COLUMNS = (
@@ -53,9 +57,13 @@ MONITORS = {
 }
 
 
-def history_columns(groups: Sequence[str], adaptive: bool = False) -> list[str]:
-    """Every column of history.csv for these groups (``adaptive``: weights, group losses)."""
+def history_columns(
+    groups: Sequence[str], adaptive: bool = False, classes: Sequence[str] | None = None
+) -> list[str]:
+    """Every column of history.csv for these groups (``adaptive``: weights, group losses;
+    ``classes``: per-class validation IoU)."""
     columns = [*BASE_COLUMNS, *(f"iou_{g}" for g in groups), *(f"dice_{g}" for g in groups)]
+    columns += [f"val_iou_{c}" for c in classes or ()]
     if adaptive:
         columns += [*(f"weight_{g}" for g in groups), *(f"val_loss_{g}" for g in groups)]
     return columns
@@ -78,13 +86,15 @@ def read_history(path: Path) -> list[dict[str, Any]]:
 
 
 def history_text(
-    rows: Sequence[Mapping[str, Any]], groups: Sequence[str], adaptive: bool = False
+    rows: Sequence[Mapping[str, Any]],
+    groups: Sequence[str],
+    adaptive: bool = False,
+    classes: Sequence[str] | None = None,
 ) -> str:
     """The CSV text of the rows, columns in :func:`history_columns` order."""
     buf = io.StringIO()
-    writer = csv.DictWriter(
-        buf, history_columns(groups, adaptive), extrasaction="ignore", lineterminator="\n"
-    )
+    columns = history_columns(groups, adaptive, classes)
+    writer = csv.DictWriter(buf, columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _fmt(v) for k, v in row.items()})
@@ -106,6 +116,7 @@ class RunLog:
         chief: write files and print (False on other workers).
         done_epochs: epochs the restored checkpoint has finished; later rows are dropped.
         adaptive: the run adapts its group weights (more columns and scalars).
+        classes: the class names of a multiclass run (per-class columns and scalars).
     """
 
     def __init__(
@@ -116,20 +127,35 @@ class RunLog:
         chief: bool,
         done_epochs: int = 0,
         adaptive: bool = False,
+        classes: Sequence[str] | None = None,
     ) -> None:
         self.wd, self.groups, self.chief, self.adaptive = wd, list(groups), chief, adaptive
+        self.classes = None if classes is None else list(classes)
         self.rows = [r for r in read_history(wd.history) if r["epoch"] <= done_epochs]
         self._writer: Any = None
         if chief:
             self._writer = tf.summary.create_file_writer(str(wd.logs))
-            write_text(wd.history, history_text(self.rows, self.groups, adaptive))
+            self._write_history()
 
-    def epoch_end(self, row: dict[str, Any], mix: Mapping[str, int]) -> None:
-        """Append a history row, write it atomically, log scalars and the group mix."""
+    def _write_history(self) -> None:
+        text = history_text(self.rows, self.groups, self.adaptive, self.classes)
+        write_text(self.wd.history, text)
+
+    def epoch_end(
+        self,
+        row: dict[str, Any],
+        mix: Mapping[str, int],
+        group_classes: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Append a history row, write it atomically, log scalars and the group mix.
+
+        ``group_classes``: a multiclass run's validation ``groups`` (evaluate JSON shape:
+        each with ``classes``), logged as ``group_class_iou/<g>/<c>``.
+        """
         self.rows.append(row)  # every worker keeps the rows: its result reports them
         if not self.chief:
             return
-        write_text(self.wd.history, history_text(self.rows, self.groups, self.adaptive))
+        self._write_history()
         total = max(sum(mix.values()), 1)
         scalars = {f"epoch/{k}": row[k] for k in ("loss", "iou", "val_loss", "val_iou")}
         scalars.update({"epoch/val_dice": row["val_dice"], "epoch/lr": row["lr"]})
@@ -142,11 +168,23 @@ class RunLog:
             if self.adaptive:
                 scalars[f"group_weight/{g}"] = row.get(f"weight_{g}")
                 scalars[f"group_val_loss/{g}"] = row.get(f"val_loss_{g}")
+        scalars.update(class_scalars(row, self.classes or (), group_classes or {}))
         write_scalars(self._writer, int(row["epoch"]), scalars)
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def class_scalars(
+    row: Mapping[str, Any], classes: Sequence[str], groups: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """TensorBoard tags of a multiclass epoch: IoU per class, and per group and class."""
+    out: dict[str, Any] = {f"class_iou/{c}": row.get(f"val_iou_{c}") for c in classes}
+    for g, entry in groups.items():
+        for c, metrics in (entry.get("classes") or {}).items():
+            out[f"group_class_iou/{g}/{c}"] = metrics.get("iou")
+    return out
 
 
 def write_scalars(writer: Any, step: int, scalars: Mapping[str, Any]) -> None:
@@ -189,8 +227,12 @@ def metrics_summary(
     epochs: int,
     stopped_early: bool,
     extra: Mapping[str, Any] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The content of metrics.json: best and last epoch, per group, and run facts."""
+    """The content of metrics.json: best and last epoch, per group, and run facts.
+
+    ``classes`` (multiclass): each epoch view adds ``classes: {<c>: {"iou"}}``.
+    """
     best = best_row(rows, monitor)
     last = rows[-1] if rows else None
 
@@ -199,6 +241,8 @@ def metrics_summary(
             return None
         view = {k: row.get(k) for k in BASE_COLUMNS}
         view["groups"] = group_table(row, groups)
+        if classes is not None:
+            view["classes"] = {c: {"iou": row.get(f"val_iou_{c}")} for c in classes}
         return view
 
     return {
@@ -249,6 +293,12 @@ def summary_line(row: Mapping[str, Any], epochs: int, monitor: str, improved: bo
     return "  ".join(parts)
 
 
+def train_iou(counts: Any) -> float:
+    """IoU of summed train counts: [4] binary, [K, 4] mean over the foreground classes."""
+    counts = np.asarray(counts, np.float64)
+    return float(summary_metrics(counts, multiclass=counts.ndim == 2)["iou"])
+
+
 def history_row(
     epoch: int,
     loss: float,
@@ -258,12 +308,15 @@ def history_row(
     val: Mapping[str, Any],
     lr: float,
 ) -> dict[str, Any]:
-    """The history row of epoch ``epoch`` (from 0): train loss/IoU, validation, speed."""
+    """The history row of epoch ``epoch`` (from 0): train loss/IoU, validation, speed.
+
+    ``counts``: the epoch's train counts, [4] or (multiclass) [K, 4].
+    """
     row: dict[str, Any] = {
         "epoch": epoch + 1,
         "loss": loss,
-        "iou": float(metrics_from_counts(*counts)["iou"]),
-        **{k: v for k, v in val.items() if k not in ("groups", "group_loss")},
+        "iou": train_iou(counts),
+        **{k: v for k, v in val.items() if k not in ("groups", "group_loss", "classes")},
         "lr": lr,
         "seconds": seconds,
         "images_per_s": seen / seconds if seconds > 0 else float("nan"),

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from segbalance.artifacts import ModelMeta
+from segbalance.classes import ClassSet
 from segbalance.config import Config
 from segbalance.train import logs as runlog
 from segbalance.train.workdir import WorkDir
@@ -57,7 +58,8 @@ def run_summary(
 
     Args:
         stopped_early: early stopping ended the run.
-        facts: what the trainer knows of the run (precision, replicas, plan, ...).
+        facts: what the trainer knows of the run (precision, replicas, plan, ...); a
+            multiclass run's ``classes`` (names) adds per-class IoU to each epoch view.
     """
     # Epoch 1 includes tracing the steps: the steady speed is that of later epochs.
     speeds = [float(r["images_per_s"]) for r in rows if runlog.is_finite(r["images_per_s"])]
@@ -73,6 +75,7 @@ def run_summary(
             "train_images_per_s": float(np.median(speeds)) if speeds else None,
             "best_model": wd.best.name if wd.best.is_file() else None,
         },
+        classes=facts.get("classes"),
     )
 
 
@@ -112,8 +115,19 @@ def result_from(
     )
 
 
-def model_meta(cfg: Config, groups: list[str], epoch: int, score: float, policy: str) -> ModelMeta:
-    """What ``best.keras`` carries for evaluate, predict and export (nanoGPT-style)."""
+def model_meta(
+    cfg: Config,
+    groups: list[str],
+    epoch: int,
+    score: float,
+    policy: str,
+    classes: ClassSet | None = None,
+) -> ModelMeta:
+    """What ``best.keras`` carries for evaluate, predict and export (nanoGPT-style).
+
+    ``classes``: a multiclass run's classes (names, values, colours, ignore), so the model
+    file alone says what its K channels mean.
+    """
     return ModelMeta(
         image_size=(int(cfg.data.image_size[0]), int(cfg.data.image_size[1])),
         groups=list(groups),
@@ -121,6 +135,7 @@ def model_meta(cfg: Config, groups: list[str], epoch: int, score: float, policy:
         preprocessing="0-255",
         output="logits",
         config=cfg.model_dump(mode="json"),
+        classes=None if classes is None else classes.to_json(),
         extra={
             "epoch": epoch,
             "monitor": cfg.train.monitor,

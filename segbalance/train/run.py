@@ -11,6 +11,10 @@ what its folder holds (``compare`` and ``cv`` run it per strategy and fold).
 A run killed at any point resumes (``resume=True``) at its last checkpoint: the same plan
 from the same epoch and step, so the finished run equals an uninterrupted one.
 
+A manifest with classes (``prepare --classes``) makes a multiclass run
+(:mod:`segbalance.train.task`): K softmax channels, ``model.classes`` taken from the
+manifest. ``config.yaml`` keeps the config as given, so a resume compares like with like.
+
 Example:
     >>> cfg = load_config(None, {"data.manifest": "data/manifest.csv", "train.epochs": 2})
     >>> result = train(cfg, "runs/first")  # doctest: +SKIP
@@ -40,6 +44,7 @@ from segbalance.train.images import GroupImages
 from segbalance.train.plan import load_data, training_plan
 from segbalance.train.result import TrainResult, complete_result
 from segbalance.train.runtime import make_runtime
+from segbalance.train.task import resolve_task
 from segbalance.train.trainer import Trainer
 from segbalance.train.workdir import (
     CONFIG,
@@ -103,6 +108,7 @@ def train(
     wd = check_work_dir(work_dir, cfg, resume=resume, overwrite=overwrite)
     data = load_data(cfg)  # bad data (and weights naming no group) fail before any write
     check_groups(cfg.augment, data[0].groups)
+    task = resolve_task(cfg, data[0])  # model.classes, class weights, the loss's classes
     plan = training_plan(cfg, data[0])
     fingerprint = data_fingerprint(*data)
     if resume:
@@ -124,7 +130,7 @@ def train(
         # Every run shows a few validation images per group in TensorBoard (images.py).
         images = GroupImages(data[1], cfg.data.image_size, wd.logs, cfg.train.threshold)
         try:
-            trainer = Trainer(cfg, wd, runtime, data, plan, cache, [*callbacks, images])
+            trainer = Trainer(cfg, wd, runtime, data, plan, cache, [*callbacks, images], task)
         except UserError:
             # Refused before the first step (e.g. ImageNet weights not downloadable): the
             # run this call just created holds nothing trained, so a corrected retry must

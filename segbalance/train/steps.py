@@ -14,6 +14,10 @@ hang on uneven shards) and per-group counts are exact sums. Every sum is reduced
 over replicas and, under MultiWorkerMirroredStrategy, over workers before it leaves the
 step, so every worker holds the same per-group numbers (adaptive balancing relies on it to
 compute the same weights everywhere).
+
+Multiclass runs (``multiclass=True``: K softmax channels, masks of class indices) count per
+class: a step's counts are ``[K, 4]`` and validation's ``[G, K, 4]``
+(:func:`segbalance.metrics.class_confusion_counts`); binary ones keep ``[4]`` and ``[G, 4]``.
 """
 
 from __future__ import annotations
@@ -30,13 +34,26 @@ import tensorflow as tf
 from segbalance.config import Config
 from segbalance.data.manifest import Manifest
 from segbalance.losses import get_loss
-from segbalance.metrics import GroupMetrics, confusion_counts, metrics_from_counts
+from segbalance.metrics import (
+    GroupMetrics,
+    class_confusion_counts,
+    confusion_counts,
+    metrics_from_counts,
+    summary_metrics,
+)
 from segbalance.models import build_model
 from segbalance.pipeline.cache import DecodedCache
 from segbalance.pipeline.dataset import build_eval_dataset, build_train_dataset
 from segbalance.train import schedule
 
 SUM = tf.distribute.ReduceOp.SUM
+
+
+def batch_counts(mask: Any, logits: Any, threshold: float, multiclass: bool) -> tf.Tensor:
+    """Per-sample counts: [B, 4] at ``threshold`` (binary) or [B, K, 4] by argmax."""
+    if multiclass:
+        return class_confusion_counts(mask, logits)
+    return confusion_counts(mask, logits, threshold)
 
 
 def own_gradient_reduction(optimizer: Any) -> None:
@@ -123,8 +140,9 @@ def make_train_step(
     threshold: float,
     num_groups: int = 0,
     jit_compile: bool = False,
+    multiclass: bool = False,
 ) -> Callable[[Any], tuple[tf.Tensor, ...]]:
-    """A compiled step: returns the global mean loss and summed [4] train counts.
+    """A compiled step: returns the global mean loss and summed [4] ([K, 4]) train counts.
 
     Variables are those trainable when this is called (encoder freezing builds a second
     step after unfreezing). With ``num_groups`` > 0 it also returns the [G] sums of each
@@ -149,7 +167,7 @@ def make_train_step(
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
-        counts = tf.reduce_sum(confusion_counts(batch["mask"], logits, threshold), axis=0)
+        counts = tf.reduce_sum(batch_counts(batch["mask"], logits, threshold, multiclass), axis=0)
         extra: tuple[tf.Tensor, ...] = ()
         if num_groups:
             group = tf.cast(batch["group"], tf.int32)
@@ -195,7 +213,8 @@ def time_train_steps(
     take turns step by step and the fastest step of each counts: on a shared machine a
     neighbour's load then slows both alike, and some steps of each escape it (runs timed one
     after the other put unet-small's bf16 at 0.71x and 2.04x float32 on the same CPU). The
-    global policy is left at the last one.
+    global policy is left at the last one. ``cfg.model.classes`` K >= 2 times a softmax
+    model on class-index masks.
     """
     timed = {p: _timed_step(cfg, p, batch, jit_compile) for p in policies}
     for step, data in timed.values():
@@ -219,13 +238,26 @@ def _timed_step(cfg: Config, policy: str, batch: int, jit: bool) -> tuple[Any, d
     opt.build(model.trainable_variables)
     own_gradient_reduction(opt)
     strategy = tf.distribute.get_strategy()
-    loss_fn = get_loss(cfg.loss)
+    classes = cfg.model.classes
+    loss_fn = get_loss(cfg.loss, classes=classes)
+    multiclass = classes > 1
     step = make_train_step(
-        strategy, model, opt, loss_fn, batch, cfg.train.threshold, jit_compile=jit
+        strategy,
+        model,
+        opt,
+        loss_fn,
+        batch,
+        cfg.train.threshold,
+        jit_compile=jit,
+        multiclass=multiclass,
     )
     h, w = cfg.data.image_size
     image = tf.random.stateless_uniform((batch, h, w, 3), (0, 0), 0.0, 255.0)
-    return step, {"image": image, "mask": tf.cast(image[..., :1] > 127, tf.float32)}
+    if multiclass:  # class indices 0..K-1 from the gray level
+        mask = tf.floor(image[..., :1] * classes / 256.0)
+    else:
+        mask = tf.cast(image[..., :1] > 127, tf.float32)
+    return step, {"image": image, "mask": mask}
 
 
 EvalStep = Callable[[Any], tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]]
@@ -239,8 +271,10 @@ def make_eval_step(
     threshold: float,
     real_rows: int,
     jit_compile: bool = False,
+    multiclass: bool = False,
 ) -> EvalStep:
-    """A compiled step: per-group [G, 4] counts, images [G], summed loss, loss per group [G].
+    """A compiled step: per-group [G, 4] counts ([G, K, 4] when ``multiclass``), images [G],
+    summed loss, loss per group [G].
 
     With ``jit_compile`` each replica's part (no collectives) is one XLA program.
     """
@@ -252,7 +286,7 @@ def make_eval_step(
         real = batch["index"] < limit
         # Padded rows go to the spare segment G, dropped below.
         segment = tf.where(real, tf.cast(batch["group"], tf.int32), num_groups)
-        counts = confusion_counts(batch["mask"], logits, threshold)
+        counts = batch_counts(batch["mask"], logits, threshold, multiclass)
         group_counts = tf.math.unsorted_segment_sum(counts, segment, num_groups + 1)
         images = tf.math.unsorted_segment_sum(tf.ones_like(per_sample), segment, num_groups + 1)
         loss_sum = tf.reduce_sum(tf.where(real, per_sample, 0.0))
@@ -284,16 +318,25 @@ def validate(
     dataset: Any,
     steps: int,
     group_names: Sequence[str],
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """One pass over the validation set: loss, overall and per-group IoU/Dice.
+
+    Args:
+        class_names: the K classes of a multiclass run (its step counts [G, K, 4]).
 
     Returns:
         ``val_loss``, ``val_iou``, ``val_dice``, ``mean_group_iou``, ``worst_group_iou``,
         ``worst_group``, ``groups`` (evaluate JSON shape per group) and ``group_loss``
         (mean validation loss of each group's images; NaN for a group with none).
+        Multiclass: ``val_iou``/``val_dice`` are means over the foreground classes (of all
+        pixels), and ``val_iou_<class>`` the IoU of every class (NaN when absent);
+        ``classes`` holds the all-pixel per-class metrics.
     """
     G = len(group_names)
-    counts, images, loss_sum, group_loss = np.zeros((G, 4)), np.zeros(G), 0.0, np.zeros(G)
+    shape = (4,) if class_names is None else (len(class_names), 4)
+    counts, images = np.zeros((G, *shape)), np.zeros(G)
+    loss_sum, group_loss = 0.0, np.zeros(G)
     iterator = iter(dataset)
     for _ in range(steps):
         c, n, loss, per_group = step(next(iterator))
@@ -301,14 +344,17 @@ def validate(
         images += n.numpy()
         loss_sum += float(loss.numpy())
         group_loss += per_group.numpy()
-    acc = GroupMetrics(group_names)
+    acc = GroupMetrics(group_names, class_names)
     acc.add_totals(counts, images)
     result = acc.result()
-    overall = metrics_from_counts(*counts.sum(axis=0))
+    if class_names is None:
+        overall = metrics_from_counts(*counts.sum(axis=0))
+    else:
+        overall = summary_metrics(counts.sum(axis=0), multiclass=True)
     present = [g for g in group_names if result["groups"][g]["images"] > 0]
     worst = min(present, key=lambda g: result["groups"][g]["iou"]) if present else ""
     nan = float("nan")
-    return {
+    out = {
         "val_loss": loss_sum / max(images.sum(), 1.0),
         "val_iou": float(overall["iou"]),
         "val_dice": float(overall["dice"]),
@@ -321,3 +367,8 @@ def validate(
             for i, g in enumerate(group_names)
         },
     }
+    if class_names is not None:
+        out["classes"] = result["classes"]
+        for name, entry in result["classes"].items():
+            out[f"val_iou_{name}"] = nan if entry["iou"] is None else entry["iou"]
+    return out

@@ -34,13 +34,10 @@ import numpy as np
 from segbalance.artifacts import save_model
 from segbalance.config import Config
 from segbalance.data.manifest import Manifest
-from segbalance.errors import InvalidDataError
-from segbalance.losses import get_loss
-from segbalance.metrics import metrics_from_counts
 from segbalance.models import build_model, set_encoder_trainable
 from segbalance.pipeline.budget import CacheChoice
 from segbalance.pipeline.cache import DecodedCache
-from segbalance.pipeline.verify import DATA_ERRORS, undecodable
+from segbalance.pipeline.verify import DATA_ERRORS, pipeline_error
 from segbalance.sampling import SamplingPlan
 from segbalance.train import logs as runlog
 from segbalance.train import precision as prec
@@ -50,6 +47,7 @@ from segbalance.train.checkpoint import Checkpoints, RunState, make_checkpoint
 from segbalance.train.monitor import Monitor
 from segbalance.train.result import TrainResult, model_meta, result_from, run_summary
 from segbalance.train.runtime import Runtime, synchronize_batch_norm
+from segbalance.train.task import Task, resolve_task, task_config
 from segbalance.train.workdir import WorkDir
 
 
@@ -66,6 +64,7 @@ class Trainer:
         cache: which rows to keep decoded in memory (:func:`segbalance.pipeline.budget.
             choose_cache`).
         callbacks: ``keras.callbacks.Callback`` objects observing the run.
+        task: binary or the manifest's classes (default: ``task.resolve_task``).
     """
 
     def __init__(
@@ -77,7 +76,10 @@ class Trainer:
         plan: tuple[SamplingPlan, np.ndarray | None],
         cache: CacheChoice,
         callbacks: Sequence[keras.callbacks.Callback] = (),
+        task: Task | None = None,
     ) -> None:
+        self.task = task if task is not None else resolve_task(cfg, data[0])
+        cfg = task_config(cfg, self.task)  # model.classes = K for a multiclass manifest
         self.cfg, self.wd, self.runtime, self.cache = cfg, wd, runtime, cache
         self.strategy = runtime.strategy
         self.train_rows, self.valid_rows = data
@@ -107,13 +109,13 @@ class Trainer:
             # Built on every variable, so unfreezing the encoder later needs no rebuild.
             self.optimizer.build(self.model.trainable_variables)
             shape = None if self.adaptive is None else (cfg.train.epochs, len(self.groups))
-            self.state = RunState(cfg.optimizer.lr, adaptive=shape)
+            self.state = RunState(cfg.optimizer.lr, shape, self.task.counts_shape)
         self.monitor = Monitor(cfg, self.state, self._say)
         if runtime.replicas > 1:
             # Per-replica BN statistics would make replicas (and workers) diverge.
             synchronize_batch_norm(self.model)
         steps.own_gradient_reduction(self.optimizer)
-        self.loss_fn = get_loss(cfg.loss)
+        self.loss_fn = self.task.loss(cfg)
         self.checkpoints = Checkpoints(
             make_checkpoint(self.model, self.optimizer, self.state),
             wd.checkpoints,
@@ -150,6 +152,7 @@ class Trainer:
             chief=self.runtime.chief,
             done_epochs=state.get("epoch"),
             adaptive=self.adaptive is not None,
+            classes=self.task.class_names,
         )
         self._say(self._header())
         self.model.stop_training = False
@@ -210,13 +213,14 @@ class Trainer:
             cfg.train.threshold,
             real,
             jit_compile=self.jit,
+            multiclass=self.task.multiclass,
         )
         for epoch in range(state.get("epoch"), cfg.train.epochs):
             if cfg.optimizer.schedule == "plateau":
                 schedule.set_lr(self.optimizer, state.get("lr"))
             self.callbacks.on_epoch_begin(epoch)
             loss, counts, seconds, seen = self._train_epoch(epoch)
-            val = steps.validate(eval_step, ds, eval_steps, self.groups)
+            val = steps.validate(eval_step, ds, eval_steps, self.groups, self.task.class_names)
             lr = schedule.current_lr(self.optimizer)
             row = runlog.history_row(epoch, loss, counts, seconds, seen, val, lr)
             if self.adaptive is not None:  # state changes here are saved with epoch + 1
@@ -225,13 +229,15 @@ class Trainer:
             improved = self.monitor.improved(epoch, row)
             if improved and self.runtime.chief:
                 score = float(row[self.monitor.column])
-                meta = model_meta(self.cfg, self.groups, epoch + 1, score, self.policy)
+                meta = model_meta(
+                    self.cfg, self.groups, epoch + 1, score, self.policy, self.task.spec
+                )
                 save_model(self.model, self.wd.best, meta)
             stop = self.monitor.should_stop(row)
-            self.log.epoch_end(row, self.plan.counts(epoch))
+            self.log.epoch_end(row, self.plan.counts(epoch), val["groups"])
             self._say(runlog.summary_line(row, cfg.train.epochs, cfg.train.monitor, improved))
             self.callbacks.on_epoch_end(epoch, dict(row))
-            state.set(epoch=epoch + 1, step=0, run_loss=0.0, run_counts=np.zeros(4))
+            state.next_epoch(epoch + 1)
             if stop:
                 state.set(stopped_early=True)
                 self._say(f"early stopping: no progress for {state.get('bad_epochs')} epochs")
@@ -248,11 +254,7 @@ class Trainer:
         """A decode failure inside the pipeline, traced to the rows that fail to decode."""
         runtime = self.runtime
         _, indices = self.epoch_reads(epoch, 0, runtime.num_workers, runtime.worker_index)
-        problems = undecodable(self.train_rows, indices.tolist())
-        problems += undecodable(self.valid_rows, range(len(self.valid_rows)))
-        if not problems:  # not the data: let the original error through as a bug
-            return RuntimeError(f"the input pipeline failed in epoch {epoch + 1}")
-        return InvalidDataError(problems, "the pipeline cannot decode these files")
+        return pipeline_error(self.train_rows, indices.tolist(), self.valid_rows, epoch)
 
     def _time_steps(self, policies: Sequence[str]) -> dict[str, float]:
         """The precision probe: seconds per step of a model copy under each policy."""
@@ -274,6 +276,7 @@ class Trainer:
                 self.cfg.train.threshold,
                 0 if self.adaptive is None else self.adaptive.train_loss_groups,
                 jit_compile=self.jit,
+                multiclass=self.task.multiclass,
             )
         return self._train_steps[frozen]
 
@@ -311,7 +314,7 @@ class Trainer:
                 step_loss = float(loss.numpy())
                 totals["loss"] += step_loss
                 totals["counts"] = totals["counts"] + c.numpy()
-                iou = float(metrics_from_counts(*totals["counts"])["iou"])
+                iou = runlog.train_iou(totals["counts"])
                 bar.update(done, [("loss", totals["loss"] / done), ("iou", iou)])
                 if hooks:
                     logs = {"loss": totals["loss"] / done, "iou": iou, "step_loss": step_loss}
@@ -355,6 +358,8 @@ class Trainer:
             "target_mix": self.plan.target,
             "quotas": self.plan.quotas,
         }
+        if self.task.multiclass:  # per-class IoU of the best and last epoch too
+            facts["classes"] = self.task.class_names
         if self.adaptive is not None:
             figure = self.wd.root / FIGURE if self.runtime.chief and self.log.rows else None
             if figure is not None:
@@ -385,6 +390,7 @@ class Trainer:
         ]
         if self.adaptive is not None:
             lines.append(self.adaptive.describe())
+        lines += self.task.describe()
         lines += plan.report([0])["warnings"]
         return "\n".join(lines)
 
