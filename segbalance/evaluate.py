@@ -119,11 +119,11 @@ def _original_masks(manifest: Manifest) -> Iterator[Any]:
 
 def _label_masks(manifest: Manifest, spec: ClassSet) -> Iterator[np.ndarray]:
     """Each row's label mask at its own size, uint8 [h, w] class indices (255 ignored)."""
-    for path, rule in zip(manifest.mask_paths(), manifest.mask_rule, strict=True):
+    for name, rule in zip(manifest.mask, manifest.mask_rule, strict=True):
         try:
-            yield read_label_mask(path, spec, rule)
+            yield read_label_mask(manifest.root / name, spec, rule)
         except (OSError, SyntaxError, ValueError) as err:
-            problem = Problem(path, f"cannot be read as a label mask ({err})", FIX)
+            problem = Problem(name, f"cannot be read as a label mask ({err})", FIX)
             raise InvalidDataError([problem], "a mask cannot be read") from err
 
 
