@@ -260,13 +260,21 @@ def check_network(
         UserError: naming the file, the shapes, and what was expected.
     """
     h, w = meta.image_size
+    spec = meta.class_set
+    k = 1 if spec is None else spec.num_classes
     given, made = _shape(model.inputs), _shape(model.outputs)
     if given is None or len(given) != 4 or given[3] != 3:
         raise UserError(
             f"model file {path} takes input {given or 'of several tensors'}; segbalance feeds "
             "one batch of RGB images [batch, height, width, 3]"
         )
-    if made is None or len(made) != 4 or made[3] != 1:
+    if spec is not None and (made is None or len(made) != 4 or made[3] != k):
+        raise UserError(
+            f"model file {path} outputs {made or 'several tensors'}; its {META_MEMBER} names "
+            f"{k} classes ({', '.join(spec.names)}), so segbalance needs {k} class logits per "
+            f"pixel [batch, height, width, {k}]; {USE_TRAINED}"
+        )
+    if made is None or len(made) != 4 or made[3] != k:
         raise UserError(
             f"model file {path} outputs {made or 'several tensors'}; segbalance needs one "
             "foreground logit per pixel [batch, height, width, 1] (a binary segmentation model)"
