@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-test demo demo-quick test test-fast lint bench clean
+.PHONY: install install-test demo demo-quick demo-multiclass test test-fast lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ demo: $(STAMP)
 
 demo-quick: $(STAMP)
 	$(VENV)/bin/segbalance demo --work-dir runs/demo-quick --quick
+
+demo-multiclass: $(STAMP)
+	$(VENV)/bin/segbalance demo --task multiclass --work-dir runs/demo-multiclass
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check segbalance tests benchmarks

@@ -98,8 +98,18 @@ TINY = DemoSettings(
 )
 
 
+OUTPUTS = ("data", "heldout", "runs", "stats.png", "stats.json", "comparison.png")
+
+
 def _claim(work_dir: Path) -> None:
-    """Use ``work_dir`` only if it is empty or an earlier demo's (we replace what we wrote)."""
+    claim_work_dir(work_dir, OUTPUTS)
+
+
+def claim_work_dir(work_dir: Path, outputs: tuple[str, ...]) -> None:
+    """Use ``work_dir`` only if it is empty or an earlier demo's (we replace what we wrote).
+
+    Only the names in ``outputs`` are removed, and only in a folder holding demo.json.
+    """
     if work_dir.exists() and not work_dir.is_dir():
         raise UserError(f"--work-dir {work_dir} is a file; choose a folder")
     if work_dir.is_dir() and any(work_dir.iterdir()) and not (work_dir / MARKER).is_file():
@@ -107,7 +117,7 @@ def _claim(work_dir: Path) -> None:
             f"--work-dir {work_dir} is not empty and holds no {MARKER} from an earlier demo; "
             "choose an empty or new folder"
         )
-    for name in ("data", "heldout", "runs", "stats.png", "stats.json", "comparison.png"):
+    for name in outputs:
         target = work_dir / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -130,7 +140,7 @@ def write_heldout(out: Path, per_group: int, size: int, seed: int) -> dict[str, 
     return dict.fromkeys(STYLES, per_group)
 
 
-class _Clock:
+class Clock:
     """Wall time per step, printed as it goes."""
 
     def __init__(self) -> None:
@@ -148,7 +158,7 @@ class _Clock:
         return round(time.perf_counter() - self.start, 1)
 
 
-def _prepare_data(work_dir: Path, s: DemoSettings, clock: _Clock) -> tuple[Any, Any]:
+def _prepare_data(work_dir: Path, s: DemoSettings, clock: Clock) -> tuple[Any, Any]:
     """synth -> prepare -> stats for training, and the held-out set; returns both manifests."""
     data, heldout = work_dir / "data", work_dir / "heldout"
     counts = generate(data, scale=s.scale, size=s.image_size, seed=s.seed, progress=False)
@@ -166,7 +176,7 @@ def _prepare_data(work_dir: Path, s: DemoSettings, clock: _Clock) -> tuple[Any, 
 
 
 def _train_and_evaluate(
-    work_dir: Path, s: DemoSettings, heldout_csv: Path, clock: _Clock
+    work_dir: Path, s: DemoSettings, heldout_csv: Path, clock: Clock
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train both runs, then evaluate each best.keras on the held-out set."""
     manifest = work_dir / "data" / "segbalance" / "manifest.csv"
@@ -223,7 +233,7 @@ def run_demo(
     s = settings or (QUICK if quick else FULL)
     work_dir = Path(work_dir)
     _claim(work_dir)
-    clock = _Clock()
+    clock = Clock()
     train_manifest, _ = _prepare_data(work_dir, s, clock)
     heldout_csv = work_dir / "heldout" / "segbalance" / "manifest.csv"
     runs, results = _train_and_evaluate(work_dir, s, heldout_csv, clock)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from segbalance.classes import load_classes
 from segbalance.cli import build_parser
 from segbalance.config import load_config
 from segbalance.pipeline.augment import build_augmenter
@@ -18,6 +19,9 @@ def test_readme_yaml_config_is_valid_and_builds(tmp_path) -> None:
     for i, block in enumerate(blocks):
         path = tmp_path / f"block{i}.yaml"
         path.write_text(block)
+        if block.startswith("classes:"):  # a classes file (prepare --classes)
+            assert load_classes(path).num_classes >= 2
+            continue
         cfg = load_config(path)
         assert build_augmenter(cfg.augment, ["0", "1", "2", "3", "4"]) is not None
 
