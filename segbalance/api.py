@@ -12,6 +12,8 @@ the trainer reads it on one pipeline) as a dataset *value*, and tf.data flattens
 order. Decoding and augmentation stay in tf.data's threads; Python only builds the next
 epoch's index arrays (closed-form numpy), which a parallel interleave does ahead of time.
 
+A multiclass manifest gives masks of class indices (255 = ignored), as training reads them.
+
 Example:
     >>> ds = balanced_dataset("data/manifest.csv", image_size=256, batch_size=8)  # doctest: +SKIP
     >>> steps = steps_per_epoch("data/manifest.csv", 8)  # doctest: +SKIP
@@ -130,8 +132,12 @@ def balanced_dataset(
 ) -> tf.data.Dataset:
     """Group-balanced ``(image, mask)`` batches of the train split, epoch after epoch.
 
-    Images are float32 RGB 0..255 ``[B, H, W, 3]``, masks float32 {0, 1} ``[B, H, W, 1]``;
-    with ``with_groups`` a third element, the int32 group index of each sample (its name is
+    Images are float32 RGB 0..255 ``[B, H, W, 3]``, masks float32 {0, 1} ``[B, H, W, 1]``
+    (a multiclass manifest, from ``prepare --classes``: class indices 0..K-1 in the
+    classes file's order and 255 for ignored pixels, also where augmentation opened a
+    border; train a K-channel model with e.g. ``SegmentationLoss("ce+dice", classes=K)``,
+    which skips them, and ``Manifest.classes`` names them); with ``with_groups`` a third
+    element, the int32 group index of each sample (its name is
     ``Manifest.groups[i]``). Every epoch is :func:`steps_per_epoch` whole batches holding
     exactly the plan's per-group quotas (``mode="exact"``), in the plan's order, augmented
     as ``segbalance train`` augments them; the same arguments give the same batches.

@@ -41,7 +41,7 @@ SPEC = ClassSet.model_validate(
 )
 NAMES = SPEC.names
 GROUPS = ["a", "b"]
-# (name, group, split, colour mask?)
+# (name, group, split, colour mask?); skin is in every b image and in t0, t3 and v1 of a
 ROWS = [
     *[(f"t{i}", "a" if i < 6 else "b", "train", False) for i in range(8)],
     ("v0", "a", "valid", False),
@@ -51,12 +51,13 @@ ROWS = [
 ]
 
 
-def _labels(rng: np.random.Generator, colour: bool) -> np.ndarray:
+def _labels(rng: np.random.Generator, colour: bool, skin: bool) -> np.ndarray:
     """uint8 [H, W] class indices: a nail square, a skin bar, an ignored stripe."""
     labels = np.zeros((SIZE, SIZE), np.uint8)
     y, x = rng.integers(2, SIZE - 12, 2)
-    labels[y : y + 10, x : x + 10] = 1
-    labels[:, : rng.integers(3, 8)] = 2
+    labels[y : y + 10, x + 8 : x + 18] = 1
+    if skin:
+        labels[:, : rng.integers(3, 8)] = 2
     if not colour:  # a colour mask of this classes file has no ignore colour
         labels[-2:] = IGNORE_INDEX
     return labels
@@ -71,7 +72,8 @@ def write_data(root: Path) -> Path:
     for sub in ("images", "masks"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     for name, group, split, colour in ROWS:
-        labels = _labels(rng, colour)
+        skin = group == "b" or name in ("t0", "t3", "v1")
+        labels = _labels(rng, colour, skin)
         index = np.where(labels == IGNORE_INDEX, 3, labels)
         image = tint[index] + rng.normal(0, 12, (SIZE, SIZE, 3))
         Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / f"images/{name}.png")
@@ -184,6 +186,32 @@ def test_undecodable_label_mask_is_named(manifest: Path, tmp_path: Path) -> None
     moved = Manifest(**{**broken.__dict__, "root": tmp_path})
     (problem,) = undecodable(moved, [0])
     assert rows.mask[0] in problem.file and "cannot read the label mask" in problem.problem
+
+
+def test_plan_shows_what_balancing_does_to_each_class(
+    manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from segbalance.cli import main
+
+    def plan(*argv: str) -> dict[str, Any]:
+        assert main(["plan", str(manifest), "--json", *argv]) == 0
+        return json.loads(capsys.readouterr().out)["classes"]
+
+    uniform = plan("--balance", "uniform")
+    skin = uniform["classes"]["skin"]
+    assert skin["images"] == 4 and skin["images_by_group"] == {"a": 2, "b": 2}
+    # 4 samples of a (2 of its 6 images have skin) + 4 of b (all have skin)
+    assert skin["samples_per_epoch"] == pytest.approx(4 * 2 / 6 + 4)
+    assert uniform["weights"] is None and skin["weight"] is None
+    proportional = plan("--balance", "proportional")["classes"]["skin"]
+    assert proportional["samples_per_epoch"] == pytest.approx(6 * 2 / 6 + 2)
+    config = tmp_path / "run.yaml"
+    config.write_text("loss:\n  class_weights: auto\n")
+    auto = plan("--config", str(config))
+    assert auto["weights"] == "auto" and auto["classes"]["skin"]["weight"] > 1
+    assert main(["plan", str(manifest)]) == 0
+    out = capsys.readouterr().out
+    assert "pixel share" in out and "skin" in out
 
 
 # --------------------------------------------------------------------------- checks
@@ -385,3 +413,22 @@ def test_three_class_run_end_to_end_with_resume(
     assert any(tag.startswith("group_class_iou/a/") for tag in events)
     panel = events["group_images/a"][1]  # [width, height, png, ...]: three panels wide
     assert panel[0] == str(3 * SIZE).encode() and panel[1] == str(SIZE).encode()
+
+
+def test_summary_line_shows_each_class() -> None:
+    row = {
+        "epoch": 1,
+        "loss": 1.0,
+        "val_loss": 1.0,
+        "val_iou": 0.5,
+        "mean_group_iou": 0.5,
+        "worst_group_iou": 0.4,
+        "worst_group": "a",
+        "lr": 1e-3,
+        "seconds": 2.0,
+        "images_per_s": 3.0,
+    }
+    assert "  iou " not in runlog.summary_line(row, 2, "mean_group_iou", False)
+    row.update(val_iou_background=0.9, val_iou_nail=float("nan"))
+    line = runlog.summary_line(row, 2, "mean_group_iou", False)
+    assert "iou background 0.9000 nail -" in line

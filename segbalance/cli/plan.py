@@ -5,6 +5,9 @@ per epoch on average (flagged when over-fitting is likely) and the realised coun
 epoch. ``--json`` prints the same as one JSON object. With ``--balance adaptive[:BASE]``
 it shows the base plan, which the first epoch samples; later epochs adapt to the groups'
 losses during training, so only the run's history.csv (``weight_<g>``) can show them.
+A multiclass manifest (``prepare --classes``) adds a table per class: the train images that
+contain it, its pixel share, its loss weight (``loss.class_weights``) and how many samples
+of an epoch are expected to contain it under this plan.
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from segbalance.data.manifest import read_manifest
     from segbalance.errors import UserError
     from segbalance.sampling import adaptive_base, parse_weights
-    from segbalance.train.plan import training_plan, training_rows
+    from segbalance.train.plan import class_report, training_plan, training_rows
 
     given = vars(args)  # options not given are absent (argparse.SUPPRESS)
     weights = parse_weights(given["weights"]) if "weights" in given else None
@@ -141,6 +144,9 @@ def run(args: argparse.Namespace) -> int:
         steps_per_epoch=plan.steps(batch),
         warnings=notes,
     )
+    classes = class_report(cfg, rows, plan)
+    if classes is not None:
+        report["classes"] = classes
     base = adaptive_base(cfg.sampling.balance)
     if base is not None:
         report["adaptive"] = {
@@ -209,4 +215,29 @@ def format_report(report: dict[str, Any]) -> str:
         foot.append("! each image of this group is shown many times per epoch: may over-fit")
     if "adaptive" in report:
         foot.append(f"adaptive: {report['adaptive']['note']}")
-    return "\n".join([top, "", _table(rows), *foot])
+    parts = [top, "", _table(rows), *foot]
+    if "classes" in report:
+        parts += ["", format_classes(report["classes"])]
+    return "\n".join(parts)
+
+
+def format_classes(section: dict[str, Any]) -> str:
+    """The per-class table of a multiclass manifest (see the module doc)."""
+    rows = [["class", "images", "pixel share", "weight", "per epoch"]]
+    for name, c in section["classes"].items():
+        weight = "1" if c["weight"] is None else f"{c['weight']:.3g}"
+        rows.append(
+            [
+                name,
+                str(c["images"]),
+                f"{c['pixel_share']:.4f}",
+                weight,
+                f"{c['samples_per_epoch']:.1f}",
+            ]
+        )
+    source = section["weights"] or "none: all 1"
+    notes = [
+        "images: train images containing the class; per epoch: expected samples containing it",
+        f"weight: the loss's class weight (loss.class_weights: {source})",
+    ]
+    return "\n".join([_table(rows), *notes])

@@ -19,6 +19,7 @@ segbalance train manifest.csv --balance power:0.5 --weights 4=2 --precision mixe
 segbalance train manifest.csv --config run.yaml --set train.early_stopping_patience=5
 segbalance train --work-dir runs/nails --resume         # continue a killed run
 segbalance train manifest.csv --fold 2                  # validate on fold 2 (prepare --folds K)
+segbalance train manifest.csv --set loss.name=ce+dice --set loss.class_weights=auto   # classes
 segbalance train manifest.csv --devices 0,1             # MirroredStrategy on two GPUs
 segbalance train manifest.csv --workers h1:2222,h2:2222 --worker-index 0   # on each machine
 segbalance train --print-config > run.yaml              # every key with its default

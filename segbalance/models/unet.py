@@ -3,7 +3,10 @@
 Every model is a functional ``keras.Model`` with input ``"image"`` (H, W, 3) float32 RGB in
 0..255 and output layer ``"logits"`` (H, W, classes) computed in float32, so a
 ``mixed_float16``/``mixed_bfloat16`` policy never reaches the loss in low precision.
-``classes == 1`` is binary segmentation (sigmoid of the logits).
+``classes == 1`` is binary segmentation (sigmoid of the logits); ``classes`` K >= 2 is
+multiclass (softmax over the K logits; training sets K from the manifest's classes file).
+Nothing downstream of the head assumes one channel, so a sigmoid per class (multilabel)
+needs only another loss and metric.
 
 Example:
     >>> from segbalance.config import ModelConfig

@@ -274,6 +274,14 @@ def write_metrics(path: Path, summary: Mapping[str, Any]) -> None:
     write_text(path, json.dumps(clean(dict(summary)), indent=2) + "\n")
 
 
+def class_parts(row: Mapping[str, Any]) -> list[str]:
+    """``iou nail 0.41 skin -`` of a multiclass row (its ``val_iou_<c>``; ``-``: absent);
+    [] for binary."""
+    found = [(k[len("val_iou_") :], v) for k, v in row.items() if k.startswith("val_iou_")]
+    shown = [f"{c} {v:.4f}" if is_finite(v) else f"{c} -" for c, v in found]
+    return [f"iou {' '.join(shown)}"] if found else []
+
+
 def summary_line(row: Mapping[str, Any], epochs: int, monitor: str, improved: bool) -> str:
     """One line per epoch, e.g. ``epoch 2/10 loss 0.41 ... worst 0.52 (g4) best``."""
     width = len(str(epochs))
@@ -284,6 +292,7 @@ def summary_line(row: Mapping[str, Any], epochs: int, monitor: str, improved: bo
         f"val_iou {row['val_iou']:.4f}",
         f"mean_group_iou {row['mean_group_iou']:.4f}",
         f"worst_group_iou {row['worst_group_iou']:.4f} ({row['worst_group']})",
+        *class_parts(row),
         f"lr {row['lr']:.2e}",
         f"{row['seconds']:.1f}s",
         f"{row['images_per_s']:.1f} img/s",

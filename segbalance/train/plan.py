@@ -4,6 +4,7 @@
 :func:`training_rows` and :func:`training_plan`: the same group selection (``data.groups``
 trims the group list, so a left-out group is not an empty group of the plan) and the same
 switch to natural proportions when ``sampling.sample_weights`` balances by loss weights.
+For a multiclass manifest :func:`class_report` adds what the plan does to each class.
 
 Example:
     >>> train_rows = training_rows(cfg, read_manifest(cfg.data.manifest))  # doctest: +SKIP
@@ -13,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +24,7 @@ from segbalance.data.manifest import Manifest, read_manifest
 from segbalance.errors import UserError
 from segbalance.pipeline.verify import check_files
 from segbalance.sampling import SamplingPlan, group_probabilities, training_epoch_length
+from segbalance.train.task import resolve_task
 
 
 def select_groups(cfg: Config, manifest: Manifest) -> Manifest:
@@ -115,3 +118,37 @@ def training_plan(cfg: Config, train: Manifest) -> tuple[SamplingPlan, np.ndarra
         epoch_length=length,
     )
     return plan, sample_weights
+
+
+def class_report(cfg: Config, train: Manifest, plan: SamplingPlan) -> dict[str, Any] | None:
+    """Per class of a multiclass manifest, what ``plan`` trains on; None for binary.
+
+    Per class: train ``images`` that contain it (and ``images_by_group``), its mean
+    ``pixel_share`` over the train images, the loss ``weight`` train will use
+    (``loss.class_weights``; None: all 1) and ``samples_per_epoch``, the expected number of
+    samples per epoch that contain it (each group's expected samples times the share of its
+    images that contain the class): how much balancing lifts a rare class.
+
+    Raises:
+        UserError: what ``train`` refuses for these classes (model.classes, class weights).
+    """
+    spec, cover = train.classes, train.class_coverage
+    if spec is None or cover is None:
+        return None
+    task = resolve_task(cfg, train)
+    contains = np.asarray(cover) > 0  # [N, K]
+    ids = train.group_ids
+    sizes = np.bincount(ids, minlength=len(train.groups))
+    expected = np.array([plan.target.get(g, 0.0) * plan.epoch_length for g in train.groups])
+    out: dict[str, Any] = {}
+    for k, name in enumerate(spec.names):
+        by_group = np.bincount(ids[contains[:, k]], minlength=len(train.groups))
+        share = np.divide(by_group, sizes, out=np.zeros(len(sizes)), where=sizes > 0)
+        out[name] = {
+            "images": int(contains[:, k].sum()),
+            "images_by_group": dict(zip(train.groups, by_group.tolist(), strict=True)),
+            "pixel_share": float(np.mean(cover[:, k])) if len(cover) else 0.0,
+            "weight": None if task.class_weights is None else task.class_weights[k],
+            "samples_per_epoch": float((expected * share).sum()),
+        }
+    return {"weights": task.weights_source, "classes": out}
