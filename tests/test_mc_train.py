@@ -363,7 +363,8 @@ def _hand_counts(model: Any, rows: Manifest) -> np.ndarray:
 def test_three_class_run_end_to_end_with_resume(
     manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from segbalance.artifacts import read_meta
+    from segbalance.artifacts import load_model
+    from segbalance.evaluate import evaluate
     from segbalance.train import train
 
     cfg = tiny_config(manifest, **{"train.checkpoint_every_steps": 2})
@@ -381,8 +382,7 @@ def test_three_class_run_end_to_end_with_resume(
     assert [r["epoch"] for r in rows] == [1]
     assert all(math.isfinite(r["loss"]) and 0 <= r["iou"] <= 1 for r in rows)
 
-    meta = read_meta(work / "best.keras")
-    model = keras.saving.load_model(work / "best.keras", compile=False)
+    model, meta = load_model(work / "best.keras")
     assert meta.classes == SPEC.to_json() and meta.class_set == SPEC
     assert model.output_shape == (None, SIZE, SIZE, 3)
     assert meta.config["model"]["classes"] == 3
@@ -403,6 +403,10 @@ def test_three_class_run_end_to_end_with_resume(
         assert best[f"iou_{g}"] == pytest.approx(expected["groups"][g]["iou"], abs=1e-5)
     assert best["val_iou"] == pytest.approx(expected["overall_iou"], abs=1e-5)
     assert best["mean_group_iou"] == pytest.approx(expected["mean_group_iou"], abs=1e-5)
+    # evaluate on the same split agrees with the run's validation
+    report = evaluate(work / "best.keras", manifest, split="valid", bootstrap=0)
+    assert report["classes"] == expected["classes"]
+    assert report["mean_group_iou"] == pytest.approx(best["mean_group_iou"], abs=1e-5)
 
     metrics = json.loads((work / "metrics.json").read_text())
     assert metrics["classes"] == NAMES and set(metrics["best"]["classes"]) == set(NAMES)
