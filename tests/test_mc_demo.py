@@ -8,6 +8,7 @@ import pytest
 
 from segbalance import demo_multiclass
 from segbalance.cli import build_parser
+from segbalance.demo import claim_work_dir
 
 
 @pytest.mark.heavy
@@ -27,10 +28,11 @@ def test_multiclass_demo_runs_and_reports_every_class(tmp_path) -> None:
             assert set(entry["classes"]) == {"background", "nail", "ring"}
     assert "mean (fg)" in summary["table"] and "background excluded" in summary["table"]
     assert "ring" in demo_multiclass.verdict(summary)
-    # a second run replaces only what the demo wrote
+    # claiming the folder again (a second run) removes only what the demo wrote
     (work / "mine.txt").write_text("a user's note")
-    demo_multiclass.run_multiclass_demo(work, settings=demo_multiclass.TINY)
+    claim_work_dir(work, demo_multiclass.OUTPUTS)
     assert (work / "mine.txt").read_text() == "a user's note"
+    assert not (work / "runs").exists() and not (work / "data").exists()
 
 
 def test_demo_task_flag() -> None:
