@@ -328,6 +328,11 @@ def plot_comparison(
     )
     title = f"Group balancing on synthetic nails, held-out IoU ({summary})"
     fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=11)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Lay out and write a demo figure atomically as PNG."""
     fig.tight_layout()
     with atomic_path(path, ".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")

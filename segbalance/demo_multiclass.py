@@ -34,9 +34,9 @@ from segbalance.classes import load_classes
 from segbalance.config import load_config
 from segbalance.data.prepare import prepare_dataset
 from segbalance.data.synth import CLASSES_NAME, CLASSES_YAML, STYLES, generate, png_bytes, render
-from segbalance.demo import BALANCES, COLOURS, MARKER, Clock, claim_work_dir
+from segbalance.demo import BALANCES, COLOURS, MARKER, Clock, claim_work_dir, save_figure
 from segbalance.evaluate import evaluate, json_view, write_json
-from segbalance.io import atomic_path, write_text
+from segbalance.io import write_text
 from segbalance.sampling import group_probabilities
 from segbalance.train import train
 
@@ -235,10 +235,7 @@ def plot_multiclass(
         ax.spines[["top", "right"]].set_visible(False)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"Groups from the rarest class, held-out IoU\n{note}", fontsize=11)
-    fig.tight_layout()
-    with atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def verdict(summary: dict[str, Any]) -> str:
