@@ -1,6 +1,7 @@
 """The tf.data input pipeline: decode, per-group augmentation, train/eval datasets.
 
-Every model takes float32 RGB in 0..255; masks are float32 {0, 1} with one channel.
+Every model takes float32 RGB in 0..255; masks are float32 with one channel: {0, 1} for
+binary, class indices 0..K-1 with 255 (ignored) for a multiclass manifest.
 """
 
 from segbalance.augment_ops import DEFAULT_OPS, get_op
