@@ -177,12 +177,22 @@ class AugmentConfig(_Stage):
     jit: bool = Field(
         True, description="XLA-compile the augmentation ops: ~2x faster, compiles at 1st batch"
     )
+    device: Literal["auto", "cpu", "accelerator"] = Field(
+        "auto",
+        description="where train augments: the input pipeline (cpu) or the train step "
+        "(accelerator); auto: accelerator with a GPU, else cpu",
+    )
 
     @model_validator(mode="after")
     def _albumentations_needs_a_file(self) -> AugmentConfig:
         if self.engine == "albumentations" and not self.albumentations_file:
             raise ValueError(
                 "engine 'albumentations' needs augment.albumentations_file (an A.save() file)"
+            )
+        if self.engine == "albumentations" and self.device == "accelerator":
+            raise ValueError(
+                "augment.device 'accelerator' cannot run engine 'albumentations' (numpy, on "
+                "the CPU); set augment.device to cpu or auto, or use augment.engine keras"
             )
         return self
 
