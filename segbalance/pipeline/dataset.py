@@ -15,6 +15,10 @@ Elements are dicts, batched::
 The mask of a multiclass manifest (``Manifest.classes`` set) holds class indices 0..K-1 and
 255 for ignored pixels (:mod:`segbalance.pipeline.decode`); augmentation keeps it so.
 
+With ``defer_augment`` (``augment.device: accelerator``) the map only decodes and resizes:
+image and mask go out as uint8 with each sample's seed, for the train step to augment
+(:mod:`segbalance.pipeline.deferred`).
+
 Example:
     >>> plan = SamplingPlan(train.group_ids, train.groups, seed=0)  # doctest: +SKIP
     >>> positions, indices = plan.shard(epoch, 16, 1, 0)  # doctest: +SKIP
@@ -38,8 +42,11 @@ from segbalance.errors import UserError
 from segbalance.pipeline.augment import build_augmenter
 from segbalance.pipeline.cache import DecodedCache
 from segbalance.pipeline.decode import decode_pair
+from segbalance.pipeline.deferred import SEED, transfer
 
 AUTOTUNE = tf.data.AUTOTUNE
+# The loaders' augmentation when the train step augments (defer_augment): none.
+_NO_AUGMENT = AugmentConfig(engine="none").model_dump_json()
 
 
 def sample_seed(seed: int, epoch: int, position: tf.Tensor) -> tf.Tensor:
@@ -184,6 +191,7 @@ def build_train_dataset(
     epoch: int,
     sample_weights: Sequence[float] | np.ndarray | None = None,
     cache: DecodedCache | None = None,
+    defer_augment: bool = False,
 ) -> tf.data.Dataset:
     """One epoch (or one replica's share of it) of training batches, in plan order.
 
@@ -198,6 +206,8 @@ def build_train_dataset(
         epoch: the epoch number.
         sample_weights: optional weight per manifest row; adds ``"weight"`` to elements.
         cache: decoded rows of ``manifest`` (:class:`DecodedCache`) to read instead of files.
+        defer_augment: leave augmentation to the train step: uint8 pixels and a ``"seed"``
+            per sample (:mod:`segbalance.pipeline.deferred`).
 
     Raises:
         UserError: mismatched lengths, rows outside the manifest, bad weights, bad augment
@@ -219,11 +229,12 @@ def build_train_dataset(
             f"needs {len(manifest)} rows at {size}: build the cache from the same manifest"
         )
     spec = manifest.classes
+    augment_json = _NO_AUGMENT if defer_augment else augment.model_dump_json()
     if cache is None:
         classes_json = "" if spec is None else spec.model_dump_json()
-        loader = _sample_loader(augment.model_dump_json(), groups, size, classes_json)
+        loader = _sample_loader(augment_json, groups, size, classes_json)
     else:
-        cached = _cached_loader(cache, augment.model_dump_json(), groups, _num_classes(spec))
+        cached = _cached_loader(cache, augment_json, groups, _num_classes(spec))
 
     @tf.autograph.experimental.do_not_convert
     def load(row: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -240,6 +251,9 @@ def build_train_dataset(
         else:
             image, mask = cached(row["index"], row["group"], key)
         out = {"image": image, "mask": mask, "group": row["group"], "index": row["index"]}
+        if defer_augment:  # the train step augments it from this seed
+            out["image"], out["mask"] = transfer(image, mask)
+            out[SEED] = key
         if "weight" in row:
             out["weight"] = row["weight"]
         return out
