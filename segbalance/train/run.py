@@ -11,6 +11,9 @@ what its folder holds (``compare`` and ``cv`` run it per strategy and fold).
 A run killed at any point resumes (``resume=True``) at its last checkpoint: the same plan
 from the same epoch and step, so the finished run equals an uninterrupted one.
 
+``augment.device`` places augmentation in the input pipeline or in the train step
+(:mod:`segbalance.train.device_augment`); data.json records the choice for a resume.
+
 A manifest with classes (``prepare --classes``) makes a multiclass run
 (:mod:`segbalance.train.task`): K softmax channels, ``model.classes`` taken from the
 manifest. ``config.yaml`` keeps the config as given, so a resume compares like with like.
@@ -34,6 +37,7 @@ from segbalance.errors import UserError, unknown_name_error
 from segbalance.models import model_names
 from segbalance.pipeline.augment import check_groups
 from segbalance.pipeline.budget import CacheChoice, available_memory, choose_cache
+from segbalance.train.device_augment import RECORD, choose_placement, recorded_device
 from segbalance.train.fingerprint import (
     check_same_data,
     data_fingerprint,
@@ -116,6 +120,10 @@ def train(
     cache = cache_choice(cfg, data, wd if resume else None)
     fingerprint["cache"] = {"train": cache.train, "valid": cache.valid}
     runtime = make_runtime(cfg.distribute)
+    # After the strategy (it sets the visible GPUs); a resume augments where it started.
+    recorded = recorded_device(wd.root) if resume else None
+    placement = choose_placement(cfg.augment, data[0].groups, task.num_classes, recorded=recorded)
+    fingerprint[RECORD] = placement.device
     runtime.check_batch("train.batch_size", cfg.train.batch_size)
     valid_batch = cfg.train.validation_batch_size or cfg.train.batch_size
     runtime.check_batch("train.validation_batch_size", valid_batch)
@@ -130,7 +138,8 @@ def train(
         # Every run shows a few validation images per group in TensorBoard (images.py).
         images = GroupImages(data[1], cfg.data.image_size, wd.logs, cfg.train.threshold)
         try:
-            trainer = Trainer(cfg, wd, runtime, data, plan, cache, [*callbacks, images], task)
+            observers = [*callbacks, images]
+            trainer = Trainer(cfg, wd, runtime, data, plan, cache, observers, task, placement)
         except UserError:
             # Refused before the first step (e.g. ImageNet weights not downloadable): the
             # run this call just created holds nothing trained, so a corrected retry must

@@ -15,6 +15,11 @@ over replicas and, under MultiWorkerMirroredStrategy, over workers before it lea
 step, so every worker holds the same per-group numbers (adaptive balancing relies on it to
 compute the same weights everywhere).
 
+With ``augment.device: accelerator`` the train step augments each replica's share of the
+batch before its forward pass (:mod:`segbalance.pipeline.deferred`), outside the step's own
+XLA program: the op chains compile as ``augment.jit`` says, so they draw the numbers the
+pipeline would. Validation is never augmented.
+
 Multiclass runs (``multiclass=True``: K softmax channels, masks of class indices) count per
 class: a step's counts are ``[K, 4]`` and validation's ``[G, K, 4]``
 (:func:`segbalance.metrics.class_confusion_counts`); binary ones keep ``[4]`` and ``[G, 4]``.
@@ -44,6 +49,7 @@ from segbalance.metrics import (
 from segbalance.models import build_model
 from segbalance.pipeline.cache import DecodedCache
 from segbalance.pipeline.dataset import build_eval_dataset, build_train_dataset
+from segbalance.pipeline.deferred import BatchFn
 from segbalance.train import schedule
 
 SUM = tf.distribute.ReduceOp.SUM
@@ -71,12 +77,14 @@ def train_dataset(
     epoch: int,
     sample_weights: np.ndarray | None,
     cache: DecodedCache | None = None,
+    defer_augment: bool = False,
 ) -> Any:
     """Epoch ``epoch`` as a distributed dataset: each input pipeline reads its share.
 
     Args:
         reads: ``(pipelines, pipeline) -> (plan positions, row indices)`` of that input
             pipeline (:meth:`segbalance.train.trainer.Trainer.epoch_reads`).
+        defer_augment: the train step augments (uint8 pixels and seeds in the batches).
     """
     B = cfg.train.batch_size
 
@@ -93,6 +101,7 @@ def train_dataset(
             epoch=epoch,
             sample_weights=sample_weights,
             cache=cache,
+            defer_augment=defer_augment,
         )
 
     return strategy.distribute_datasets_from_function(dataset_fn)
@@ -141,6 +150,7 @@ def make_train_step(
     num_groups: int = 0,
     jit_compile: bool = False,
     multiclass: bool = False,
+    augment: BatchFn | None = None,
 ) -> Callable[[Any], tuple[tf.Tensor, ...]]:
     """A compiled step: returns the global mean loss and summed [4] ([K, 4]) train counts.
 
@@ -150,7 +160,8 @@ def make_train_step(
     ``jit_compile`` the forward pass, loss and gradients of each replica are one XLA
     program; the all-reduce and the optimiser update stay outside it. A collective inside
     that nested function fails (``merge_call``), so synchronized batch norm (several
-    replicas) rules it out: :func:`segbalance.train.precision.resolve_jit`.
+    replicas) rules it out: :func:`segbalance.train.precision.resolve_jit`. ``augment``
+    (deferred augmentation) turns each replica's uint8 batch into the augmented one first.
     """
     variables = list(model.trainable_variables)
     replicas = strategy.num_replicas_in_sync
@@ -179,6 +190,8 @@ def make_train_step(
     )
 
     def replica_step(batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
+        if augment is not None:  # outside the XLA program: the pipeline's own op chains
+            batch = augment(batch)
         grads, *out = compute(batch)
         pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
         reduced = [g for g, _ in pairs]
@@ -194,6 +207,12 @@ def make_train_step(
         return tuple(strategy.reduce(SUM, x, axis=None) for x in out)
 
     return step
+
+
+def precision_probe(cfg: Config, batch: int) -> Callable[[Sequence[str]], dict[str, float]]:
+    """The trainer's ``measure`` of auto precision: seconds per step under each policy."""
+    # Two warm-up calls: the first traces, the second still creates oneDNN primitives.
+    return lambda policies: time_train_steps(cfg, policies, batch, steps=5, warmup=2)
 
 
 def time_train_steps(

@@ -44,6 +44,7 @@ from segbalance.train import precision as prec
 from segbalance.train import schedule, steps
 from segbalance.train.adaptive import FIGURE, AdaptiveBalance, plot_weights
 from segbalance.train.checkpoint import Checkpoints, RunState, make_checkpoint
+from segbalance.train.device_augment import IN_PIPELINE, AugmentPlacement
 from segbalance.train.monitor import Monitor
 from segbalance.train.result import TrainResult, model_meta, result_from, run_summary
 from segbalance.train.runtime import Runtime, synchronize_batch_norm
@@ -65,6 +66,7 @@ class Trainer:
             choose_cache`).
         callbacks: ``keras.callbacks.Callback`` objects observing the run.
         task: binary or the manifest's classes (default: ``task.resolve_task``).
+        placement: where augmentation runs (:mod:`segbalance.train.device_augment`).
     """
 
     def __init__(
@@ -77,11 +79,12 @@ class Trainer:
         cache: CacheChoice,
         callbacks: Sequence[keras.callbacks.Callback] = (),
         task: Task | None = None,
+        placement: AugmentPlacement = IN_PIPELINE,
     ) -> None:
         self.task = task if task is not None else resolve_task(cfg, data[0])
         cfg = task_config(cfg, self.task)  # model.classes = K for a multiclass manifest
-        self.cfg, self.wd, self.runtime, self.cache = cfg, wd, runtime, cache
-        self.strategy = runtime.strategy
+        self.cfg, self.wd, self.runtime = cfg, wd, runtime
+        self.strategy, self.cache, self.placement = runtime.strategy, cache, placement
         self.train_rows, self.valid_rows = data
         self._cache: DecodedCache | None = None
         self.groups = self.train_rows.groups
@@ -94,7 +97,7 @@ class Trainer:
         solo = runtime.num_workers == 1
         self.precision = prec.choose_precision(  # before the seed: the probe draws no numbers
             cfg.train.precision,
-            measure=self._time_steps if solo else None,
+            measure=steps.precision_probe(cfg, self.batch // runtime.replicas) if solo else None,
             cache=wd.root / prec.PROBE_FILE if solo else None,
             key=prec.probe_key(cfg.model.name, cfg.data.image_size, self.batch),
             steps=self.steps * cfg.train.epochs,
@@ -256,12 +259,6 @@ class Trainer:
         _, indices = self.epoch_reads(epoch, 0, runtime.num_workers, runtime.worker_index)
         return pipeline_error(self.train_rows, indices.tolist(), self.valid_rows, epoch)
 
-    def _time_steps(self, policies: Sequence[str]) -> dict[str, float]:
-        """The precision probe: seconds per step of a model copy under each policy."""
-        # Two warm-up calls: the first traces, the second still creates oneDNN primitives.
-        batch = self.batch // self.runtime.replicas
-        return steps.time_train_steps(self.cfg, policies, batch, steps=5, warmup=2)
-
     def _train_step(self, epoch: int) -> Any:
         frozen = epoch < self.cfg.model.freeze_encoder_epochs
         if set_encoder_trainable(self.model, not frozen) and frozen not in self._train_steps:
@@ -277,6 +274,7 @@ class Trainer:
                 0 if self.adaptive is None else self.adaptive.train_loss_groups,
                 jit_compile=self.jit,
                 multiclass=self.task.multiclass,
+                augment=self.placement.step,
             )
         return self._train_steps[frozen]
 
@@ -293,6 +291,7 @@ class Trainer:
             epoch,
             self.sample_weights,
             self.decoded_cache(),
+            self.placement.on_device,
         )
         # A live bar on a terminal; one line per epoch in a log file.
         verbose = (1 if sys.stdout.isatty() else 2) if self.runtime.chief else 0
@@ -350,6 +349,7 @@ class Trainer:
         facts = {
             "precision": self.policy,
             "jit_compile": self.jit,
+            "augment_device": self.placement.device,
             "replicas": self.runtime.replicas,
             "workers": self.runtime.num_workers,
             "global_batch_size": self.batch,
@@ -387,6 +387,7 @@ class Trainer:
             f"plan {plan.balance}/{plan.mode}: {self.steps} steps of {self.batch} per epoch; "
             f"target mix {mix}",
             f"input: {self.cache.reason}",
+            self.placement.note,
         ]
         if self.adaptive is not None:
             lines.append(self.adaptive.describe())
