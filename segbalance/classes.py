@@ -30,7 +30,14 @@ from typing import Any
 import numpy as np
 import yaml
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from segbalance.errors import UserError
 
@@ -64,6 +71,13 @@ class ClassDef(BaseModel):
     value: int = Field(ge=0, le=255)
     color: tuple[int, int, int] | None = None
 
+    @field_validator("color", mode="before")
+    @classmethod
+    def _rgb(cls, v: Any) -> Any:
+        if v is not None and (not isinstance(v, list | tuple) or len(v) != 3):
+            raise ValueError(f"color {v!r} must be three numbers [R, G, B], each 0..255")
+        return v
+
     @model_validator(mode="after")
     def _checks(self) -> ClassDef:
         if not _NAME.match(self.name):
@@ -81,21 +95,39 @@ class ClassSet(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    classes: tuple[ClassDef, ...] = Field(min_length=2, max_length=MAX_CLASSES)
-    ignore: int | None = Field(None, ge=0, le=255)
-    ignore_color: tuple[int, int, int] | None = None
+    classes: tuple[ClassDef, ...]
+    ignore: int | None = Field(None, ge=0, le=255, description="value of ignored pixels")
+    ignore_color: tuple[int, int, int] | None = Field(
+        None, description="colour of ignored pixels in colour masks (e.g. VOC's borders)"
+    )
+
+    @field_validator("ignore", mode="before")
+    @classmethod
+    def _ignore_is_a_value(cls, v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            raise ValueError(
+                f"ignore {list(v)} is a colour: write 'ignore_color: {list(v)}' for colour "
+                "masks ('ignore' is a gray value 0..255)"
+            )
+        return v
 
     @model_validator(mode="after")
     def _unique(self) -> ClassSet:
+        # Counted here, not by Field(min_length): pydantic would count only the valid items
+        # and report "at least 2" next to the real error of a bad one.
+        if not 2 <= len(self.classes) <= MAX_CLASSES:
+            raise ValueError(
+                f"{len(self.classes)} class(es) given: list 2..{MAX_CLASSES}, background first"
+            )
         columns: tuple[tuple[str, list[str]], ...] = (
             ("name", [c.name for c in self.classes]),
             ("value", [str(c.value) for c in self.classes]),
-            ("color", [str(list(c.color)) for c in self.classes if c.color is not None]),
+            ("color", [str(list(c.color)) if c.color else "" for c in self.classes]),
         )
         for what, values in columns:
-            repeated = sorted({v for v in values if values.count(v) > 1})
-            if repeated:
-                raise ValueError(f"two classes share the {what} {', '.join(repeated)}")
+            for v in dict.fromkeys(x for x in values if x and values.count(x) > 1):
+                names = [c.name for c, x in zip(self.classes, values, strict=True) if x == v]
+                raise ValueError(f"classes {' and '.join(names)} share the {what} {v}")
         if self.ignore is not None and self.ignore in self.values:
             raise ValueError(f"ignore {self.ignore} is also the value of a class")
         colors = [c.color for c in self.classes if c.color is not None]
@@ -186,10 +218,13 @@ def load_classes(path: str | Path) -> ClassSet:
         raise UserError(f"classes file {path} is a folder; give the YAML file itself")
     if not path.is_file():
         raise UserError(f"classes file {path} does not exist; write one (see 'prepare --help')")
+    text = ""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise UserError(f"cannot read classes file {path}: {err}") from err
+        hint = " (YAML indents with spaces, not tabs)" if "\t" in text else ""
+        raise UserError(f"cannot read classes file {path}{hint}: {err}") from err
     return classes_from_json(raw, str(path))
 
 
@@ -334,8 +369,18 @@ def _show(value: int, rule: str) -> str:
 def read_label_mask(path: str | Path, spec: ClassSet, rule: str) -> np.ndarray:
     """uint8 [H, W] class indices of a mask file (prepare has checked it; training reads it).
 
-    Values no class names (a file changed after prepare) count as ignored.
+    Raises:
+        ValueError: the mask holds values (or colours) no class names: it changed after
+            prepare, and reading them as anything would train or score wrong labels.
     """
     with Image.open(path) as img:
         img.load()
-        return label_map(img, spec, rule)[0]
+        labels, unknown = label_map(img, spec, rule)
+    if unknown:
+        what = "colours" if rule == "class-color" else "values"
+        raise ValueError(
+            f"{what} {', '.join(unknown)} are no class of the manifest's classes "
+            f"({', '.join(spec.names)}): the mask changed after 'segbalance prepare'; run "
+            "prepare again"
+        )
+    return labels

@@ -22,6 +22,7 @@ from segbalance.classes import (
     classes_from_json,
     label_map,
     load_classes,
+    read_label_mask,
     resolve_class_weights,
 )
 from segbalance.errors import UserError
@@ -67,9 +68,14 @@ def test_classes_file_reads_names_values_and_background_colour(tmp_path):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("classes: [{name: a, value: 0}]", "at least 2"),
-        ("classes: [{name: a, value: 0}, {name: b, value: 0}]", "share the value 0"),
+        ("classes: [{name: a, value: 0}]", "1 class(es) given: list 2..255"),
+        (
+            "classes: [{name: a, value: 0}, {name: b, value: 0}]",
+            "classes a and b share the value 0",
+        ),
         ("classes: [{name: a, value: 0}, {name: a, value: 1}]", "share the name a"),
+        ("classes: [{name: a, value: 0}, {name: b, value: 1, color: [1, 2, 3, 4]}]", "[R, G, B]"),
+        ("classes: [{name: a, value: 0}, {name: b, value: 1}]\nignore: [1, 2, 3]", "ignore_color"),
         ("classes: [{name: a, value: 0}, {name: b, value: 300}]", "classes.1.value"),
         ("classes: [{name: a b, value: 0}, {name: c, value: 1}]", "class name 'a b'"),
         ("classes: [{name: a, value: 0}, {name: b, value: 1}]\nignore: 1", "ignore 1"),
@@ -91,6 +97,28 @@ def test_classes_file_missing_or_not_yaml(tmp_path):
         load_classes(tmp_path / "nope.yaml")
     with pytest.raises(UserError, match="is a folder"):
         load_classes(tmp_path)
+    tabs = tmp_path / "tabs.yaml"
+    tabs.write_text("classes:\n\t- {name: a, value: 0}\n")
+    with pytest.raises(UserError, match="not tabs"):
+        load_classes(tabs)
+
+
+def test_one_bad_class_is_the_only_error(tmp_path):
+    # pydantic would also count the valid items and say "at least 2" for a 3-class file
+    path = tmp_path / "classes.yaml"
+    path.write_text("classes: [{name: a, value: 0}, {name: b c, value: 1}, {name: d, value: 2}]")
+    with pytest.raises(UserError) as err:
+        load_classes(path)
+    assert "class name 'b c'" in str(err.value) and "given" not in str(err.value)
+
+
+def test_a_mask_changed_after_prepare_is_refused_not_ignored(tmp_path):
+    path = tmp_path / "m.png"
+    Image.fromarray(np.array([[0, 1], [2, 1]], np.uint8)).save(path)
+    assert read_label_mask(path, SPEC, "class-value").tolist() == [[0, 1], [2, 1]]
+    Image.fromarray(np.array([[0, 200], [0, 0]], np.uint8) + 55).save(path)  # now 55/255
+    with pytest.raises(ValueError, match="values 55 are no class .*prepare again"):
+        read_label_mask(path, SPEC, "class-value")
     bad = tmp_path / "bad.yaml"
     bad.write_text("classes: [unclosed")
     with pytest.raises(UserError, match="cannot read classes file"):
@@ -203,6 +231,18 @@ def test_group_metrics_absent_class_rule_and_json_shape():
         "worst_group_iou",
         "overall_iou",
     ]
+
+
+def test_precision_and_recall_leave_out_classes_they_are_undefined_for():
+    gm = GroupMetrics(["g"], SPEC.names)
+    # nail: 3 true pixels, 2 found; skin: in no mask but predicted on 1 pixel
+    gm.update([0], [[[10, 1, 1, 0], [2, 0, 1, 0], [0, 1, 0, 0]]])
+    group = gm.result()["groups"]["g"]
+    assert group["classes"]["skin"]["recall"] is None  # nothing to find: no recall
+    assert group["classes"]["skin"]["precision"] == 0.0 and group["classes"]["skin"]["iou"] == 0
+    assert group["recall"] == pytest.approx(2 / 3)  # nail's only, not lifted by skin's 0/0
+    assert group["precision"] == pytest.approx((1.0 + 0.0) / 2)
+    assert group["iou"] == pytest.approx((2 / 3 + 0.0) / 2)
 
 
 def test_a_group_with_every_class_absent_scores_one():
