@@ -22,7 +22,8 @@ group's ``iou`` (dice, precision, recall) is the **mean over the foreground clas
 per-class ratios of the group's summed counts. Absent-class rule: a class with no true and
 no predicted pixel in a group (tp + fp + fn = 0) is left out of that group's mean and shown
 as ``null``; a group where every foreground class is absent scores 1.0, as an empty binary
-mask with an empty prediction does.
+mask with an empty prediction does. Likewise a class never predicted in a group has no
+precision there, and a class in none of its masks no recall (``null``, left out).
 """
 
 from __future__ import annotations
@@ -132,14 +133,23 @@ def metrics_from_counts(tp: Any, fp: Any, fn: Any, tn: Any) -> dict[str, np.ndar
 
 
 def class_metrics(counts: Any) -> dict[str, np.ndarray]:
-    """Per-class metrics of counts ``[..., K, 4]``; NaN where the class is absent.
+    """Per-class metrics of counts ``[..., K, 4]``; NaN where a ratio is 0/0.
 
-    Absent: no true and no predicted pixel (``tp + fp + fn == 0``), see the module doc.
+    IoU and Dice are 0/0 where the class is absent (no true and no predicted pixel);
+    precision where it is never predicted, recall where it is in no mask. Those classes are
+    left out of a group's mean of that metric (module doc), so a class missing from a
+    group's masks does not lift the group's recall to 1.
     """
     counts = np.asarray(counts, np.float64)
     tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
-    absent = (tp + fp + fn) == 0
-    return {k: np.where(absent, np.nan, v) for k, v in metrics_from_counts(tp, fp, fn, 0).items()}
+    undefined = {
+        "iou": tp + fp + fn == 0,
+        "dice": tp + fp + fn == 0,
+        "precision": tp + fp == 0,
+        "recall": tp + fn == 0,
+    }
+    values = metrics_from_counts(tp, fp, fn, 0)
+    return {k: np.where(undefined[k], np.nan, v) for k, v in values.items()}
 
 
 def summary_metrics(counts: Any, multiclass: bool) -> dict[str, np.ndarray]:
