@@ -288,6 +288,31 @@ def resolve_class_weights(
 CLASS_RULES = ("class-value", "class-color")
 
 
+class ClassRuleError(ValueError):
+    """A mask no class rule reads unambiguously (``fix`` says what to do)."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(problem)
+        self.fix = fix
+
+
+def _palette_clash(img: Image.Image, spec: ClassSet) -> str | None:
+    """A palette PNG whose index i is drawn in the colour the file gives another class."""
+    palette = img.getpalette() or []
+    by_colour = {
+        str(list(rgb)): c for c, rgb in zip(spec.classes, spec.mask_colors(), strict=True) if rgb
+    }
+    for index in np.unique(np.asarray(img)):
+        rgb = list(palette[3 * int(index) : 3 * int(index) + 3])
+        other = by_colour.get(str(rgb))
+        if other is not None and other.value != int(index):
+            return (
+                f"palette index {int(index)} is drawn {rgb}, the colour of class "
+                f"'{other.name}' (value {other.value}), but palette masks are read by index"
+            )
+    return None
+
+
 def class_rule(img: Image.Image, spec: ClassSet) -> str:
     """The rule a mask is read by: its values, or its colours when it is RGB(A) in colour.
 
@@ -295,8 +320,17 @@ def class_rule(img: Image.Image, spec: ClassSet) -> str:
     masks store classes). An RGB(A) mask whose three channels agree is gray saved as RGB.
 
     Raises:
-        ValueError: a colour mask while the classes file gives a class no colour.
+        ClassRuleError: a colour mask while the classes file gives a class no colour; a
+            palette mask whose palette draws an index in another class's colour.
     """
+    if img.mode == "P" and any(c.color for c in spec.classes):
+        clash = _palette_clash(img, spec)
+        if clash:
+            raise ClassRuleError(
+                clash,
+                "save the mask as RGB (PIL: Image.open(p).convert('RGB').save(p)) to read it "
+                "by colour, or fix its palette so index = class value",
+            )
     if img.mode not in ("RGB", "RGBA"):
         return "class-value"
     rgb = np.asarray(img.convert("RGB"))
@@ -306,9 +340,10 @@ def class_rule(img: Image.Image, spec: ClassSet) -> str:
         missing = [
             c.name for c, rgb in zip(spec.classes, spec.mask_colors(), strict=True) if rgb is None
         ]
-        raise ValueError(
-            f"a colour mask, but the classes file gives no colour for {', '.join(missing)}: "
-            "add 'color: [R, G, B]' to each class"
+        raise ClassRuleError(
+            f"a colour mask, but the classes file gives no colour for {', '.join(missing)}",
+            "give every class a colour ('color: [R, G, B]'), or save the mask with class "
+            "values (gray or palette PNG)",
         )
     return "class-color"
 

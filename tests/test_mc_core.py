@@ -16,6 +16,7 @@ from PIL import Image
 
 from segbalance.classes import (
     IGNORE_INDEX,
+    ClassRuleError,
     auto_class_weights,
     class_pixel_fractions,
     class_rule,
@@ -156,13 +157,24 @@ def test_label_map_reads_palette_indices_and_colour_masks():
     assert class_rule(gray, SPEC) == "class-value"
 
 
+def test_a_palette_drawing_an_index_in_another_class_colour_is_refused():
+    pal = Image.fromarray(np.array([[0, 1], [2, 1]], np.uint8), mode="L").convert("P")
+    pal.putpalette([0, 0, 0, 0, 255, 0, 255, 0, 0] + [0] * 759)  # 1 drawn green, 2 red
+    with pytest.raises(
+        ClassRuleError, match="index 1 is drawn .0, 255, 0., the colour of class 'skin'"
+    ):
+        class_rule(pal, SPEC)
+    pal.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)  # the file's own colours
+    assert class_rule(pal, SPEC) == "class-value"
+
+
 def test_colour_mask_needs_colours():
     spec = classes_from_json(
         {"classes": [{"name": "bg", "value": 0}, {"name": "x", "value": 1}]}, "t"
     )
     rgb = np.zeros((2, 2, 3), np.uint8)
     rgb[0, 0] = (255, 0, 0)
-    with pytest.raises(ValueError, match="no colour for x"):
+    with pytest.raises(ClassRuleError, match="no colour for x"):
         class_rule(Image.fromarray(rgb), spec)
 
 
@@ -364,3 +376,18 @@ def test_loss_names_depend_on_the_task():
     with pytest.raises(UserError, match="loss for 3 classes 'bce'"):
         parse_loss_expression("bce", classes=3)
     assert parse_loss_expression("ce", classes=1) == [(1.0, "ce")]  # binary ce is bce
+
+
+def test_mask_problems_say_how_to_fix_them():
+    from segbalance.data.class_masks import ClassChoice, check_class_mask
+
+    choice = ClassChoice(SPEC, "classes.yaml")
+    big = Image.fromarray(np.array([[0, 300], [600, 1]], np.uint16).astype(np.int32), mode="I")
+    problem = check_class_mask(big, "m.png", choice)
+    assert "values 300, 600 are no class of classes.yaml" in problem.problem
+    assert "class values are 0..255" in problem.fix  # not "add the class": values stop at 255
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[0, 0] = (250, 5, 5)  # an anti-aliased edge
+    problem = check_class_mask(Image.fromarray(rgb), "c.png", choice)
+    assert "colour [250, 5, 5] is no class" in problem.problem
+    assert "ignore_color: [R, G, B]" in problem.fix

@@ -22,7 +22,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segbalance.classes import ClassSet, class_pixel_fractions, class_rule, label_map, load_classes
+from segbalance.classes import (
+    ClassRuleError,
+    ClassSet,
+    class_pixel_fractions,
+    class_rule,
+    label_map,
+    load_classes,
+)
 from segbalance.errors import Problem, UserError
 
 #: PIL modes a label mask may have (what training's decoder reads to the same values).
@@ -83,9 +90,25 @@ def _unknown_problem(shown: str, found: list[str], rule: str, choice: ClassChoic
         shown,
         f"{what} {', '.join(found)}{more} {verb} no class of {choice.source} "
         f"({describe_classes(choice.spec, rule)})",
-        f"add the missing class(es) to {choice.source} (or 'ignore: V' for pixels to leave "
-        "out), or repaint the mask with class values only (no anti-aliasing, resize with "
-        "nearest neighbour)",
+        _unknown_fix(found, rule, choice),
+    )
+
+
+def _unknown_fix(found: list[str], rule: str, choice: ClassChoice) -> str:
+    """How to read values or colours no class names: add them, ignore them or repaint."""
+    if rule == "class-color":
+        ignore = "'ignore_color: [R, G, B]' for pixels to leave out"
+    else:
+        ignore = "'ignore: V' for pixels to leave out"
+    big = [v for v in found if v.isdigit() and int(v) > 255]
+    if big:  # 16-bit masks: class values are 0..255
+        return (
+            f"class values are 0..255, and this mask holds {', '.join(big)}: remap it to "
+            "values 0..255 (one per class) and save it as an 8-bit PNG"
+        )
+    return (
+        f"add the missing class(es) to {choice.source} ({ignore}), or repaint the mask "
+        "with class values only (no anti-aliasing, resize with nearest neighbour)"
     )
 
 
@@ -107,13 +130,8 @@ def check_class_mask(
         )
     try:
         rule = class_rule(msk, choice.spec)
-    except ValueError as err:
-        return Problem(
-            shown,
-            f"{err} in {choice.source}",
-            f"give every class a colour in {choice.source}, or save the mask with class "
-            "values (gray or palette PNG)",
-        )
+    except ClassRuleError as err:
+        return Problem(shown, f"{err} ({choice.source})", err.fix)
     labels, unknown = label_map(msk, choice.spec, rule)
     if msk.format == "JPEG":
         found = f" (values no class names: {', '.join(unknown)})" if unknown else ""
