@@ -108,3 +108,14 @@ def test_overwrite_switches_between_binary_and_classes(tmp_path: Path) -> None:
     assert "classes_file" not in info and "ring_images" not in info
     mask = np.asarray(Image.open(next((out / "Masks" / "0").glob("*.png"))))
     assert set(np.unique(mask).tolist()) <= {0, 255}
+
+
+@pytest.mark.parametrize("classes", [True, False])
+def test_overwrite_keeps_a_classes_file_the_user_edited(tmp_path: Path, classes: bool) -> None:
+    out = tmp_path / "d"
+    generate(out, scale=0.02, size=32, progress=False, classes=True)
+    edited = (out / CLASSES_NAME).read_text().replace("ring", "band")
+    (out / CLASSES_NAME).write_text(edited)
+    with pytest.raises(UserError, match="changed since synth wrote it"):
+        generate(out, scale=0.02, size=32, progress=False, overwrite=True, classes=classes)
+    assert (out / CLASSES_NAME).read_text() == edited

@@ -132,6 +132,17 @@ def _recorded_classes(out: Path) -> bool:
     return info is not None and info.get("classes_file") == CLASSES_NAME
 
 
+def _classes_edited(out: Path) -> bool:
+    """Whether OUT's classes.yaml is synth's by record but no longer what synth wrote."""
+    path = out / CLASSES_NAME
+    if not _recorded_classes(out) or not path.is_file():
+        return False
+    try:
+        return path.read_text(encoding="utf-8") != CLASSES_YAML
+    except (OSError, UnicodeDecodeError):
+        return True
+
+
 def _recorded_counts(out: Path) -> dict[str, int]:
     """The counts in OUT's synth.json; a UserError when it is not one synth wrote."""
     info = json_object(out / INFO_NAME)
@@ -195,6 +206,8 @@ def _check_replaceable(out: Path, overwrite: bool, classes: bool = False) -> Non
     foreign = foreign_files(out)
     if CLASSES_NAME in present and not _recorded_classes(out):
         foreign.append(CLASSES_NAME)
+    if _classes_edited(out):  # a user's edits: replacing or removing it would lose them
+        foreign.append(f"{CLASSES_NAME} (changed since synth wrote it)")
     if foreign:
         raise UserError(
             f"{out} holds files segbalance synth did not write: {_listing(foreign)}; they "
