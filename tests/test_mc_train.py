@@ -267,7 +267,7 @@ def test_binary_history_header_is_unchanged() -> None:
     ]
     assert runlog.history_columns(["0"], adaptive=True)[-2:] == ["weight_0", "val_loss_0"]
     columns = runlog.history_columns(["0"], classes=NAMES)
-    assert columns[-3:] == ["val_iou_background", "val_iou_nail", "val_iou_skin"]
+    assert columns[-3:] == ["class_iou_background", "class_iou_nail", "class_iou_skin"]
 
 
 def test_validate_sums_per_class_counts() -> None:
@@ -286,7 +286,7 @@ def test_validate_sums_per_class_counts() -> None:
     expected = ref.result()
     assert val["groups"] == expected["groups"] and val["classes"] == expected["classes"]
     assert val["groups"]["a"]["iou"] == pytest.approx(0.75)  # nail only: skin is absent
-    assert val["val_iou_nail"] == pytest.approx(4 / 6)
+    assert val["class_iou_nail"] == pytest.approx(4 / 6)
     assert val["val_iou"] == pytest.approx(expected["overall_iou"])
     assert val["worst_group"] == "b"
 
@@ -396,8 +396,8 @@ def test_three_class_run_end_to_end_with_resume(
     expected = acc.result()
     for c in NAMES:
         iou = expected["classes"][c]["iou"]
-        assert (iou is None and math.isnan(best[f"val_iou_{c}"])) or best[
-            f"val_iou_{c}"
+        assert (iou is None and math.isnan(best[f"class_iou_{c}"])) or best[
+            f"class_iou_{c}"
         ] == pytest.approx(iou, abs=1e-5)
     for g in GROUPS:
         assert best[f"iou_{g}"] == pytest.approx(expected["groups"][g]["iou"], abs=1e-5)
@@ -433,6 +433,6 @@ def test_summary_line_shows_each_class() -> None:
         "images_per_s": 3.0,
     }
     assert "  iou " not in runlog.summary_line(row, 2, "mean_group_iou", False)
-    row.update(val_iou_background=0.9, val_iou_nail=float("nan"))
+    row.update(class_iou_background=0.9, class_iou_nail=float("nan"))
     line = runlog.summary_line(row, 2, "mean_group_iou", False)
     assert "iou background 0.9000 nail -" in line

@@ -10,7 +10,7 @@ val_dice, mean_group_iou, worst_group_iou, worst_group, lr, seconds, images_per_
 ``iou_<g>`` and ``dice_<g>`` for every group; an adaptive run (``balance: adaptive``) adds
 ``weight_<g>`` (the mix p_e the epoch sampled from) and ``val_loss_<g>`` (each group's mean
 validation loss), and TensorBoard ``group_weight/<g>`` scalars. A multiclass run (the
-manifest has classes) adds ``val_iou_<class>`` for every class after the group columns
+manifest has classes) adds ``class_iou_<class>`` for every class after the group columns
 (NaN when the class is absent from the validation set), and TensorBoard ``class_iou/<c>``
 and ``group_class_iou/<g>/<c>`` scalars; its ``iou``, ``val_iou``, ``val_dice`` and the
 group columns are means over the foreground classes (:mod:`segbalance.metrics`).
@@ -63,7 +63,7 @@ def history_columns(
     """Every column of history.csv for these groups (``adaptive``: weights, group losses;
     ``classes``: per-class validation IoU)."""
     columns = [*BASE_COLUMNS, *(f"iou_{g}" for g in groups), *(f"dice_{g}" for g in groups)]
-    columns += [f"val_iou_{c}" for c in classes or ()]
+    columns += [f"class_iou_{c}" for c in classes or ()]
     if adaptive:
         columns += [*(f"weight_{g}" for g in groups), *(f"val_loss_{g}" for g in groups)]
     return columns
@@ -180,7 +180,7 @@ def class_scalars(
     row: Mapping[str, Any], classes: Sequence[str], groups: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, Any]:
     """TensorBoard tags of a multiclass epoch: IoU per class, and per group and class."""
-    out: dict[str, Any] = {f"class_iou/{c}": row.get(f"val_iou_{c}") for c in classes}
+    out: dict[str, Any] = {f"class_iou/{c}": row.get(f"class_iou_{c}") for c in classes}
     for g, entry in groups.items():
         for c, metrics in (entry.get("classes") or {}).items():
             out[f"group_class_iou/{g}/{c}"] = metrics.get("iou")
@@ -242,7 +242,7 @@ def metrics_summary(
         view = {k: row.get(k) for k in BASE_COLUMNS}
         view["groups"] = group_table(row, groups)
         if classes is not None:
-            view["classes"] = {c: {"iou": row.get(f"val_iou_{c}")} for c in classes}
+            view["classes"] = {c: {"iou": row.get(f"class_iou_{c}")} for c in classes}
         return view
 
     return {
@@ -275,9 +275,9 @@ def write_metrics(path: Path, summary: Mapping[str, Any]) -> None:
 
 
 def class_parts(row: Mapping[str, Any]) -> list[str]:
-    """``iou nail 0.41 skin -`` of a multiclass row (its ``val_iou_<c>``; ``-``: absent);
+    """``iou nail 0.41 skin -`` of a multiclass row (its ``class_iou_<c>``; ``-``: absent);
     [] for binary."""
-    found = [(k[len("val_iou_") :], v) for k, v in row.items() if k.startswith("val_iou_")]
+    found = [(k[len("class_iou_") :], v) for k, v in row.items() if k.startswith("class_iou_")]
     shown = [f"{c} {v:.4f}" if is_finite(v) else f"{c} -" for c, v in found]
     return [f"iou {' '.join(shown)}"] if found else []
 

@@ -349,7 +349,7 @@ def validate(
         ``worst_group``, ``groups`` (evaluate JSON shape per group) and ``group_loss``
         (mean validation loss of each group's images; NaN for a group with none).
         Multiclass: ``val_iou``/``val_dice`` are means over the foreground classes (of all
-        pixels), and ``val_iou_<class>`` the IoU of every class (NaN when absent);
+        pixels), and ``class_iou_<class>`` the IoU of every class (NaN when absent);
         ``classes`` holds the all-pixel per-class metrics.
     """
     G = len(group_names)
@@ -389,5 +389,5 @@ def validate(
     if class_names is not None:
         out["classes"] = result["classes"]
         for name, entry in result["classes"].items():
-            out[f"val_iou_{name}"] = nan if entry["iou"] is None else entry["iou"]
+            out[f"class_iou_{name}"] = nan if entry["iou"] is None else entry["iou"]
     return out
