@@ -24,6 +24,7 @@ TINY = {
     "train.batch_size": 2,
     "train.epochs": 2,
     "train.precision": "float32",
+    "augment.jit": False,  # XLA-compiling the augmentation costs more than it saves here
 }
 
 

@@ -61,6 +61,7 @@ def test_every_epoch_writes_each_groups_images(synth_manifest: Path, tmp_path: P
             "model.decoder_filters": [16, 8, 8, 8, 8],
             "train.epochs": 2,
             "train.batch_size": 4,
+            "augment.jit": False,  # XLA-compiling the augmentation costs more than it saves
         },
     )
     run = train(cfg, tmp_path / "run")
