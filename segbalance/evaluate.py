@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from segbalance.artifacts import ModelMeta, load_model, read_meta
 from segbalance.classes import ClassSet, read_label_mask
+from segbalance.data.class_masks import ClassChoice
 from segbalance.data.manifest import Manifest, read_manifest
 from segbalance.data.prepare import build_manifest
 from segbalance.errors import InvalidDataError, Problem, UserError
@@ -79,15 +80,19 @@ def load_data(data: str | Path, split: str | None = None, classes: ClassSet | No
     """
     path = Path(data)
     if path.is_dir():  # discovered and checked in memory, no manifest written
+        # The masks of a data root are read with the model's classes: say so in problems.
+        model_classes = None if classes is None else ClassChoice(classes, "the model's classes")
         try:
-            manifest = build_manifest(path, progress=False, classes=classes)
+            manifest = build_manifest(path, progress=False, classes=model_classes)
         except InvalidDataError as err:
             # prepare's own advice names prepare's flags (--skip-invalid, --mask-*), which
             # evaluate does not have: say how to get there.
+            flags = " --classes FILE" if classes is not None else ""
             raise InvalidDataError(
                 err.problems,
-                f"{path} cannot be evaluated as it is. Run 'segbalance prepare {path}' with "
-                "the flags the fixes below name, then evaluate the manifest it writes",
+                f"{path} cannot be evaluated as it is. Run 'segbalance prepare {path}"
+                f"{flags}' with the flags the fixes below name, then evaluate the manifest "
+                "it writes",
             ) from err
     elif path.is_file():
         manifest = read_manifest(path)
