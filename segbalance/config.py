@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -225,11 +226,26 @@ class LossConfig(_Stage):
     focal_gamma: float = Field(2.0, ge=0.0)
     tversky_alpha: float = Field(0.3, ge=0.0)
     tversky_beta: float = Field(0.7, ge=0.0)
-    class_weights: dict[str, Annotated[float, Field(gt=0.0)]] | Literal["auto"] | None = Field(
+    class_weights: dict[str, float] | Literal["auto"] | None = Field(
         None,
         description="multiclass: CLASS: WEIGHT (others 1), auto (inverse sqrt of the train "
         "split's pixel frequency, mean 1) or null (all 1)",
     )
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _class_weights(cls, v: Any) -> Any:
+        # One plain message instead of pydantic's one per branch of the union.
+        shape = "give auto, or a mapping CLASS: WEIGHT such as {ring: 4} (weights > 0)"
+        if v is None or v == "auto":
+            return v
+        if not isinstance(v, dict):
+            raise ValueError(f"{v!r} is not a class-weight setting: {shape}")
+        for name, weight in v.items():
+            ok = isinstance(weight, int | float) and not isinstance(weight, bool)
+            if not ok or not math.isfinite(weight) or weight <= 0:
+                raise ValueError(f"weight {weight!r} of class '{name}' must be > 0: {shape}")
+        return {str(k): float(w) for k, w in v.items()}
 
 
 class OptimizerConfig(_Stage):

@@ -391,3 +391,18 @@ def test_mask_problems_say_how_to_fix_them():
     problem = check_class_mask(Image.fromarray(rgb), "c.png", choice)
     assert "colour [250, 5, 5] is no class" in problem.problem
     assert "ignore_color: [R, G, B]" in problem.fix
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("autoo", "'autoo' is not a class-weight"), ({"ring": -1}, "weight -1 of class 'ring'")],
+)
+def test_class_weights_config_errors_are_one_plain_line(value, expected):
+    from segbalance.config import load_config
+
+    with pytest.raises(UserError) as err:
+        load_config(None, {"loss.class_weights": value})
+    assert expected in str(err.value) and "literal" not in str(err.value)
+    assert load_config(None, {"loss.class_weights": {"ring": 2}}).loss.class_weights == {
+        "ring": 2.0
+    }
