@@ -13,6 +13,8 @@ order. Decoding and augmentation stay in tf.data's threads; Python only builds t
 epoch's index arrays (closed-form numpy), which a parallel interleave does ahead of time.
 
 A multiclass manifest gives masks of class indices (255 = ignored), as training reads them.
+Augmentation always runs here, in the pipeline (``augment.device`` is train's: a user's
+``model.fit`` has no step that would augment).
 
 Example:
     >>> ds = balanced_dataset("data/manifest.csv", image_size=256, batch_size=8)  # doctest: +SKIP
