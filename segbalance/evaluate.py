@@ -35,12 +35,13 @@ import numpy as np
 import tensorflow as tf
 
 from segbalance.artifacts import ModelMeta, load_model, read_meta
-from segbalance.classes import ClassSet, read_label_mask
+from segbalance.classes import ClassSet
 from segbalance.data.class_masks import ClassChoice
 from segbalance.data.manifest import Manifest, read_manifest
 from segbalance.data.prepare import build_manifest
 from segbalance.errors import InvalidDataError, Problem, UserError
 from segbalance.io import check_replaceable_file, json_has_keys, write_text
+from segbalance.label_masks import read_label_mask
 from segbalance.metrics import GroupMetrics, counts_for, logit_threshold
 from segbalance.pipeline.decode import decode_image, decode_mask, resize_image
 from segbalance.pipeline.verify import DATA_ERRORS, FIX, check_files, undecodable

@@ -16,17 +16,14 @@ from PIL import Image
 
 from segbalance.classes import (
     IGNORE_INDEX,
-    ClassRuleError,
     auto_class_weights,
     class_pixel_fractions,
-    class_rule,
     classes_from_json,
-    label_map,
     load_classes,
-    read_label_mask,
     resolve_class_weights,
 )
 from segbalance.errors import UserError
+from segbalance.label_masks import ClassRuleError, class_rule, label_map, read_label_mask
 from segbalance.losses import SegmentationLoss, parse_loss_expression
 from segbalance.metrics import GroupMetrics, class_confusion_counts, summary_metrics
 

@@ -21,10 +21,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from segbalance.classes import IGNORE_INDEX, ClassSet, read_label_mask
+from segbalance.classes import IGNORE_INDEX, ClassSet
 from segbalance.config import Config, load_config
 from segbalance.data.manifest import Manifest, read_manifest, write_manifest
 from segbalance.errors import UserError
+from segbalance.label_masks import read_label_mask
 from segbalance.metrics import GroupMetrics
 from segbalance.train import logs as runlog
 

@@ -1,8 +1,8 @@
 """Checking a multiclass mask against its classes file (``prepare --classes``).
 
-Each mask is read by the rule :func:`segbalance.classes.class_rule` picks (``class-value``:
+Each mask is read by the rule :func:`segbalance.label_masks.class_rule` picks (``class-value``:
 gray, 16-bit or palette index; ``class-color``: RGB colour) into class indices with
-:func:`segbalance.classes.label_map`. A value or colour no class names is a problem naming
+:func:`segbalance.label_masks.label_map`. A value or colour no class names is a problem naming
 the mask, the values found and the classes there are; a JPEG mask is always refused (its
 codec moves class values near edges, also onto other classes' values, so even a JPEG whose
 values all look right is not trustworthy). What a good mask gives: its per-class pixel
@@ -22,15 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segbalance.classes import (
-    ClassRuleError,
-    ClassSet,
-    class_pixel_fractions,
-    class_rule,
-    label_map,
-    load_classes,
-)
+from segbalance.classes import ClassSet, class_pixel_fractions, load_classes
 from segbalance.errors import Problem, UserError
+from segbalance.label_masks import ClassRuleError, class_rule, label_map
 
 #: PIL modes a label mask may have (what training's decoder reads to the same values).
 LABEL_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L")

@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from segbalance.classes import CLASS_RULES
 from segbalance.data.mask_rules import parse_rule
 from segbalance.errors import Problem
+from segbalance.label_masks import CLASS_RULES
 
 COLUMNS = ("image", "mask", "group", "split", "height", "width", "coverage", "mask_rule")
 FOLD_COLUMN = "fold"

@@ -18,7 +18,7 @@ orientation`; the manifest records it), so pixels are those a viewer shows.
 
 Multiclass manifests (``Manifest.classes`` set, rows ruled ``class-value``/``class-color``)
 decode masks to float32 [H, W, 1] class *indices* (0..K-1, 255 = ignored), read by
-:func:`segbalance.classes.read_label_mask` in a ``tf.numpy_function``: the very reader that
+:func:`segbalance.label_masks.read_label_mask` in a ``tf.numpy_function``: the very reader that
 prepare checked them with. They are resized with nearest-neighbour as well.
 
 Example:
@@ -36,10 +36,11 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from segbalance.classes import ClassSet, read_label_mask
+from segbalance.classes import ClassSet
 from segbalance.data.mask_rules import LEGACY_RULES, PLANES
 from segbalance.data.orientation import read_orientation
 from segbalance.errors import UserError
+from segbalance.label_masks import read_label_mask
 
 _TIFF = r"(?i).*\.tiff?"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
