@@ -329,3 +329,13 @@ def test_two_replicas_augment_their_shares_in_the_step(
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["replicas"] == 2
     np.testing.assert_allclose(out["rows"]["cpu"], out["rows"]["accelerator"], rtol=1e-4)
+
+
+def test_a_run_recorded_before_the_key_resumes_in_the_pipeline(tmp_path: Path) -> None:
+    from segbalance.train.device_augment import RECORD, recorded_device
+
+    assert recorded_device(tmp_path) is None  # nothing recorded: a new run decides
+    (tmp_path / "data.json").write_text(json.dumps({"train": {}}))
+    assert recorded_device(tmp_path) == "cpu"  # it augmented in the pipeline: keep it there
+    (tmp_path / "data.json").write_text(json.dumps({RECORD: "accelerator"}))
+    assert recorded_device(tmp_path) == "accelerator"

@@ -106,6 +106,13 @@ def choose_placement(
 
 
 def recorded_device(work_dir: str | Path) -> str | None:
-    """The placement recorded in a run's data.json (None: a run from before the key)."""
-    value = (read_fingerprint(Path(work_dir)) or {}).get(RECORD)
-    return value if isinstance(value, str) else None
+    """The placement recorded in a run's data.json; None when no run was recorded.
+
+    A run from before the key augmented in the input pipeline: ``cpu``, so that resuming it
+    on a GPU machine does not move its augmentation mid-run.
+    """
+    fingerprint = read_fingerprint(Path(work_dir))
+    if fingerprint is None:
+        return None
+    value = fingerprint.get(RECORD, "cpu")
+    return value if isinstance(value, str) else "cpu"
