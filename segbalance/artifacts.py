@@ -91,7 +91,10 @@ class ModelMeta:
         return None if self.classes is None else classes_from_json(self.classes, META_MEMBER)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        raw = asdict(self)
+        if raw["classes"] is None:  # a binary model's file keeps the keys it always had
+            del raw["classes"]
+        return json.dumps(raw, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ModelMeta:
@@ -130,6 +133,19 @@ class ModelMeta:
                 self.class_set  # noqa: B018 (parses and checks)
             except UserError as err:
                 raise ValueError(str(err)) from None
+
+
+def refuse_threshold(meta: ModelMeta, threshold: float | None, model_path: Any) -> None:
+    """Refuse a ``--threshold`` for a multiclass model: its pixels take the likeliest class.
+
+    Raises:
+        UserError: naming the model file and the flag to drop.
+    """
+    if threshold is not None and meta.classes is not None:
+        raise UserError(
+            f"--threshold {threshold}: {model_path} is a multiclass model, whose pixels take "
+            "the most probable class (no threshold); drop --threshold"
+        )
 
 
 def check_image_size(value: Any) -> tuple[int, int]:

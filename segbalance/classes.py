@@ -123,6 +123,14 @@ class ClassSet(BaseModel):
             ("value", [str(c.value) for c in self.classes]),
             ("color", [str(list(c.color)) if c.color else "" for c in self.classes]),
         )
+        distinct = sorted(set(self.names))
+        for name in distinct:  # exact repeats are named by the loop below
+            same = [n for n in distinct if n.lower() == name.lower()]
+            if len(same) > 1:
+                raise ValueError(
+                    f"classes {' and '.join(same)} differ only in case: they would share "
+                    "output folders on macOS and Windows; rename one"
+                )
         for what, values in columns:
             for v in dict.fromkeys(x for x in values if x and values.count(x) > 1):
                 names = [c.name for c, x in zip(self.classes, values, strict=True) if x == v]

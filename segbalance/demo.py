@@ -39,7 +39,7 @@ from matplotlib.figure import Figure
 from segbalance.config import load_config
 from segbalance.data.prepare import prepare_dataset
 from segbalance.data.stats import compute_stats, format_stats_table, plot_stats
-from segbalance.data.synth import STYLES, generate, png_bytes, render
+from segbalance.data.synth import CLASSES_NAME, CLASSES_YAML, STYLES, generate, png_bytes, render
 from segbalance.errors import UserError
 from segbalance.evaluate import evaluate, json_view, write_json
 from segbalance.io import atomic_path, write_text
@@ -127,13 +127,21 @@ def claim_work_dir(work_dir: Path, outputs: tuple[str, ...]) -> None:
     write_text(work_dir / MARKER, json.dumps({"status": "running"}) + "\n")
 
 
-def write_heldout(out: Path, per_group: int, size: int, seed: int) -> dict[str, int]:
-    """A balanced synthetic set: ``per_group`` images of every group, drawn with ``seed``."""
+def write_heldout(
+    out: Path, per_group: int, size: int, seed: int, classes: bool = False
+) -> dict[str, int]:
+    """A balanced synthetic set: ``per_group`` images of every group, drawn with ``seed``.
+
+    ``classes``: the 3-class version (label masks, and its classes file in ``out``).
+    """
+    if classes:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / CLASSES_NAME, CLASSES_YAML)
     for group in STYLES:
         for kind in ("Images", "Masks"):
             (out / kind / group).mkdir(parents=True, exist_ok=True)
         for i in range(per_group):
-            image, mask = render(group, i, size, seed)
+            image, mask = render(group, i, size, seed, classes=classes)
             name = f"heldout_{group}_{i:04d}.png"
             (out / "Images" / group / name).write_bytes(png_bytes(image))
             (out / "Masks" / group / name).write_bytes(png_bytes(mask))

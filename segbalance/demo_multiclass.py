@@ -33,8 +33,16 @@ from matplotlib.figure import Figure
 from segbalance.classes import load_classes
 from segbalance.config import load_config
 from segbalance.data.prepare import prepare_dataset
-from segbalance.data.synth import CLASSES_NAME, CLASSES_YAML, STYLES, generate, png_bytes, render
-from segbalance.demo import BALANCES, COLOURS, MARKER, Clock, claim_work_dir, save_figure
+from segbalance.data.synth import CLASSES_NAME, generate
+from segbalance.demo import (
+    BALANCES,
+    COLOURS,
+    MARKER,
+    Clock,
+    claim_work_dir,
+    save_figure,
+    write_heldout,
+)
 from segbalance.evaluate import evaluate, json_view, write_json
 from segbalance.io import write_text
 from segbalance.sampling import group_probabilities
@@ -91,27 +99,13 @@ TINY = MulticlassSettings(
 )
 
 
-def write_heldout(out: Path, per_group: int, size: int, seed: int) -> dict[str, int]:
-    """A 3-class set with ``per_group`` images from every folder, and its classes file."""
-    for group in STYLES:
-        for kind in ("Images", "Masks"):
-            (out / kind / group).mkdir(parents=True, exist_ok=True)
-        for i in range(per_group):
-            image, mask = render(group, i, size, seed, classes=True)
-            name = f"heldout_{group}_{i:04d}.png"
-            (out / "Images" / group / name).write_bytes(png_bytes(image))
-            (out / "Masks" / group / name).write_bytes(png_bytes(mask))
-    write_text(out / CLASSES_NAME, CLASSES_YAML)
-    return dict.fromkeys(STYLES, per_group)
-
-
 def _prepare(work_dir: Path, s: MulticlassSettings, clock: Clock) -> tuple[Any, Path, Path]:
     """synth --classes and prepare --group-by rarest-class, for training and held-out."""
     data, heldout = work_dir / "data", work_dir / "heldout"
     counts = generate(
         data, scale=s.scale, size=s.image_size, seed=s.seed, progress=False, classes=True
     )
-    write_heldout(heldout, s.heldout_per_group, s.image_size, s.heldout_seed)
+    write_heldout(heldout, s.heldout_per_group, s.image_size, s.heldout_seed, classes=True)
     clock.lap("synth", f"synth --classes: {sum(counts.values())} training images, held-out set")
     spec = load_classes(data / CLASSES_NAME)
     kwargs: dict[str, Any] = {"seed": s.seed, "progress": False, "classes": spec}

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from segbalance.artifacts import ModelMeta, load_model, read_meta
+from segbalance.artifacts import ModelMeta, load_model, read_meta, refuse_threshold
 from segbalance.classes import ClassSet
 from segbalance.data.class_masks import ClassChoice
 from segbalance.data.manifest import Manifest, read_manifest
@@ -272,12 +272,7 @@ def evaluate(
     meta = read_meta(model_path)
     manifest = load_data(data, split, meta.class_set)
     check_classes(meta, manifest, model_path, data)  # before any file is opened
-    spec = meta.class_set
-    if spec is not None and threshold is not None:
-        raise UserError(
-            f"--threshold {threshold}: {model_path} is a multiclass model, whose pixels take "
-            "the most probable class (no threshold); drop --threshold"
-        )
+    refuse_threshold(meta, threshold, model_path)
     check_files(manifest, str(data))  # a file changed since prepare fails before the model
     model, meta = load_model(model_path)
     t = float(meta.threshold if threshold is None else threshold)
@@ -286,7 +281,7 @@ def evaluate(
     present = [g for g in manifest.groups if g in set(manifest.group)]
     local = {g: i for i, g in enumerate(present)}
     ids = np.array([local[g] for g in manifest.group], np.int64)
-    metrics = GroupMetrics(present, None if spec is None else spec.names)
+    metrics = GroupMetrics(present, manifest.classes.names if manifest.classes else None)
     metrics.update(ids, counts)
     result: dict[str, Any] = metrics.result()
     add_intervals(result, counts, ids, present, bootstrap, seed)

@@ -34,7 +34,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from segbalance.artifacts import META_MEMBER, ModelMeta, load_model, read_meta
+from segbalance.artifacts import META_MEMBER, ModelMeta, load_model, read_meta, refuse_threshold
 from segbalance.classes import ClassSet
 from segbalance.errors import UserError, unknown_name_error
 from segbalance.io import (
@@ -218,11 +218,8 @@ def export_model(
         raise unknown_name_error("export format", fmt, FORMATS)
     out = Path(out)
     _check_out(fmt, out, overwrite)
-    if threshold is not None and read_meta(model_path).class_set is not None:
-        raise UserError(
-            f"--threshold {threshold}: {model_path} is a multiclass model, whose mask is the "
-            "most probable class (no threshold); drop --threshold"
-        )
+    if threshold is not None:
+        refuse_threshold(read_meta(model_path), threshold, model_path)
     keras_model, meta = load_model(model_path)
     model = float32_model(keras_model)
     t = float(meta.threshold if threshold is None else threshold)

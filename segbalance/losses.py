@@ -316,14 +316,10 @@ class SegmentationLoss(keras.losses.Loss):
         return total
 
     def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "expression": self.expression,
-            **self.params,
-            "classes": self.classes,
-            "class_weights": self.class_weights,
-            "dtype": "float32",
-        }
+        config = {**super().get_config(), "expression": self.expression, **self.params}
+        if self.classes > 1:  # a binary loss keeps the config it always had
+            config.update(classes=self.classes, class_weights=self.class_weights)
+        return {**config, "dtype": "float32"}
 
 
 def get_loss(

@@ -50,7 +50,14 @@ import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from segbalance.artifacts import ModelMeta, NoMetadataError, check_image_size, load_model, read_meta
+from segbalance.artifacts import (
+    ModelMeta,
+    NoMetadataError,
+    check_image_size,
+    load_model,
+    read_meta,
+    refuse_threshold,
+)
 from segbalance.classes import ClassSet
 from segbalance.data.check import DEFAULT_MAX_PIXELS
 from segbalance.errors import Problem, UserError
@@ -236,19 +243,17 @@ def _check_args(batch_size: int, threshold: float | None, image_size: Any, pixel
 def _classes(model_path: str | Path, colors: bool, threshold: float | None) -> ClassSet | None:
     """A segbalance model's classes (None: binary or a plain Keras model), flags checked."""
     try:
-        spec = read_meta(model_path).class_set
+        meta: ModelMeta | None = read_meta(model_path)
     except NoMetadataError:  # a plain Keras model: binary, or refused by load_model
-        spec = None
+        meta = None
+    spec = None if meta is None else meta.class_set
     if spec is None and colors:
         raise UserError(
             f"--colors is for multiclass models; {model_path} is binary (its masks are 0/255): "
             "drop --colors, or use --overlay"
         )
-    if spec is not None and threshold is not None:
-        raise UserError(
-            f"--threshold {threshold}: {model_path} is a multiclass model, whose pixels take "
-            "the most probable class (no threshold); drop --threshold"
-        )
+    if meta is not None:
+        refuse_threshold(meta, threshold, model_path)
     return spec
 
 

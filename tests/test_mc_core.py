@@ -6,6 +6,7 @@ implementations (numpy written out here, keras.metrics.MeanIoU).
 
 from __future__ import annotations
 
+import json
 import math
 
 import keras
@@ -72,6 +73,7 @@ def test_classes_file_reads_names_values_and_background_colour(tmp_path):
             "classes a and b share the value 0",
         ),
         ("classes: [{name: a, value: 0}, {name: a, value: 1}]", "share the name a"),
+        ("classes: [{name: bg, value: 0}, {name: Nail, value: 1}, {name: nail, value: 2}]", "case"),
         ("classes: [{name: a, value: 0}, {name: b, value: 1, color: [1, 2, 3, 4]}]", "[R, G, B]"),
         ("classes: [{name: a, value: 0}, {name: b, value: 1}]\nignore: [1, 2, 3]", "ignore_color"),
         ("classes: [{name: a, value: 0}, {name: b, value: 300}]", "classes.1.value"),
@@ -403,3 +405,11 @@ def test_class_weights_config_errors_are_one_plain_line(value, expected):
     assert load_config(None, {"loss.class_weights": {"ring": 2}}).loss.class_weights == {
         "ring": 2.0
     }
+
+
+def test_binary_model_file_and_loss_keep_their_keys():
+    from segbalance.artifacts import ModelMeta
+
+    assert "classes" not in json.loads(ModelMeta((32, 32), ["a"]).to_json())
+    assert "classes" not in SegmentationLoss("dice").get_config()
+    assert SegmentationLoss("dice", classes=3).get_config()["classes"] == 3
