@@ -413,3 +413,25 @@ def test_binary_model_file_and_loss_keep_their_keys():
     assert "classes" not in json.loads(ModelMeta((32, 32), ["a"]).to_json())
     assert "classes" not in SegmentationLoss("dice").get_config()
     assert SegmentationLoss("dice", classes=3).get_config()["classes"] == 3
+
+
+def test_a_multiclass_csv_without_its_sidecar_classes_is_refused(tmp_path):
+    from segbalance.data.manifest import Manifest, read_manifest, sidecar_path, write_manifest
+    from segbalance.errors import InvalidDataError
+
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / f"{name}.png")
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / f"{name}_m.png")
+    manifest = Manifest(
+        tmp_path, ["a.png", "b.png"], ["a_m.png", "b_m.png"], ["g", "g"], ["train", "valid"],
+        [4, 4], [4, 4], [0.0, 0.0], ["class-value"] * 2,
+        classes=SPEC, class_coverage=[[1, 0, 0], [1, 0, 0]],
+    )  # fmt: skip
+    csv = write_manifest(manifest, tmp_path / "seg" / "manifest.csv")
+    assert read_manifest(csv).classes == SPEC
+    side = sidecar_path(csv)
+    meta = json.loads(side.read_text())
+    del meta["classes"]  # a sidecar replaced by a binary one
+    side.write_text(json.dumps(meta))
+    with pytest.raises(InvalidDataError, match="'class-value' is a multiclass rule"):
+        read_manifest(csv)

@@ -370,8 +370,7 @@ def read_manifest(
         turns.append(
             parse_orientation((row.get(ORIENTATION_COLUMN) or "").strip(), where, problems)
         )
-        if spec is not None:
-            cover.append(parse_class_coverage(row, class_cols, where, problems))
+        cover.append(parse_class_coverage(row, class_cols, where, problems, spec is not None))
         if check_files:
             for col, rel in zip(("image", "mask"), parsed[:2], strict=True):
                 if not (base / rel).is_file():

@@ -126,10 +126,28 @@ def class_columns(names: list[str]) -> list[str]:
 
 
 def parse_class_coverage(
-    row: dict[str, str], columns: list[str], where: str, problems: list[Problem]
+    row: dict[str, str], columns: list[str], where: str, problems: list[Problem], classes: bool
 ) -> list[float]:
-    """The ``coverage_<name>`` cells of a row, each a fraction in [0, 1]."""
-    out = []
+    """The ``coverage_<name>`` cells of a row, each a fraction in [0, 1]; [] for binary.
+
+    ``classes``: the sidecar holds classes. A row whose ``mask_rule`` is of the other kind is
+    a problem: the CSV and its sidecar do not belong together.
+    """
+    rule = (row.get("mask_rule") or "").strip()
+    if (rule in CLASS_RULES) != classes:
+        kind = "a multiclass" if rule in CLASS_RULES else "a binary"
+        held = "holds classes" if classes else "holds no classes (was it replaced or lost?)"
+        problems.append(
+            Problem(
+                where,
+                f"mask_rule '{rule}' is {kind} rule, but the manifest's .json sidecar {held}",
+                "keep the CSV with the sidecar prepare wrote beside it, or run 'segbalance "
+                "prepare' again (with --classes FILE for label masks)",
+            )
+        )
+    out: list[float] = []
+    if not classes:
+        return out
     for col in columns:
         text = (row.get(col) or "").strip()
         try:
