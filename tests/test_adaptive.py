@@ -323,6 +323,9 @@ TINY = {
     "sampling.adaptive_eta": 20.0,
     "sampling.adaptive_mix": 1.0,
     "sampling.adaptive_floor": 0.1,
+    # The same seeded augmentation ops, not XLA-compiled: compiling them anew in each of the
+    # four trainings cost ~4 s of CPU each (the training tests left at the default jit them).
+    "augment.jit": False,
 }
 
 
