@@ -124,10 +124,10 @@ def test_unreachable_worker_fails_within_timeout_naming_its_address() -> None:
     workers = [f"127.0.0.1:{mine}", f"127.0.0.1:{missing}"]
     began = time.monotonic()
     with pytest.raises(UserError) as err:
-        D.check_cluster(workers, 0, timeout_s=1.5)
+        D.check_cluster(workers, 0, timeout_s=0.5)  # the wait is all this test costs
     took = time.monotonic() - began
-    assert f"worker 1 at 127.0.0.1:{missing} did not answer within 1.5 s" in str(err.value)
-    assert took >= 1.5  # it waited the whole timeout (no upper bound: machines are shared)
+    assert f"worker 1 at 127.0.0.1:{missing} did not answer within 0.5 s" in str(err.value)
+    assert took >= 0.5  # it waited the whole timeout (no upper bound: machines are shared)
     # Our own port was released: TensorFlow's server can take it next.
     with socket.socket() as s:
         s.bind(("127.0.0.1", mine))
