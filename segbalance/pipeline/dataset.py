@@ -2,7 +2,9 @@
 
 One decode path serves any number of groups: a ``from_tensor_slices`` over the rows the
 plan asks for, in the plan's order, one parallel ``map`` (decode, resize, binarise, augment)
-with ``deterministic=True``, then ``batch`` and ``prefetch``. There is no shuffling here: the
+with ``deterministic=True``, then ``batch`` and ``prefetch``. Streamed JPEG images at least
+twice the training size (the manifest's sizes) decode at 1/2, 1/4 or 1/8 scale
+(:func:`segbalance.pipeline.decode.jpeg_ratios`). There is no shuffling here: the
 plan is the order, and a sample's augmentation seed is a function of (seed, epoch, position
 in the global plan) only, so resumed or sharded runs augment each sample as an
 uninterrupted single-device run does.
@@ -41,7 +43,7 @@ from segbalance.data.manifest import Manifest
 from segbalance.errors import UserError
 from segbalance.pipeline.augment import build_augmenter
 from segbalance.pipeline.cache import DecodedCache
-from segbalance.pipeline.decode import decode_pair
+from segbalance.pipeline.decode import decode_pair, jpeg_ratios
 from segbalance.pipeline.deferred import SEED, transfer
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -112,6 +114,7 @@ _LOADER_SIGNATURE = [
     tf.TensorSpec([], tf.int32),
     tf.TensorSpec([], tf.int32),
     tf.TensorSpec([2], tf.int64),
+    tf.TensorSpec([], tf.int32),
 ]
 
 
@@ -143,8 +146,11 @@ def _sample_loader(
         orientation: tf.Tensor,
         group: tf.Tensor,
         key: tf.Tensor,
+        jpeg_ratio: tf.Tensor,
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        image, mask = decode_pair(image_path, mask_path, size, mask_rule, orientation, classes)
+        image, mask = decode_pair(
+            image_path, mask_path, size, mask_rule, orientation, classes, jpeg_ratio
+        )
         if augmenter is not None:
             image, mask = augmenter(image, mask, group, key)
         return image, mask
@@ -220,6 +226,8 @@ def build_train_dataset(
     _check_rows(manifest, idx, "indices")
     table = _row_table(manifest, idx)
     table["position"] = pos
+    # JPEGs >= 2x the training size decode at reduced scale (decode.jpeg_ratios)
+    table["jpeg_ratio"] = jpeg_ratios(manifest.height[idx], manifest.width[idx], image_size)
     if sample_weights is not None:
         table["weight"] = _weights_for(manifest, sample_weights, idx)
     size, groups = _size(image_size), tuple(manifest.groups)
@@ -247,6 +255,7 @@ def build_train_dataset(
                 row["orientation"],
                 row["group"],
                 key,
+                row["jpeg_ratio"],
             )
         else:
             image, mask = cached(row["index"], row["group"], key)

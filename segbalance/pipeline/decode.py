@@ -13,8 +13,11 @@ the plane (gray, red, green, blue, alpha, or ``any``, the brightest of the three
 on the 0..255 scale, above T. Without a rule the legacy one, ``any>0``, applies. Mask JPEGs
 decode with the accurate IDCT, the one PIL uses, so thresholds see the same values prepare
 saw. Masks are resized with nearest-neighbour so they stay binary; images bilinearly with
-antialiasing. Images are turned by their EXIF orientation (:mod:`segbalance.data.
-orientation`; the manifest records it), so pixels are those a viewer shows.
+antialiasing; the training stream decodes a JPEG image at 1/2, 1/4 or 1/8 scale when it is
+at least that many times the training size (:func:`jpeg_ratios`; within a few grey levels
+of a full decode, see tests/test_streaming.py). Images are turned by their EXIF
+orientation (:mod:`segbalance.data.orientation`; the manifest records it), so pixels are
+those a viewer shows.
 
 Multiclass manifests (``Manifest.classes`` set, rows ruled ``class-value``/``class-color``)
 decode masks to float32 [H, W, 1] class *indices* (0..K-1, 255 = ignored), read by
@@ -71,6 +74,14 @@ def _pil_decode(path: bytes | np.ndarray) -> np.ndarray:
     return out[..., None] if out.ndim == 2 else out
 
 
+def _is_png16(data: tf.Tensor) -> tf.Tensor:
+    """A 16-bit PNG says so in its header (IHDR bit depth, byte 24)."""
+    return tf.logical_and(
+        tf.equal(tf.strings.substr(data, 0, 8), _PNG_SIGNATURE),
+        tf.equal(tf.strings.substr(data, 24, 1), b"\x10"),
+    )
+
+
 def _decode_unit(path: tf.Tensor, accurate_jpeg: bool = False) -> tf.Tensor:
     """Decode any accepted file into float32 [H, W, C] in 0..255, C in 1..4.
 
@@ -92,12 +103,8 @@ def _decode_unit(path: tf.Tensor, accurate_jpeg: bool = False) -> tf.Tensor:
         # A 16-bit PNG says so in its header (IHDR bit depth, byte 24): decode it as uint16
         # and scale 65535 -> 255. Everything else decodes as uint8, cast once: the cheapest
         # path for the common 8-bit files, and exact integers in 0..255.
-        is_png16 = tf.logical_and(
-            tf.equal(tf.strings.substr(data, 0, 8), _PNG_SIGNATURE),
-            tf.equal(tf.strings.substr(data, 24, 1), b"\x10"),
-        )
         return tf.cond(
-            is_png16,
+            _is_png16(data),
             lambda: tf.cast(tf.io.decode_png(data, dtype=tf.uint16), tf.float32) / 257.0,
             lambda: tf.cast(eight_bit(data), tf.float32),
         )
@@ -148,28 +155,86 @@ def apply_orientation(x: tf.Tensor, orientation: tf.Tensor | int) -> tf.Tensor:
 
 
 def _to_rgb(unit: tf.Tensor) -> tf.Tensor:
-    """Gray, gray+alpha, RGB or RGBA -> RGB (alpha dropped, gray replicated)."""
+    """Gray, gray+alpha, RGB or RGBA -> RGB (alpha dropped, gray replicated), any dtype."""
     channels = tf.shape(unit)[-1]
     rgb = tf.cond(
         channels < 3,
         lambda: tf.tile(unit[..., :1], [1, 1, 3]),
-        lambda: unit[..., :3],
+        # RGB passes as it is: slicing it would copy every pixel
+        lambda: tf.cond(tf.equal(channels, 3), lambda: unit, lambda: unit[..., :3]),
     )
     return tf.ensure_shape(rgb, [None, None, 3])
 
 
-def decode_image(path: tf.Tensor, orientation: tf.Tensor | int | None = None) -> tf.Tensor:
+def jpeg_ratios(heights: np.ndarray, widths: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Per row, the JPEG decode scale (1, 2, 4 or 8) of images ``heights`` x ``widths``.
+
+    The largest r at which the source (as shown: the manifest's sizes; a turn swaps both
+    alike) is still at least ``size`` in both dimensions, so ``r = 2`` from twice the
+    training size on and the resize after it only shrinks. Unknown sizes (0) get 1.
+    """
+    h, w = np.asarray(heights, np.int64), np.asarray(widths, np.int64)
+    ratios = np.ones(h.shape, np.int32)
+    for r in (2, 4, 8):
+        ratios[(h // r >= int(size[0])) & (w // r >= int(size[1]))] = r
+    return ratios
+
+
+def _decode_8bit(data: tf.Tensor, ratio: tf.Tensor | None) -> tf.Tensor:
+    """uint8 [H, W, C] of an 8-bit file; a JPEG at 1/``ratio`` scale when ``ratio`` > 1.
+
+    libjpeg scales in the IDCT (DCT-domain averaging): 2-8x fewer pixels to decode and
+    resize, for an image within a few grey levels of full decode + antialiased resize.
+    """
+    full = lambda: tf.io.decode_image(data, expand_animations=False)  # noqa: E731
+    if ratio is None:
+        return full()
+    scaled = [lambda r=r: tf.io.decode_jpeg(data, ratio=r) for r in (2, 4, 8)]
+    reduce = tf.logical_and(
+        tf.greater(ratio, 1), tf.equal(tf.strings.substr(data, 0, 3), _JPEG_SIGNATURE)
+    )
+    branch = tf.where(ratio >= 8, 2, tf.where(ratio >= 4, 1, 0))  # ratio 2, 4, 8
+    out = tf.cond(reduce, lambda: tf.switch_case(branch, scaled), full)
+    return tf.ensure_shape(out, [None, None, None])
+
+
+def decode_image(
+    path: tf.Tensor,
+    orientation: tf.Tensor | int | None = None,
+    jpeg_ratio: tf.Tensor | int | None = None,
+) -> tf.Tensor:
     """Read an image file as float32 RGB [H, W, 3] in 0..255, turned as viewers show it.
+
+    8-bit files stay uint8 through the turn and the channel fix, cast once at the end.
 
     Args:
         orientation: the image's EXIF orientation as prepare recorded it (the manifest's
             ``orientation``); None reads it from the file (one-off decodes, predict).
+        jpeg_ratio: decode JPEGs at 1/ratio scale (:func:`jpeg_ratios`); None or 1: full.
     """
-    unit = _decode_unit(path)
     turn = exif_orientation(path) if orientation is None else tf.cast(orientation, tf.int32)
-    # Most photos need no turn: one cheap cond instead of the eight-way switch per sample.
-    turned = tf.cond(tf.equal(turn, 1), lambda: unit, lambda: apply_orientation(unit, turn))
-    return _to_rgb(tf.ensure_shape(turned, [None, None, None]))
+    ratio = None if jpeg_ratio is None else tf.cast(jpeg_ratio, tf.int32)
+
+    def finish(unit: tf.Tensor) -> tf.Tensor:
+        # Most photos need no turn: one cheap cond instead of the eight-way switch.
+        unit = tf.ensure_shape(unit, [None, None, None])
+        turned = tf.cond(tf.equal(turn, 1), lambda: unit, lambda: apply_orientation(unit, turn))
+        return _to_rgb(tf.ensure_shape(turned, [None, None, None]))
+
+    def native() -> tf.Tensor:
+        data = tf.io.read_file(path)
+        return tf.cond(
+            _is_png16(data),
+            lambda: finish(tf.cast(tf.io.decode_png(data, dtype=tf.uint16), tf.float32) / 257.0),
+            lambda: tf.cast(finish(_decode_8bit(data, ratio)), tf.float32),
+        )
+
+    def tiff() -> tf.Tensor:
+        out = tf.numpy_function(_pil_decode, [path], tf.float32, stateful=False)
+        return finish(out)
+
+    out = tf.cond(tf.strings.regex_full_match(path, _TIFF), tiff, native)
+    return tf.ensure_shape(out, [None, None, 3])
 
 
 def _plane(unit: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
@@ -280,6 +345,7 @@ def decode_pair(
     mask_rule: tf.Tensor | str | None = None,
     orientation: tf.Tensor | int | None = None,
     classes: ClassSet | None = None,
+    jpeg_ratio: tf.Tensor | int | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Decode, binarise (or label) and resize one (image, mask) pair to ``image_size``.
 
@@ -292,12 +358,14 @@ def decode_pair(
         image_size: (height, width) of the model input.
         mask_rule: the row's ``mask_rule`` (scalar string); None is the legacy ``any>0``.
         classes: the manifest's classes (multiclass); None for binary.
+        jpeg_ratio: decode a JPEG image at 1/ratio scale (:func:`jpeg_ratios`); masks are
+            always decoded in full.
 
     Returns:
         image f32[H, W, 3] in 0..255 and mask f32[H, W, 1] in {0, 1} (multiclass: class
         indices, 255 ignored).
     """
-    image = resize_image(decode_image(image_path, orientation), image_size)
+    image = resize_image(decode_image(image_path, orientation, jpeg_ratio), image_size)
     mask = resize_mask(decode_mask(mask_path, mask_rule, classes), image_size)
     return image, mask
 
