@@ -13,7 +13,12 @@ and the row says which). Targets
 ``--repeats`` times; each keeps its best run, so a neighbour's burst of CPU use on a shared
 machine hurts no one config more than another.
 
+``--jpeg-source K`` reads the same pictures as JPEGs (quality 90) K times the training size,
+as photos usually are (masks stay PNG): the streaming row then decodes them at reduced scale
+(``decode_jpeg(ratio=...)``), the tutorial's recipe in full.
+
 Run:  python benchmarks/bench_pipeline.py [--data DIR] [--batches 16] [--albumentations]
+      [--jpeg-source 2]
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np
 import tensorflow as tf
+from PIL import Image
 from tutorial_recipe import synth_manifest, tutorial_dataset, tutorial_transform
 
 from segbalance.config import AugmentConfig, DataConfig
@@ -78,6 +85,37 @@ def in_step(make: Maker, manifest: Manifest) -> Maker:
             yield out
 
     return batches
+
+
+def jpeg_manifest(manifest: Manifest, factor: int) -> Manifest:
+    """``manifest``'s pictures as JPEGs ``factor`` times larger, next to the data (cached)."""
+    root = manifest.root.with_name(f"{manifest.root.name}-jpeg{factor}")
+    images, masks = [], []
+    for image, mask in zip(manifest.image, manifest.mask, strict=True):
+        jpg, png = root / Path(image).with_suffix(".jpg"), root / mask
+        if not jpg.exists() or not png.exists():
+            jpg.parent.mkdir(parents=True, exist_ok=True)
+            png.parent.mkdir(parents=True, exist_ok=True)
+            with Image.open(manifest.root / image) as img:
+                big = img.convert("RGB").resize((img.width * factor, img.height * factor))
+                big.save(jpg, quality=90)
+            with Image.open(manifest.root / mask) as msk:
+                size = (msk.width * factor, msk.height * factor)
+                msk.resize(size, Image.Resampling.NEAREST).save(png)
+        images.append(str(jpg.relative_to(root)))
+        masks.append(mask)
+    return Manifest(
+        root=root,
+        image=images,
+        mask=masks,
+        group=manifest.group,
+        split=manifest.split,
+        height=np.asarray(manifest.height) * factor,
+        width=np.asarray(manifest.width) * factor,
+        coverage=manifest.coverage,
+        mask_rule=manifest.mask_rule,
+        group_order=tuple(manifest.groups),
+    )
 
 
 def configs(
@@ -134,6 +172,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=16, help="timed batches per run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
+        "--jpeg-source", type=int, default=1, help="read JPEGs this many times the size"
+    )
+    parser.add_argument(
         "--albumentations",
         action="store_true",
         help="also segbalance with augment.engine=albumentations (the tutorial's ops)",
@@ -141,11 +182,14 @@ def main() -> None:
     args = parser.parse_args()
 
     manifest = synth_manifest(args.data, args.scale, args.size)
+    if args.jpeg_source > 1:
+        manifest = jpeg_manifest(manifest, args.jpeg_source)
     need = (args.batches + 1) * args.batch
     if need > len(manifest):
         parser.error(f"--batches needs {need} images, the data has {len(manifest)}")
     print(
-        f"{len(manifest)} images of {args.size} px in {len(manifest.groups)} groups, "
+        f"{len(manifest)} images of {int(manifest.height[0])} px to {args.size} px in "
+        f"{len(manifest.groups)} groups, "
         f"batch {args.batch}, {args.batches} timed batches, best of {args.repeats}, "
         f"{os.cpu_count()} CPUs"
     )
