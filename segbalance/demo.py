@@ -101,10 +101,6 @@ TINY = DemoSettings(
 OUTPUTS = ("data", "heldout", "runs", "stats.png", "stats.json", "comparison.png")
 
 
-def _claim(work_dir: Path) -> None:
-    claim_work_dir(work_dir, OUTPUTS)
-
-
 def claim_work_dir(work_dir: Path, outputs: tuple[str, ...]) -> None:
     """Use ``work_dir`` only if it is empty or an earlier demo's (we replace what we wrote).
 
@@ -240,7 +236,7 @@ def run_demo(
     """
     s = settings or (QUICK if quick else FULL)
     work_dir = Path(work_dir)
-    _claim(work_dir)
+    claim_work_dir(work_dir, OUTPUTS)
     clock = Clock()
     train_manifest, _ = _prepare_data(work_dir, s, clock)
     heldout_csv = work_dir / "heldout" / "segbalance" / "manifest.csv"

@@ -14,7 +14,7 @@ from segbalance.cli import main
 from segbalance.errors import UserError
 from segbalance.evaluate import JSON_KEYS
 
-KEYS = list(JSON_KEYS)  # the evaluate JSON, intervals included
+KEYS = [k for k in JSON_KEYS if k != "classes"]  # the binary evaluate JSON, with intervals
 
 
 @pytest.mark.heavy
@@ -57,13 +57,13 @@ def test_work_dir_must_be_empty_or_an_earlier_demo(tmp_path) -> None:
     busy.mkdir()
     (busy / "thesis.tex").write_text("keep me")
     with pytest.raises(UserError, match="not empty"):
-        demo._claim(busy)
+        demo.claim_work_dir(busy, demo.OUTPUTS)
     assert (busy / "thesis.tex").read_text() == "keep me"
     earlier = tmp_path / "earlier"
     (earlier / "runs" / "uniform").mkdir(parents=True)
     (earlier / "demo.json").write_text("{}")
     (earlier / "notes.txt").write_text("mine")
-    demo._claim(earlier)
+    demo.claim_work_dir(earlier, demo.OUTPUTS)
     assert not (earlier / "runs").exists()  # what a demo wrote is replaced
     assert (earlier / "notes.txt").exists()  # nothing else is touched
 
