@@ -276,11 +276,16 @@ def _history(result: Any) -> np.ndarray:
 def test_a_run_trains_the_same_in_both_placements_and_resumes_exactly(
     synth_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # Three trainings, not four: the step-augmented run is stopped after epoch 1 and
+    # resumed, and the whole of it must match the pipeline-augmented run. (Resume equals
+    # no stop exactly is the stateless seeds' property, tested for every run in test_resume.)
     cpu = _run(synth_manifest, tmp_path / "cpu", "cpu")
     assert "augmentation: in the input pipeline (augment.device cpu)" in capsys.readouterr().out
-    step = _run(synth_manifest, tmp_path / "step", "accelerator")
-    out = capsys.readouterr().out
-    assert "augmentation: in the train step, on the CPU (no GPU)" in out
+    with pytest.raises(Stop):
+        _run(synth_manifest, tmp_path / "step", "accelerator", callbacks=[StopAtEpoch(1)])
+    assert "augmentation: in the train step, on the CPU (no GPU)" in capsys.readouterr().out
+    step = _run(synth_manifest, tmp_path / "step", "accelerator", resume=True)
+    assert "as the run started, data.json" in capsys.readouterr().out
     # Float tolerance: the epochs drift by float rounding (the pipeline's and the step's
     # reductions run on other threads), so an IoU may flip a pixel or two.
     np.testing.assert_allclose(_history(cpu)[:, :2], _history(step)[:, :2], rtol=1e-4)
@@ -290,11 +295,6 @@ def test_a_run_trains_the_same_in_both_placements_and_resumes_exactly(
     assert json.loads((tmp_path / "step" / "data.json").read_text())["augment_device"] == (
         "accelerator"
     )
-    with pytest.raises(Stop):
-        _run(synth_manifest, tmp_path / "resumed", "accelerator", callbacks=[StopAtEpoch(1)])
-    resumed = _run(synth_manifest, tmp_path / "resumed", "accelerator", resume=True)
-    assert "as the run started, data.json" in capsys.readouterr().out
-    np.testing.assert_allclose(_history(resumed), _history(step), rtol=1e-6, atol=1e-7)
 
 
 MIRROR_SCRIPT = """
