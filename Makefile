@@ -30,12 +30,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check segbalance tests benchmarks
 	$(VENV)/bin/mypy segbalance
 
+# One test process per core (pytest-xdist): much of the suite is single-threaded Python or
+# waits on subprocesses, so one process alone leaves a core idle.
 test: lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n auto
 
 # Everything but the tests marked heavy (large encoders, multi-process training).
 test-fast: lint
-	$(VENV)/bin/pytest -q -m "not heavy"
+	$(VENV)/bin/pytest -q -n auto -m "not heavy"
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
