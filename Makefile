@@ -31,13 +31,14 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy segbalance
 
 # One test process per core (pytest-xdist): much of the suite is single-threaded Python or
-# waits on subprocesses, so one process alone leaves a core idle.
+# waits on subprocesses, so one process alone leaves a core idle. worksteal: a process that
+# runs out of tests takes queued ones from the other, so the long trainings do not queue up.
 test: lint
-	$(VENV)/bin/pytest -q -n auto
+	$(VENV)/bin/pytest -q -n auto --dist worksteal
 
 # Everything but the tests marked heavy (large encoders, multi-process training).
 test-fast: lint
-	$(VENV)/bin/pytest -q -n auto -m "not heavy"
+	$(VENV)/bin/pytest -q -n auto --dist worksteal -m "not heavy"
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
