@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from test_reliability_resume import Stop, StopAtEpoch
 
 from segbalance.classes import IGNORE_INDEX, ClassSet
 from segbalance.config import AugmentConfig, LossConfig, OptimizerConfig, load_config
@@ -247,20 +248,6 @@ TINY = {
     "augment.jit": False,  # XLA-compiling the augmentation costs more than it saves here
 }
 COLUMNS = ("loss", "val_loss", "iou", "val_iou", "mean_group_iou")
-
-
-class Stop(Exception):
-    """Raised by :class:`StopAtEpoch`, as a kill would end the run."""
-
-
-class StopAtEpoch(keras.callbacks.Callback):
-    def __init__(self, epoch: int) -> None:
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch: int, logs: object = None) -> None:
-        if epoch == self.epoch:
-            raise Stop
 
 
 def _run(manifest: Path, work: Path, device: str, **extra: Any) -> Any:
