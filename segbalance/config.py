@@ -59,11 +59,13 @@ class DataConfig(_Stage):
     groups: list[str] | None = Field(None, description="train on these groups only")
     train_split: str = "train"
     valid_split: str = "valid"
+    selection_split: str | None = Field(
+        "auto",
+        description="split that picks the best epoch: auto = 'select' where the manifest has "
+        "it (prepare --selection-fraction), else valid_split; null: valid_split",
+    )
     fold: int | None = Field(
-        None,
-        ge=0,
-        description="validate on this fold of the manifest (prepare --folds K) and train on "
-        "the others; null: the train/valid splits",
+        None, ge=0, description="validate on this fold (prepare --folds K), train on the rest"
     )
     epoch_length: int | None = Field(
         None, ge=1, description="samples per epoch; default (null): the number of train images"
@@ -73,9 +75,7 @@ class DataConfig(_Stage):
         description="keep decoded+resized rows in memory: true, false, or auto (when they fit "
         "data.cache_budget)",
     )
-    cache_budget: float = Field(
-        0.25, gt=0.0, le=0.9, description="share of available memory the cache may take (auto)"
-    )
+    cache_budget: float = Field(0.25, gt=0.0, le=0.9, description="memory share (auto)")
 
     @field_validator("groups", mode="before")
     @classmethod

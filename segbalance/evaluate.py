@@ -48,7 +48,7 @@ from segbalance.pipeline.verify import DATA_ERRORS, FIX, check_files, undecodabl
 from segbalance.text import table_lines
 from segbalance.uncertainty import DEFAULT_SAMPLES, bootstrap_iou
 
-SPLITS = ("train", "valid", "test", "all")
+SPLITS = ("train", "valid", "select", "test", "all")
 MULTICLASS_HEADER = (
     "IoU per group and class; iou = mean over foreground classes (background excluded); "
     "'-' = class absent (no true and no predicted pixel)"

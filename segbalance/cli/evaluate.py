@@ -39,7 +39,7 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--split",
-        choices=("train", "valid", "test", "all"),
+        choices=("train", "valid", "select", "test", "all"),
         default="all",
         help="rows to evaluate",
     )

@@ -24,6 +24,7 @@ segbalance prepare data/tutorial                      # Images/, Masks/, csv_fil
 segbalance prepare data/jpeg --mask-threshold 127     # JPEG/anti-aliased masks: > 127 is fg
 segbalance prepare data/cutouts --mask-channel alpha  # foreground drawn in the alpha channel
 segbalance prepare data/nails --folds 5               # + group-stratified folds (train/cv --fold)
+segbalance prepare data/nails --selection-fraction 0.1  # + a 'select' split for the best epoch
 segbalance prepare data/cells --mask-rule labels      # instance ids (0 background) as > 0
 segbalance prepare data/parts --classes classes.yaml  # multiclass label masks
 segbalance prepare data/parts --classes classes.yaml --group-by rarest-class
@@ -98,6 +99,16 @@ def register(sub: Any) -> None:
         type=float,
         default=0.2,
         help="share of each group for validation when the layout gives no split",
+    )
+    parser.add_argument(
+        "--selection-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="also move this share of each group from its train rows to a 'select' split "
+        "that picks the best epoch (train uses it when the manifest has it): with --balance "
+        "adaptive the valid split drives the group weights, and choosing the epoch on the "
+        "same images would flatter it; 0: none",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="fixes the train/valid split (and the folds)"
@@ -211,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
         progress=False if args.quiet else None,
         mask_choice=MaskChoice(args.mask_threshold, args.mask_channel, labels),
         folds=args.folds,
+        selection_fraction=args.selection_fraction,
         classes=args.classes,
         group_by=args.group_by,
     )

@@ -218,8 +218,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     done = result.best_model is not None and result.best_score is not None
     if done and not result.already_complete:
+        split = result.metrics.get("selection_split")
+        on = f" on the {split} split" if split else ""
         print(
-            f"best {result.monitor} {result.best_score:.4f} at epoch {result.best_epoch}: "
+            f"best {result.monitor}{on} {result.best_score:.4f} at epoch {result.best_epoch}: "
             f"{result.best_model}"
         )
     return 0

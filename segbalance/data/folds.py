@@ -4,7 +4,8 @@ Every group is spread over the K folds as evenly as its size allows (fold sizes 
 group differ by at most one) and the groups' leftovers rotate over the folds, so the
 folds' total sizes differ by at most one too (largest-remainder spreading). The draw is a
 pure function of the seed, the group name and the group's sorted keys. Rows of the test
-split stay out of the folds (fold -1): cross-validation never touches the test set.
+split stay out of the folds (fold -1): cross-validation never touches the test set; nor
+do the ``select`` rows, which pick the best epoch of every fold.
 
 ``train --fold k`` (``data.fold``) validates on fold k and trains on the other folds.
 
@@ -23,6 +24,9 @@ import numpy as np
 from segbalance.data.manifest import NO_FOLD, Manifest, natural_key, natural_sort
 from segbalance.errors import UserError
 
+# Rows of these splits are in no fold: the test set, and the selection rows that pick the
+# best epoch of every fold (prepare --selection-fraction).
+OUTSIDE_FOLDS = ("test", "select")
 FIX = "run 'segbalance prepare DATA_ROOT --folds K' to record folds in the manifest"
 
 
@@ -53,12 +57,12 @@ def assign_folds(
         groups: the group of each row.
         folds: K >= 2.
         seed: fixes the draw.
-        splits: each row's split; ``test`` rows get -1 (outside the folds).
+        splits: each row's split; ``test`` and ``select`` rows get -1 (outside the folds).
 
     Raises:
         UserError: K < 2 or more folds than rows to fold.
     """
-    folded = [i for i in range(len(keys)) if splits is None or splits[i] != "test"]
+    folded = [i for i in range(len(keys)) if splits is None or splits[i] not in OUTSIDE_FOLDS]
     check_fold_count(folds, len(folded))
     by_group: dict[str, list[int]] = {}
     for i in folded:

@@ -25,7 +25,7 @@ from segbalance.label_masks import CLASS_RULES
 COLUMNS = ("image", "mask", "group", "split", "height", "width", "coverage", "mask_rule")
 FOLD_COLUMN = "fold"
 ORIENTATION_COLUMN = "orientation"  # EXIF orientation of the image, written when any is not 1
-SPLITS = ("train", "valid", "test")
+SPLITS = ("train", "valid", "select", "test")  # select: picks the best epoch (splits.py)
 CLASS_COVERAGE_PREFIX = "coverage_"  # + class name: that class's share of the mask's pixels
 NO_FOLD = -1  # a row outside the folds (test split), or a cell left empty
 

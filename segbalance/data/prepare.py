@@ -15,9 +15,7 @@ Example:
 
 from __future__ import annotations
 
-import zlib
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ from segbalance.data.prepare_outputs import (
     rejects_path_for,
 )
 from segbalance.data.prepare_report import PrepareResult
+from segbalance.data.splits import assign_splits, check_selection_fraction, draw_selection
 from segbalance.errors import InvalidDataError, Problem, UserError
 from segbalance.io import write_text
 
@@ -81,49 +80,21 @@ def _drop_outside(found: Discovery, root: Path) -> None:
     found.pairs[:] = kept
 
 
-def assign_splits(
-    keys: Sequence[str], groups: Sequence[str], valid_fraction: float, seed: int
-) -> list[str]:
-    """Split rows train/valid, stratified by group, reproducibly from ``seed``.
-
-    Each group with n >= 2 rows gets ``round(n * valid_fraction)`` valid rows, at least 1
-    and at most n - 1; a single-row group stays in train. A group's draw depends only on
-    the seed, the group name and its sorted keys, so adding a group changes no other.
-
-    Args:
-        keys: a stable identity per row (e.g. the image path).
-        groups: the group of each row.
-        valid_fraction: in (0, 1).
-        seed: the run seed.
-    """
-    if not 0.0 < valid_fraction < 1.0:
-        raise UserError(f"--valid-fraction {valid_fraction} must be between 0 and 1 (exclusive)")
-    by_group: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        by_group.setdefault(g, []).append(i)
-    out = ["train"] * len(keys)
-    for g, rows in by_group.items():
-        n = len(rows)
-        if n < 2:
-            continue
-        n_valid = min(max(round(n * valid_fraction), 1), n - 1)
-        ordered = sorted(rows, key=lambda i: natural_key(keys[i]))
-        rng = np.random.default_rng([seed, zlib.crc32(g.encode("utf-8"))])
-        for pos in rng.permutation(n)[:n_valid]:
-            out[ordered[pos]] = "valid"
-    return out
-
-
 def _options(
-    valid_fraction: float,
+    fractions: tuple[float, float],
     folds: int,
     mask_choice: MaskChoice,
     classes: str | Path | ClassSet | ClassChoice | None,
     group_by: str,
 ) -> ClassChoice | None:
-    """Refuse bad options before any pair is checked; the classes, loaded and checked."""
+    """Refuse bad options before any pair is checked; the classes, loaded and checked.
+
+    ``fractions``: (valid, selection) shares.
+    """
+    valid_fraction, selection_fraction = fractions
     if not 0.0 < valid_fraction < 1.0:
         raise UserError(f"--valid-fraction {valid_fraction} must be between 0 and 1 (exclusive)")
+    check_selection_fraction(selection_fraction, valid_fraction)
     if folds and folds < 2:
         raise UserError(f"--folds {folds} must be at least 2 (0: no folds)")
     chosen = class_choice(classes)
@@ -142,22 +113,25 @@ def _place_rows(
     keys: list[str],
     cover: np.ndarray | None,
     names: list[str],
-    options: tuple[str, float, int],
+    options: tuple[str, float, float, int],
 ) -> tuple[list[str], list[str], bool]:
     """(group, split) of every kept row, and whether the layout gave the split.
 
     The split comes first (rarity is measured on its train rows): stratified by the
     folders, or with groups from classes by those groups with rarity over all images.
+    The ``select`` rows (a selection fraction above 0) come from the train rows of the
+    same strata, whether the layout gave the split or not.
     """
-    group_by, valid_fraction, seed = options
+    group_by, valid_fraction, selection_fraction, seed = options
     folders = [found.pairs[i].group for i in keep]
     given = [found.pairs[i].split for i in keep]
     split_given = all(s is not None for s in given)
+    strata = folders if cover is None else split_strata(group_by, cover, names, folders)
     if split_given:
         splits = [str(s) for s in given]
     else:
-        strata = folders if cover is None else split_strata(group_by, cover, names, folders)
         splits = assign_splits(keys, strata, valid_fraction, seed)
+    splits = draw_selection(keys, strata, splits, selection_fraction, seed)
     if cover is None:
         return folders, splits, split_given
     train = np.array(splits) == "train"
@@ -205,6 +179,7 @@ def scan(
     folds: int = 0,
     classes: str | Path | ClassSet | ClassChoice | None = None,
     group_by: str = "folder",
+    selection_fraction: float = 0.0,
 ) -> Scan:
     """Discover and check every pair under ``root``, split and group them; nothing is written.
 
@@ -214,7 +189,7 @@ def scan(
             more than the train/valid pairs; a bad classes file or ``group_by``.
     """
     root = Path(root)
-    chosen = _options(valid_fraction, folds, mask_choice, classes, group_by)
+    chosen = _options((valid_fraction, selection_fraction), folds, mask_choice, classes, group_by)
     found = discover(root, groups_csv, allow_outside_root)
     if not allow_outside_root:
         _drop_outside(found, root)
@@ -236,7 +211,7 @@ def scan(
         cover = np.array([checks[i].class_fractions for i in keep], np.float64)
     class_names = [] if chosen is None else chosen.spec.names
     groups, splits, split_given = _place_rows(
-        found, keep, keys, cover, class_names, (group_by, valid_fraction, seed)
+        found, keep, keys, cover, class_names, (group_by, valid_fraction, selection_fraction, seed)
     )
     order = sorted(range(len(keep)), key=lambda j: (natural_key(groups[j]), natural_key(keys[j])))
     rows = [keep[j] for j in order]
@@ -299,6 +274,7 @@ def prepare_dataset(
     folds: int = 0,
     classes: str | Path | ClassSet | None = None,
     group_by: str = "folder",
+    selection_fraction: float = 0.0,
 ) -> PrepareResult:
     """Check a data root and write its manifest (and rejects CSV with ``skip_invalid``).
 
@@ -322,6 +298,8 @@ def prepare_dataset(
             and the classes go into the sidecar, where train/evaluate/predict read them.
         group_by: ``folder`` (the layout's groups), ``rarest-class`` or
             ``folder+rarest-class`` (:mod:`segbalance.data.class_groups`; needs classes).
+        selection_fraction: above 0, that share of each group moves from its train rows
+            to a ``select`` split that picks the best epoch (:mod:`segbalance.data.splits`).
 
     Raises:
         InvalidDataError: problems found and ``skip_invalid`` is False; nothing is written.
@@ -346,6 +324,7 @@ def prepare_dataset(
         folds=folds,
         classes=chosen,
         group_by=group_by,
+        selection_fraction=selection_fraction,
     )
     rejects_path = rejects_path_for(out_path)
     if done.rejects:
@@ -362,6 +341,8 @@ def prepare_dataset(
         # read_manifest checks the paths of every row unless this says they may leave the root
         "allow_outside_root": allow_outside_root,
     }
+    if selection_fraction:  # as folds: absent, the sidecar stays as it was
+        info["selection"] = f"seeded, selection_fraction={selection_fraction}"
     if folds:  # only then: the sidecar of a run without folds stays as it was
         info["folds"] = f"group-stratified, seeded, folds={folds}"
     if chosen is not None:  # so is a binary one's

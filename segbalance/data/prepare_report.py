@@ -17,6 +17,7 @@ from segbalance.data.class_groups import NO_CLASS_GROUP, rarity_table
 from segbalance.data.discover import Reject
 from segbalance.data.folds import fold_table
 from segbalance.data.manifest import SPLITS, Manifest, natural_sort
+from segbalance.data.splits import SELECT
 from segbalance.text import table_lines
 
 
@@ -89,15 +90,20 @@ class PrepareResult:
 
     def summary_table(self) -> str:
         """Per-group table plus totals and the facts worth a glance."""
-        head = ("group", "pairs", "train", "valid", "skipped")
+        head: tuple[str, ...] = ("group", "pairs", "train", "valid", "skipped")
         rows = [tuple(map(str, r)) for r in self.group_rows()]
-        totals = [sum(int(r[i]) for r in rows) for i in range(1, 5)]
+        if SELECT in self.manifest.split:  # prepare --selection-fraction: a column more
+            pairs = zip(self.manifest.group, self.manifest.split, strict=True)
+            picked = Counter(g for g, s in pairs if s == SELECT)
+            head = (*head[:4], SELECT, head[4])
+            rows = [(*r[:4], str(picked[r[0]]), r[4]) for r in rows]
+        totals = [sum(int(r[i]) for r in rows) for i in range(1, len(head))]
         rows.append(("total", *map(str, totals)))
         lines = table_lines(head, rows)
         if self.manifest.fold is not None:  # prepare --folds K
             folds = fold_table(self.manifest)
             k = len(folds[0]) - 1 if folds else 0
-            lines += ["", f"{k} folds (rows per group and fold; test rows are in none):"]
+            lines += ["", f"{k} folds (rows per group and fold; test and select rows are in none):"]
             lines += table_lines(("group", *(f"fold {f}" for f in range(k))), folds)
         if self.manifest.classes is not None:
             lines += ["", *class_summary(self.manifest, self.classes_source, self.group_by)]

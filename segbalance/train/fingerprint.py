@@ -36,12 +36,16 @@ def _digest(rows: Manifest) -> str:
     return h.hexdigest()
 
 
-def data_fingerprint(train: Manifest, valid: Manifest) -> dict[str, Any]:
+def data_fingerprint(
+    train: Manifest, valid: Manifest, select: Manifest | None = None
+) -> dict[str, Any]:
     """Row counts per split and group, a digest of every row (paths, group, split, size),
-    and the classes of a multiclass manifest."""
+    the classes of a multiclass manifest, and the rows that pick the best epoch (only
+    where a selection split does: other runs' fingerprints are as they were)."""
+    parts = {"train": train, "valid": valid, **({} if select is None else {"select": select})}
     out: dict[str, Any] = {
-        "train": {"rows": len(train), "groups": train.counts(), "sha256": _digest(train)},
-        "valid": {"rows": len(valid), "groups": valid.counts(), "sha256": _digest(valid)},
+        name: {"rows": len(rows), "groups": rows.counts(), "sha256": _digest(rows)}
+        for name, rows in parts.items()
     }
     if train.classes is not None:
         out["classes"] = train.classes.to_json()
@@ -78,7 +82,10 @@ def data_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     out: list[str] = []
     if old.get("classes") != new.get("classes"):
         out.append(_class_change(old.get("classes"), new.get("classes")))
-    for split in ("train", "valid"):
+    if ("select" in old) != ("select" in new):
+        had = "a" if "select" in old else "no"
+        out.append(f"the run started with {had} selection split (data.selection_split)")
+    for split in ("train", "valid", *(["select"] if "select" in old and "select" in new else [])):
         a, b = old.get(split, {}), new[split]
         if a.get("sha256") == b["sha256"]:
             continue

@@ -14,6 +14,8 @@ manifest has classes) adds ``class_iou_<class>`` for every class after the group
 (NaN when the class is absent from the validation set), and TensorBoard ``class_iou/<c>``
 and ``group_class_iou/<g>/<c>`` scalars; its ``iou``, ``val_iou``, ``val_dice`` and the
 group columns are means over the foreground classes (:mod:`segbalance.metrics`).
+A run whose best epoch a selection split picks (``data.selection_split``) adds the
+:data:`SELECT_COLUMNS` and ``select_iou_<g>`` last, and TensorBoard ``select/<column>``.
 """
 
 from __future__ import annotations
@@ -56,17 +58,49 @@ MONITORS = {
     "iou": ("val_iou", "max"),
 }
 
+# A validation column -> the same value on the selection split (data.selection_split), in a
+# run whose best epoch that split picks; per group: select_iou_<g>.
+SELECT_COLUMNS = {
+    "val_loss": "select_loss",
+    "val_iou": "select_iou",
+    "val_dice": "select_dice",
+    "mean_group_iou": "select_mean_group_iou",
+    "worst_group_iou": "select_worst_group_iou",
+    "worst_group": "select_worst_group",
+}
+
+
+def monitor_column(monitor: str, selection: bool = False) -> tuple[str, str]:
+    """(history column, better direction) of ``train.monitor``; with ``selection`` the
+    column of the selection split (:data:`SELECT_COLUMNS`)."""
+    column, mode = MONITORS[monitor]
+    return (SELECT_COLUMNS[column] if selection else column), mode
+
 
 def history_columns(
-    groups: Sequence[str], adaptive: bool = False, classes: Sequence[str] | None = None
+    groups: Sequence[str],
+    adaptive: bool = False,
+    classes: Sequence[str] | None = None,
+    selection: bool = False,
 ) -> list[str]:
     """Every column of history.csv for these groups (``adaptive``: weights, group losses;
-    ``classes``: per-class validation IoU)."""
+    ``classes``: per-class validation IoU; ``selection``: the selection split's columns)."""
     columns = [*BASE_COLUMNS, *(f"iou_{g}" for g in groups), *(f"dice_{g}" for g in groups)]
     columns += [f"class_iou_{c}" for c in classes or ()]
     if adaptive:
         columns += [*(f"weight_{g}" for g in groups), *(f"val_loss_{g}" for g in groups)]
+    if selection:
+        columns += [*SELECT_COLUMNS.values(), *(f"select_iou_{g}" for g in groups)]
     return columns
+
+
+def selection_columns(val: Mapping[str, Any]) -> dict[str, Any]:
+    """The history columns of a validation pass over the selection split
+    (:func:`segbalance.train.steps.validate` output)."""
+    row = {new: val[old] for old, new in SELECT_COLUMNS.items()}
+    for g, entry in val["groups"].items():
+        row[f"select_iou_{g}"] = float("nan") if entry["iou"] is None else entry["iou"]
+    return row
 
 
 def _parse(value: str) -> Any:
@@ -90,10 +124,11 @@ def history_text(
     groups: Sequence[str],
     adaptive: bool = False,
     classes: Sequence[str] | None = None,
+    selection: bool = False,
 ) -> str:
     """The CSV text of the rows, columns in :func:`history_columns` order."""
     buf = io.StringIO()
-    columns = history_columns(groups, adaptive, classes)
+    columns = history_columns(groups, adaptive, classes, selection)
     writer = csv.DictWriter(buf, columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
@@ -117,6 +152,7 @@ class RunLog:
         done_epochs: epochs the restored checkpoint has finished; later rows are dropped.
         adaptive: the run adapts its group weights (more columns and scalars).
         classes: the class names of a multiclass run (per-class columns and scalars).
+        selection: a selection split picks the best epoch (its columns and scalars).
     """
 
     def __init__(
@@ -128,8 +164,10 @@ class RunLog:
         done_epochs: int = 0,
         adaptive: bool = False,
         classes: Sequence[str] | None = None,
+        selection: bool = False,
     ) -> None:
         self.wd, self.groups, self.chief, self.adaptive = wd, list(groups), chief, adaptive
+        self.selection = selection
         self.classes = None if classes is None else list(classes)
         self.rows = [r for r in read_history(wd.history) if r["epoch"] <= done_epochs]
         self._writer: Any = None
@@ -138,7 +176,7 @@ class RunLog:
             self._write_history()
 
     def _write_history(self) -> None:
-        text = history_text(self.rows, self.groups, self.adaptive, self.classes)
+        text = history_text(self.rows, self.groups, self.adaptive, self.classes, self.selection)
         write_text(self.wd.history, text)
 
     def epoch_end(
@@ -169,6 +207,8 @@ class RunLog:
                 scalars[f"group_weight/{g}"] = row.get(f"weight_{g}")
                 scalars[f"group_val_loss/{g}"] = row.get(f"val_loss_{g}")
         scalars.update(class_scalars(row, self.classes or (), group_classes or {}))
+        if self.selection:
+            scalars.update({f"select/{k}": row.get(k) for k in SELECT_COLUMNS.values()})
         write_scalars(self._writer, int(row["epoch"]), scalars)
 
     def close(self) -> None:
@@ -204,9 +244,12 @@ def is_finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-def best_row(rows: Sequence[Mapping[str, Any]], monitor: str) -> Mapping[str, Any] | None:
-    """The row with the best monitored value (earliest on ties)."""
-    column, mode = MONITORS[monitor]
+def best_row(
+    rows: Sequence[Mapping[str, Any]], monitor: str, selection: bool = False
+) -> Mapping[str, Any] | None:
+    """The row with the best monitored value (earliest on ties); ``selection``: the
+    value on the selection split."""
+    column, mode = monitor_column(monitor, selection)
     scored = [r for r in rows if is_finite(r.get(column))]
     if not scored:
         return None
@@ -228,12 +271,16 @@ def metrics_summary(
     stopped_early: bool,
     extra: Mapping[str, Any] | None = None,
     classes: Sequence[str] | None = None,
+    selection: str | None = None,
 ) -> dict[str, Any]:
     """The content of metrics.json: best and last epoch, per group, and run facts.
 
     ``classes`` (multiclass): each epoch view adds ``classes: {<c>: {"iou"}}``.
+    ``selection``: the split that picked the best epoch (None: the valid split); the
+    epoch views add its columns.
     """
-    best = best_row(rows, monitor)
+    picked = selection is not None
+    best = best_row(rows, monitor, picked)
     last = rows[-1] if rows else None
 
     def epoch_view(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -243,12 +290,14 @@ def metrics_summary(
         view["groups"] = group_table(row, groups)
         if classes is not None:
             view["classes"] = {c: {"iou": row.get(f"class_iou_{c}")} for c in classes}
+        if picked:
+            view["selection"] = {k: row.get(k) for k in SELECT_COLUMNS.values()}
         return view
 
     return {
         "monitor": monitor,
         "best_epoch": None if best is None else int(best["epoch"]),
-        "best_score": None if best is None else best[MONITORS[monitor][0]],
+        "best_score": None if best is None else best[monitor_column(monitor, picked)[0]],
         "epochs_planned": epochs,
         "epochs_completed": len(rows),
         "stopped_early": stopped_early,
@@ -282,6 +331,14 @@ def class_parts(row: Mapping[str, Any]) -> list[str]:
     return [f"iou {' '.join(shown)}"] if found else []
 
 
+def select_parts(row: Mapping[str, Any]) -> list[str]:
+    """``select mean 0.61 worst 0.42 (g4)`` of a row with selection columns; else []."""
+    if "select_mean_group_iou" not in row:
+        return []
+    mean, worst = row["select_mean_group_iou"], row["select_worst_group_iou"]
+    return [f"select mean {mean:.4f} worst {worst:.4f} ({row['select_worst_group']})"]
+
+
 def summary_line(row: Mapping[str, Any], epochs: int, monitor: str, improved: bool) -> str:
     """One line per epoch, e.g. ``epoch 2/10 loss 0.41 ... worst 0.52 (g4) best``."""
     width = len(str(epochs))
@@ -293,12 +350,13 @@ def summary_line(row: Mapping[str, Any], epochs: int, monitor: str, improved: bo
         f"mean_group_iou {row['mean_group_iou']:.4f}",
         f"worst_group_iou {row['worst_group_iou']:.4f} ({row['worst_group']})",
         *class_parts(row),
+        *select_parts(row),
         f"lr {row['lr']:.2e}",
         f"{row['seconds']:.1f}s",
         f"{row['images_per_s']:.1f} img/s",
     ]
     if improved:
-        parts.append(f"* best {monitor}")
+        parts.append(f"* best {'select ' if 'select_loss' in row else ''}{monitor}")
     return "  ".join(parts)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from segbalance.config import Config
 from segbalance.train import schedule
 from segbalance.train.checkpoint import RunState
-from segbalance.train.logs import MONITORS
+from segbalance.train.logs import monitor_column
 
 
 class Monitor:
@@ -24,11 +24,14 @@ class Monitor:
         cfg: the run's config (monitor, schedule, early stopping).
         state: the run's counters (updated in place).
         say: prints a line (the chief's console).
+        selection: a selection split picks the best epoch: its column is judged.
     """
 
-    def __init__(self, cfg: Config, state: RunState, say: Callable[[str], None]) -> None:
+    def __init__(
+        self, cfg: Config, state: RunState, say: Callable[[str], None], selection: bool = False
+    ) -> None:
         self.cfg, self.state, self.say = cfg, state, say
-        self.column, self.mode = MONITORS[cfg.train.monitor]
+        self.column, self.mode = monitor_column(cfg.train.monitor, selection)
 
     def improved(self, epoch: int, row: Mapping[str, Any]) -> bool:
         """Record the epoch's value; True when it beats the best so far (NaN never does)."""

@@ -21,6 +21,7 @@ import numpy as np
 from segbalance.config import Config
 from segbalance.data.folds import fold_rows
 from segbalance.data.manifest import Manifest, read_manifest
+from segbalance.data.splits import SELECT
 from segbalance.errors import UserError
 from segbalance.pipeline.verify import check_files
 from segbalance.sampling import SamplingPlan, group_probabilities, training_epoch_length
@@ -56,17 +57,48 @@ def training_rows(cfg: Config, manifest: Manifest) -> Manifest:
     return split_rows(cfg, manifest)[0]
 
 
-def load_data(cfg: Config) -> tuple[Manifest, Manifest]:
+def selection_rows(cfg: Config, manifest: Manifest) -> Manifest | None:
+    """The rows that pick the best epoch (``data.selection_split``) of the selected groups;
+    None when the valid rows pick it.
+
+    ``auto`` takes the ``select`` split where the manifest has one (``prepare
+    --selection-fraction``); a named split must have rows.
+
+    Raises:
+        UserError: a named split with no rows, or the train split named.
+    """
+    name = cfg.data.selection_split
+    if name is None or name in ("none", cfg.data.valid_split):
+        return None
+    where = f"manifest {cfg.data.manifest}" if cfg.data.manifest else "the manifest"
+    if name == cfg.data.train_split:
+        raise UserError(
+            f"data.selection_split '{name}' is the train split: the epoch would be chosen on "
+            "the images it trained on; use 'auto' or a held-out split"
+        )
+    rows = select_groups(cfg, manifest).select(split=SELECT if name == "auto" else name)
+    if len(rows) == 0 and name != "auto":
+        raise UserError(
+            f"data.selection_split '{name}': {where} has no '{name}' rows; run 'segbalance "
+            "prepare' with --selection-fraction, or set data.selection_split: auto"
+        )
+    return rows if len(rows) else None
+
+
+def load_run_data(cfg: Config) -> tuple[Manifest, Manifest, Manifest | None]:
     """The train and valid rows of ``data.manifest``, limited to ``data.groups``
-    (``data.fold`` k: the other folds and fold k instead of the splits).
+    (``data.fold`` k: the other folds and fold k instead of the splits), and the rows that
+    pick the best epoch (:func:`selection_rows`; None: the valid rows do).
 
     Raises:
         UserError: no manifest, unknown groups, an empty train or valid split, a file
-            missing, damaged or resized since prepare.
+            missing, damaged or resized since prepare; a bad ``data.selection_split``.
     """
     if not cfg.data.manifest:
         raise UserError("no manifest: pass MANIFEST (from 'segbalance prepare') or data.manifest")
-    train, valid = split_rows(cfg, read_manifest(cfg.data.manifest))
+    manifest = read_manifest(cfg.data.manifest)
+    train, valid = split_rows(cfg, manifest)
+    select = selection_rows(cfg, manifest)
     names = (cfg.data.train_split, cfg.data.valid_split)
     if cfg.data.fold is not None:
         names = (f"folds other than {cfg.data.fold}", f"fold {cfg.data.fold}")
@@ -78,6 +110,14 @@ def load_data(cfg: Config) -> tuple[Manifest, Manifest]:
             )
         # Headers only: a file moved or damaged since prepare fails now, not mid-epoch.
         check_files(part, f"manifest {cfg.data.manifest}")
+    if select is not None:
+        check_files(select, f"manifest {cfg.data.manifest}")
+    return train, valid, select
+
+
+def load_data(cfg: Config) -> tuple[Manifest, Manifest]:
+    """The train and valid rows of :func:`load_run_data`."""
+    train, valid, _ = load_run_data(cfg)
     return train, valid
 
 

@@ -59,7 +59,8 @@ def run_summary(
     Args:
         stopped_early: early stopping ended the run.
         facts: what the trainer knows of the run (precision, replicas, plan, ...); a
-            multiclass run's ``classes`` (names) adds per-class IoU to each epoch view.
+            multiclass run's ``classes`` (names) adds per-class IoU to each epoch view;
+            ``selection_split``, the split that picked the best epoch (absent: valid).
     """
     # Epoch 1 includes tracing the steps: the steady speed is that of later epochs.
     speeds = [float(r["images_per_s"]) for r in rows if runlog.is_finite(r["images_per_s"])]
@@ -76,6 +77,7 @@ def run_summary(
             "best_model": wd.best.name if wd.best.is_file() else None,
         },
         classes=facts.get("classes"),
+        selection=facts.get("selection_split"),
     )
 
 

@@ -45,7 +45,7 @@ from segbalance.train.fingerprint import (
     write_fingerprint,
 )
 from segbalance.train.images import GroupImages
-from segbalance.train.plan import load_data, training_plan
+from segbalance.train.plan import load_run_data, training_plan
 from segbalance.train.result import TrainResult, complete_result
 from segbalance.train.runtime import make_runtime
 from segbalance.train.task import resolve_task
@@ -71,9 +71,11 @@ def check_config(cfg: Config) -> None:
 
 
 def cache_choice(
-    cfg: Config, data: tuple[Manifest, Manifest], resumed: WorkDir | None
+    cfg: Config, data: tuple[Manifest, Manifest, Manifest | None], resumed: WorkDir | None
 ) -> CacheChoice:
     """``data.cache_decoded`` for this run; a resume keeps the choice the run started with.
+
+    ``data``: the train, valid and selection rows (the valid choice covers the last two).
 
     The train cache rounds resized pixels, so switching it on a resume (other free memory)
     would make the resumed run differ from an uninterrupted one.
@@ -84,7 +86,8 @@ def cache_choice(
         if isinstance(was, dict):
             reason = f"cache as the run started ({resumed.root / DATA})"
             return CacheChoice(bool(was.get("train")), bool(was.get("valid")), reason)
-    return choose_cache(cfg.data, len(data[0]), len(data[1]), available_memory())
+    held_out = len(data[1]) + (0 if data[2] is None else len(data[2]))
+    return choose_cache(cfg.data, len(data[0]), held_out, available_memory())
 
 
 def train(
@@ -110,19 +113,22 @@ def train(
     check_config(cfg)
     # Everything that can be refused is checked before TensorFlow starts or anything is written.
     wd = check_work_dir(work_dir, cfg, resume=resume, overwrite=overwrite)
-    data = load_data(cfg)  # bad data (and weights naming no group) fail before any write
-    check_groups(cfg.augment, data[0].groups)
-    task = resolve_task(cfg, data[0])  # model.classes, class weights, the loss's classes
-    plan = training_plan(cfg, data[0])
-    fingerprint = data_fingerprint(*data)
+    train_rows, valid_rows, select = load_run_data(cfg)  # bad data fails before any write
+    data = (train_rows, valid_rows)
+    check_groups(cfg.augment, train_rows.groups)
+    task = resolve_task(cfg, train_rows)  # model.classes, class weights, the loss's classes
+    plan = training_plan(cfg, train_rows)
+    fingerprint = data_fingerprint(train_rows, valid_rows, select)
     if resume:
         check_same_data(wd.root, fingerprint)
-    cache = cache_choice(cfg, data, wd if resume else None)
+    cache = cache_choice(cfg, (*data, select), wd if resume else None)
     fingerprint["cache"] = {"train": cache.train, "valid": cache.valid}
     runtime = make_runtime(cfg.distribute)
     # After the strategy (it sets the visible GPUs); a resume augments where it started.
     recorded = recorded_device(wd.root) if resume else None
-    placement = choose_placement(cfg.augment, data[0].groups, task.num_classes, recorded=recorded)
+    placement = choose_placement(
+        cfg.augment, train_rows.groups, task.num_classes, recorded=recorded
+    )
     fingerprint[RECORD] = placement.device
     runtime.check_batch("train.batch_size", cfg.train.batch_size)
     valid_batch = cfg.train.validation_batch_size or cfg.train.batch_size
@@ -136,10 +142,21 @@ def train(
     policy = keras.mixed_precision.global_policy()
     try:  # the run sets the global dtype policy; callers get theirs back
         # Every run shows a few validation images per group in TensorBoard (images.py).
-        images = GroupImages(data[1], cfg.data.image_size, wd.logs, cfg.train.threshold)
+        images = GroupImages(valid_rows, cfg.data.image_size, wd.logs, cfg.train.threshold)
         try:
             observers = [*callbacks, images]
-            trainer = Trainer(cfg, wd, runtime, data, plan, cache, observers, task, placement)
+            trainer = Trainer(
+                cfg,
+                wd,
+                runtime,
+                data,
+                plan,
+                cache,
+                observers,
+                task,
+                placement,
+                select,
+            )
         except UserError:
             # Refused before the first step (e.g. ImageNet weights not downloadable): the
             # run this call just created holds nothing trained, so a corrected retry must

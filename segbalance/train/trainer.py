@@ -34,6 +34,7 @@ import numpy as np
 from segbalance.artifacts import save_model
 from segbalance.config import Config
 from segbalance.data.manifest import Manifest
+from segbalance.data.splits import SELECT
 from segbalance.models import build_model, set_encoder_trainable
 from segbalance.pipeline.budget import CacheChoice
 from segbalance.pipeline.cache import DecodedCache
@@ -48,6 +49,7 @@ from segbalance.train.device_augment import IN_PIPELINE, AugmentPlacement
 from segbalance.train.monitor import Monitor
 from segbalance.train.result import TrainResult, model_meta, result_from, run_summary
 from segbalance.train.runtime import Runtime, synchronize_batch_norm
+from segbalance.train.selection import PassOptions, describe_selection, validation_passes
 from segbalance.train.task import Task, resolve_task, task_config
 from segbalance.train.workdir import WorkDir
 
@@ -67,6 +69,8 @@ class Trainer:
         callbacks: ``keras.callbacks.Callback`` objects observing the run.
         task: binary or the manifest's classes (default: ``task.resolve_task``).
         placement: where augmentation runs (:mod:`segbalance.train.device_augment`).
+        select: rows that pick the best epoch (:mod:`segbalance.train.selection`); None:
+            the valid rows do.
     """
 
     def __init__(
@@ -80,12 +84,13 @@ class Trainer:
         callbacks: Sequence[keras.callbacks.Callback] = (),
         task: Task | None = None,
         placement: AugmentPlacement = IN_PIPELINE,
+        select: Manifest | None = None,
     ) -> None:
         self.task = task if task is not None else resolve_task(cfg, data[0])
         cfg = task_config(cfg, self.task)  # model.classes = K for a multiclass manifest
         self.cfg, self.wd, self.runtime = cfg, wd, runtime
         self.strategy, self.cache, self.placement = runtime.strategy, cache, placement
-        self.train_rows, self.valid_rows = data
+        self.train_rows, self.valid_rows, self.select_rows = *data, select
         self._cache: DecodedCache | None = None
         self.groups = self.train_rows.groups
         self.batch = cfg.train.batch_size
@@ -113,7 +118,7 @@ class Trainer:
             self.optimizer.build(self.model.trainable_variables)
             shape = None if self.adaptive is None else (cfg.train.epochs, len(self.groups))
             self.state = RunState(cfg.optimizer.lr, shape, self.task.counts_shape)
-        self.monitor = Monitor(cfg, self.state, self._say)
+        self.monitor = Monitor(cfg, self.state, self._say, selection=select is not None)
         if runtime.replicas > 1:
             # Per-replica BN statistics would make replicas (and workers) diverge.
             synchronize_batch_norm(self.model)
@@ -156,6 +161,7 @@ class Trainer:
             done_epochs=state.get("epoch"),
             adaptive=self.adaptive is not None,
             classes=self.task.class_names,
+            selection=self.select_rows is not None,
         )
         self._say(self._header())
         self.model.stop_training = False
@@ -200,32 +206,20 @@ class Trainer:
     # ------------------------------------------------------------------------ epochs
     def _epochs(self) -> None:
         cfg, state = self.cfg, self.state
-        ds, eval_steps, real = steps.eval_dataset(
-            self.strategy,
-            self.valid_rows,
-            cfg.data.image_size,
-            cfg.train.validation_batch_size or self.batch,
-            (self.runtime.worker_index, self.runtime.num_workers),
-            cache=self.cache.valid,
+        opts = PassOptions.for_run(
+            cfg, self.runtime, self.groups, (self.jit, self.cache.valid), self.task.class_names
         )
-        eval_step = steps.make_eval_step(
-            self.strategy,
-            self.model,
-            self.loss_fn,
-            len(self.groups),
-            cfg.train.threshold,
-            real,
-            jit_compile=self.jit,
-            multiclass=self.task.multiclass,
-        )
+        check, pick = validation_passes(self.strategy, self.valid_rows, self.select_rows, opts)
         for epoch in range(state.get("epoch"), cfg.train.epochs):
             if cfg.optimizer.schedule == "plateau":
                 schedule.set_lr(self.optimizer, state.get("lr"))
             self.callbacks.on_epoch_begin(epoch)
             loss, counts, seconds, seen = self._train_epoch(epoch)
-            val = steps.validate(eval_step, ds, eval_steps, self.groups, self.task.class_names)
+            val = check.run(self.model, self.loss_fn)
             lr = schedule.current_lr(self.optimizer)
             row = runlog.history_row(epoch, loss, counts, seconds, seen, val, lr)
+            if pick is not None:  # after valid: the adaptive mix reads valid only
+                row.update(runlog.selection_columns(pick.run(self.model, self.loss_fn)))
             if self.adaptive is not None:  # state changes here are saved with epoch + 1
                 row.update(self.adaptive.row(epoch, val, self.plan))
                 self.adaptive.end_epoch(epoch, val, state, self.plan)
@@ -358,6 +352,8 @@ class Trainer:
             "target_mix": self.plan.target,
             "quotas": self.plan.quotas,
         }
+        if self.select_rows is not None:  # it picked the best epoch, not the valid rows
+            facts["selection_split"] = SELECT
         if self.task.multiclass:  # per-class IoU of the best and last epoch too
             facts["classes"] = self.task.class_names
         if self.adaptive is not None:
@@ -391,6 +387,8 @@ class Trainer:
         ]
         if self.adaptive is not None:
             lines.append(self.adaptive.describe())
+        valid_split = cfg.data.valid_split if cfg.data.fold is None else f"fold {cfg.data.fold}"
+        lines.append(describe_selection(self.select_rows, valid_split, self.adaptive is not None))
         lines += self.task.describe()
         lines += plan.report([0])["warnings"]
         return "\n".join(lines)
