@@ -108,5 +108,5 @@ def test_streamed_jpegs_are_close_to_full_decode_and_masks_exact(rows: Manifest)
         diff = np.abs(batch["image"][i].numpy() - full_image.numpy())
         if i in (0, 1):  # JPEG >= 2x: reduced-scale decode
             assert diff.mean() < 2 and np.percentile(diff, 90) < 4, (i, diff.mean())
-        else:  # under 2x, or not a JPEG: the full decode, exactly
-            assert diff.max() == 0, i
+        else:  # under 2x, or not a JPEG: the full decode, rounded to uint8 as the cache is
+            np.testing.assert_array_equal(batch["image"][i], np.rint(full_image.numpy()), str(i))

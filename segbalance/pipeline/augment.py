@@ -37,29 +37,39 @@ from segbalance.augment_ops import DEFAULT_OPS, AugmentOp
 from segbalance.classes import IGNORE_INDEX
 from segbalance.config import AugmentConfig
 from segbalance.errors import UserError
-from segbalance.pipeline.kernels import DualFn, build_kernel
+from segbalance.pipeline.kernels import DualFn, as_float, build_kernel, keeps_dtype, select_gated
 
-# (image f32[H,W,3], mask f32[H,W,1], group i32[], seed i64[2]) -> (image, mask)
+# (image u8|f32[H,W,3], mask f32[H,W,1], group i32[], seed i64[2]) -> (image f32, mask f32)
 Augmenter = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 OpSpec = Sequence[AugmentOp] | Literal["default", "none"]
 
 
-def _gated(fn: DualFn, p: float) -> DualFn:
-    """Apply ``fn`` with probability ``p`` (decided from the op's seed; skipped work is free)."""
+def _gated(fn: DualFn, p: float, select: bool = False, keeps: bool = False) -> DualFn:
+    """Apply ``fn`` with probability ``p`` (decided from the op's seed; skipped work is free).
+
+    ``select``: compute ``fn`` always and pick by the coin (kernels.select_gated: cheap
+    pixelwise ops inside XLA). ``keeps``: ``fn`` returns the image in its input dtype; else
+    a skipped op casts it to float32 as ``fn`` would, so both ways give one dtype.
+    """
     fold = tf.random.experimental.stateless_fold_in
     if p >= 1.0:
         return lambda image, mask, seed: fn(image, mask, fold(seed, 1))
 
     def apply(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        coin = tf.random.stateless_uniform([], fold(seed, 0))
-        return tf.cond(coin < p, lambda: fn(image, mask, fold(seed, 1)), lambda: (image, mask))
+        on = tf.random.stateless_uniform([], fold(seed, 0)) < p
+        passed = image if keeps else as_float(image)
+        if select:
+            new_image, new_mask = fn(image, mask, fold(seed, 1))
+            return tf.where(on, new_image, passed), tf.where(on, new_mask, mask)
+        return tf.cond(on, lambda: fn(image, mask, fold(seed, 1)), lambda: (passed, mask))
 
     return apply
 
 
 def build_op(op: AugmentOp, compiled: bool) -> DualFn:
     """One op: its kernel behind its ``p`` coin (``compiled``: runs inside an XLA cluster)."""
-    return _gated(build_kernel(op, compiled), op.p)
+    select = compiled and select_gated(op)
+    return _gated(build_kernel(op, compiled), op.p, select, keeps_dtype(op))
 
 
 def resolve_ops(spec: OpSpec) -> list[AugmentOp]:
@@ -125,15 +135,21 @@ def lower_labels(mask: Any, num_classes: int) -> Any:
 
 
 def build_pipeline(spec: OpSpec, jit: bool = True, num_classes: int = 1) -> DualFn:
-    """Chain ops in order; the mask stays binary, or (``num_classes`` >= 2) class indices."""
+    """Chain ops in order; the mask stays binary, or (``num_classes`` >= 2) class indices.
+
+    The image may come in as uint8 or float32; it goes out float32 in 0..255.
+    """
     segments = _segments(resolve_ops(spec), jit)
 
     def apply(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        mask = as_float(mask)
         if num_classes > 1:
             mask = lift_labels(mask, num_classes)
         for segment in segments:
             image, mask = segment(image, mask, seed)
-        image = tf.clip_by_value(image, 0.0, 255.0)
+        # uint8 pixels (no op made fractions) need no clip
+        is_float = image.dtype == tf.float32
+        image = tf.clip_by_value(image, 0.0, 255.0) if is_float else as_float(image)
         if num_classes > 1:
             return image, lower_labels(mask, num_classes)
         return image, tf.cast(mask > 0.5, tf.float32)

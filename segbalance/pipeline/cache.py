@@ -72,7 +72,7 @@ class DecodedCache:
         return int(self.images.nbytes + self.masks.nbytes)
 
     def gather(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Row ``index`` as float32 image 0..255 and float32 mask (graph-safe)."""
+        """Row ``index`` as uint8 image (the augmenter's input) and float32 mask (graph-safe)."""
         image, mask = tf.numpy_function(
             lambda i: (self.images[i], self.masks[i]),
             [index],
@@ -81,7 +81,7 @@ class DecodedCache:
         )
         image.set_shape((*self.size, 3))
         mask.set_shape((*self.size, 1))
-        return tf.cast(image, tf.float32), tf.cast(mask, tf.float32)
+        return image, tf.cast(mask, tf.float32)
 
 
 def _decoded_rows(manifest: Manifest, size: tuple[int, int], batch_size: int) -> tf.data.Dataset:

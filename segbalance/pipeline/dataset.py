@@ -148,8 +148,9 @@ def _sample_loader(
         key: tf.Tensor,
         jpeg_ratio: tf.Tensor,
     ) -> tuple[tf.Tensor, tf.Tensor]:
+        # uint8 pixels: the augmenter's input, as cached rows and the deferred step get them
         image, mask = decode_pair(
-            image_path, mask_path, size, mask_rule, orientation, classes, jpeg_ratio
+            image_path, mask_path, size, mask_rule, orientation, classes, jpeg_ratio, tf.uint8
         )
         if augmenter is not None:
             image, mask = augmenter(image, mask, group, key)
@@ -263,6 +264,8 @@ def build_train_dataset(
         if defer_augment:  # the train step augments it from this seed
             out["image"], out["mask"] = transfer(image, mask)
             out[SEED] = key
+        else:  # unaugmented rows are still uint8
+            out["image"] = tf.cast(image, tf.float32)
         if "weight" in row:
             out["weight"] = row["weight"]
         return out

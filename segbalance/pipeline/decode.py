@@ -1,11 +1,11 @@
 """One decode path for every accepted file: PNG/JPEG/BMP (8/16-bit, gray/RGB/RGBA) and TIFF.
 
-Images come out as float32 RGB in 0..255 (what every model takes), masks as float32 {0, 1}
-with one channel. 8-bit files decode as uint8 (exact 0..255); 16-bit PNGs, recognised by
-their header, decode as uint16 scaled by 1/257 so they keep their precision.
-TensorFlow has no TIFF decoder: ``.tif``/``.tiff`` paths (and only those) go through PIL in a
-``tf.numpy_function``, chosen by ``tf.cond`` on the extension, so the common formats never
-leave the graph.
+Images come out as float32 RGB in 0..255 (what every model takes; uint8 for the training
+stream, whose augmentation starts from uint8), masks as float32 {0, 1} with one channel.
+8-bit files decode as uint8 (exact 0..255); 16-bit PNGs, recognised by their header, as
+uint16 scaled by 1/257 (rounded when uint8 is asked for). TensorFlow has no TIFF decoder:
+``.tif``/``.tiff`` paths (only those) go through PIL in a ``tf.numpy_function``, chosen by
+``tf.cond`` on the extension, so the common formats never leave the graph.
 
 Masks are binarised by their manifest row's ``mask_rule`` (``<plane>>T``, see
 :mod:`segbalance.data.check`, which applies the same rule with PIL to record the coverage):
@@ -55,8 +55,7 @@ _PLANE_INDEX = (0, 0, 1, 2, 3, 4)
 
 def _pil_decode(path: bytes | np.ndarray) -> np.ndarray:
     """Decode a TIFF with PIL into float32 HxWxC in 0..255 (numpy_function body)."""
-    raw = path.item() if isinstance(path, np.ndarray) else path  # eager calls pass a 0-d array
-    name = raw.decode("utf-8", "surrogateescape")
+    name = _text(path)
     with Image.open(name) as opened:
         mode = opened.mode
         # a palette's transparency entry becomes alpha, as libpng expands a tRNS
@@ -100,9 +99,7 @@ def _decode_unit(path: tf.Tensor, accurate_jpeg: bool = False) -> tf.Tensor:
 
     def native() -> tf.Tensor:
         data = tf.io.read_file(path)
-        # A 16-bit PNG says so in its header (IHDR bit depth, byte 24): decode it as uint16
-        # and scale 65535 -> 255. Everything else decodes as uint8, cast once: the cheapest
-        # path for the common 8-bit files, and exact integers in 0..255.
+        # 16-bit: 65535 -> 255; 8-bit: uint8 cast once (exact integers, the cheapest path)
         return tf.cond(
             _is_png16(data),
             lambda: tf.cast(tf.io.decode_png(data, dtype=tf.uint16), tf.float32) / 257.0,
@@ -117,18 +114,20 @@ def _decode_unit(path: tf.Tensor, accurate_jpeg: bool = False) -> tf.Tensor:
     return tf.cond(is_tiff, tiff, native)
 
 
+def _text(value: bytes | np.ndarray | str) -> str:
+    raw = value.item() if isinstance(value, np.ndarray) else value  # eager: a 0-d array
+    return raw if isinstance(raw, str) else raw.decode("utf-8", "surrogateescape")
+
+
 def _read_orientation(path: bytes | np.ndarray) -> np.int32:
-    raw = path.item() if isinstance(path, np.ndarray) else path  # eager calls pass a 0-d array
-    return np.int32(read_orientation(raw.decode("utf-8", "surrogateescape")))
+    return np.int32(read_orientation(_text(path)))
 
 
 def exif_orientation(path: tf.Tensor) -> tf.Tensor:
     """The file's EXIF orientation (1-8) as an int32 scalar tensor (reads the header only).
 
-    Read with PIL, as prepare reads it: TensorFlow's decoders ignore EXIF. It holds the GIL
-    (about 0.5 ms a file on a busy 2-core machine), so the training pipeline never calls it:
-    prepare records each image's orientation in the manifest. Predict and other one-off
-    decodes of files without a manifest row use it.
+    Read with PIL, as prepare reads it (TensorFlow's decoders ignore EXIF). It holds the GIL
+    (~0.5 ms a file), so training reads the manifest's column instead; one-off decodes use it.
     """
     value = tf.numpy_function(_read_orientation, [path], tf.int32, stateful=False)
     return tf.ensure_shape(value, [])
@@ -169,9 +168,8 @@ def _to_rgb(unit: tf.Tensor) -> tf.Tensor:
 def jpeg_ratios(heights: np.ndarray, widths: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """Per row, the JPEG decode scale (1, 2, 4 or 8) of images ``heights`` x ``widths``.
 
-    The largest r at which the source (as shown: the manifest's sizes; a turn swaps both
-    alike) is still at least ``size`` in both dimensions, so ``r = 2`` from twice the
-    training size on and the resize after it only shrinks. Unknown sizes (0) get 1.
+    The largest r at which the source (the manifest's sizes; a turn swaps both alike) is
+    still at least ``size`` in both dimensions: the resize after it only shrinks. Size 0: 1.
     """
     h, w = np.asarray(heights, np.int64), np.asarray(widths, np.int64)
     ratios = np.ones(h.shape, np.int32)
@@ -198,12 +196,19 @@ def _decode_8bit(data: tf.Tensor, ratio: tf.Tensor | None) -> tf.Tensor:
     return tf.ensure_shape(out, [None, None, None])
 
 
+def to_uint8(x: tf.Tensor) -> tf.Tensor:
+    """Round to whole values in 0..255, as uint8 (uint8 passes; exact for masks)."""
+    rounded = x if x.dtype == tf.uint8 else tf.clip_by_value(tf.round(x), 0.0, 255.0)
+    return tf.cast(rounded, tf.uint8)
+
+
 def decode_image(
     path: tf.Tensor,
     orientation: tf.Tensor | int | None = None,
     jpeg_ratio: tf.Tensor | int | None = None,
+    dtype: tf.DType = tf.float32,
 ) -> tf.Tensor:
-    """Read an image file as float32 RGB [H, W, 3] in 0..255, turned as viewers show it.
+    """Read an image file as RGB [H, W, 3] in 0..255, turned as viewers show it.
 
     8-bit files stay uint8 through the turn and the channel fix, cast once at the end.
 
@@ -211,9 +216,11 @@ def decode_image(
         orientation: the image's EXIF orientation as prepare recorded it (the manifest's
             ``orientation``); None reads it from the file (one-off decodes, predict).
         jpeg_ratio: decode JPEGs at 1/ratio scale (:func:`jpeg_ratios`); None or 1: full.
+        dtype: float32, or uint8 (the train stream): 16-bit files and TIFFs rounded.
     """
     turn = exif_orientation(path) if orientation is None else tf.cast(orientation, tf.int32)
     ratio = None if jpeg_ratio is None else tf.cast(jpeg_ratio, tf.int32)
+    wide = to_uint8 if dtype == tf.uint8 else tf.identity  # 16-bit and TIFF: float32
 
     def finish(unit: tf.Tensor) -> tf.Tensor:
         # Most photos need no turn: one cheap cond instead of the eight-way switch.
@@ -223,15 +230,13 @@ def decode_image(
 
     def native() -> tf.Tensor:
         data = tf.io.read_file(path)
-        return tf.cond(
-            _is_png16(data),
-            lambda: finish(tf.cast(tf.io.decode_png(data, dtype=tf.uint16), tf.float32) / 257.0),
-            lambda: tf.cast(finish(_decode_8bit(data, ratio)), tf.float32),
-        )
+        png16 = lambda: tf.cast(tf.io.decode_png(data, dtype=tf.uint16), tf.float32) / 257.0  # noqa: E731
+        eight_bit = lambda: tf.cast(finish(_decode_8bit(data, ratio)), dtype)  # noqa: E731
+        return tf.cond(_is_png16(data), lambda: wide(finish(png16())), eight_bit)
 
     def tiff() -> tf.Tensor:
         out = tf.numpy_function(_pil_decode, [path], tf.float32, stateful=False)
-        return finish(out)
+        return wide(finish(out))
 
     out = tf.cond(tf.strings.regex_full_match(path, _TIFF), tiff, native)
     return tf.ensure_shape(out, [None, None, 3])
@@ -272,16 +277,10 @@ def apply_mask_rule(unit: tf.Tensor, rule: tf.Tensor | str) -> tf.Tensor:
     return tf.cast(plane > tf.strings.to_number(parts[-1], tf.float32), tf.float32)
 
 
-def _text(value: bytes | np.ndarray | str) -> str:
-    raw = value.item() if isinstance(value, np.ndarray) else value  # eager: a 0-d array
-    return raw if isinstance(raw, str) else raw.decode("utf-8", "surrogateescape")
-
-
 def decode_label_mask(path: tf.Tensor, rule: tf.Tensor | str, classes: ClassSet) -> tf.Tensor:
     """Read a multiclass mask as float32 [H, W, 1] class indices (255: ignored).
 
-    Raises (inside the graph): InvalidArgumentError naming the file when it cannot be read
-    or its rule is not a class rule.
+    Raises (in the graph): InvalidArgumentError naming a file it cannot read by a class rule.
     """
 
     def read(path_value: Any, rule_value: Any) -> np.ndarray:
@@ -317,13 +316,14 @@ def _same_size(x: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
 
 
 def resize_image(image: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
-    """Bilinear, antialiased resize to ``size`` (height, width); a no-op when already there."""
+    """Bilinear, antialiased resize to ``size`` (H, W), a no-op when there; uint8 stays uint8."""
     hw = (int(size[0]), int(size[1]))
-    out = tf.cond(
-        _same_size(image, hw),
-        lambda: tf.identity(image),
-        lambda: tf.image.resize(image, hw, method="bilinear", antialias=True),
-    )
+
+    def resized() -> tf.Tensor:
+        out = tf.image.resize(image, hw, method="bilinear", antialias=True)
+        return to_uint8(out) if image.dtype == tf.uint8 else out
+
+    out = tf.cond(_same_size(image, hw), lambda: tf.identity(image), resized)
     return tf.ensure_shape(out, [*image.shape[:-3], hw[0], hw[1], image.shape[-1]])
 
 
@@ -346,6 +346,7 @@ def decode_pair(
     orientation: tf.Tensor | int | None = None,
     classes: ClassSet | None = None,
     jpeg_ratio: tf.Tensor | int | None = None,
+    dtype: tf.DType = tf.float32,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Decode, binarise (or label) and resize one (image, mask) pair to ``image_size``.
 
@@ -360,12 +361,13 @@ def decode_pair(
         classes: the manifest's classes (multiclass); None for binary.
         jpeg_ratio: decode a JPEG image at 1/ratio scale (:func:`jpeg_ratios`); masks are
             always decoded in full.
+        dtype: of the image, float32 or uint8 (rounded after a resize: :func:`decode_image`).
 
     Returns:
-        image f32[H, W, 3] in 0..255 and mask f32[H, W, 1] in {0, 1} (multiclass: class
+        image [H, W, 3] in 0..255 and mask f32[H, W, 1] in {0, 1} (multiclass: class
         indices, 255 ignored).
     """
-    image = resize_image(decode_image(image_path, orientation, jpeg_ratio), image_size)
+    image = resize_image(decode_image(image_path, orientation, jpeg_ratio, dtype), image_size)
     mask = resize_mask(decode_mask(mask_path, mask_rule, classes), image_size)
     return image, mask
 

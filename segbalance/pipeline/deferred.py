@@ -7,11 +7,11 @@ per-sample augmenter of :func:`segbalance.pipeline.augment.build_augmenter`, the
 sample seeds, the same op chains and ``augment.jit`` compilation as in the pipeline, so both
 placements give the same augmented batch.
 
-Pixels: images are rounded to whole grey levels as :class:`~segbalance.pipeline.cache.
-DecodedCache` rounds them (less than half a level per pixel). From cached rows (already
-uint8) the two placements are identical; when streaming, the deferred batch equals the
-pipeline's batch of the same rows read from the cache. Masks ({0, 1}, class indices, 255
-ignored) are whole numbers and travel exactly.
+Pixels: the augmenter starts from uint8 images in both placements: decoded rows (8-bit
+files as they are; 16-bit, TIFF and resized ones rounded, as :class:`~segbalance.pipeline.
+cache.DecodedCache` rounds them) or cached rows. So the two placements give the same batch,
+streamed or cached. Masks ({0, 1}, class indices, 255 ignored) are whole numbers and travel
+exactly.
 
 Elements of a deferred dataset, batched::
 
@@ -30,6 +30,7 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from segbalance.pipeline.augment import Augmenter
+from segbalance.pipeline.decode import to_uint8
 
 # A batch dict as the pipeline sends it -> the batch the model trains on.
 BatchFn = Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]]
@@ -38,11 +39,6 @@ BatchFn = Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]]
 SEED = "seed"
 #: Samples augmented at once inside the step (tf.map_fn's parallel iterations).
 PARALLEL = 16
-
-
-def to_uint8(x: tf.Tensor) -> tf.Tensor:
-    """Round to whole values in 0..255, as uint8 (exact for masks and cached rows)."""
-    return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
 
 
 def transfer(image: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -59,9 +55,10 @@ def batch_augmenter(augmenter: Augmenter | None) -> BatchFn:
 
     def apply(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         out = {k: v for k, v in batch.items() if k != SEED}
-        image = tf.cast(batch["image"], tf.float32)
-        mask = tf.cast(batch["mask"], tf.float32)
-        if augmenter is not None:
+        image, mask = batch["image"], tf.cast(batch["mask"], tf.float32)
+        if augmenter is None:
+            image = tf.cast(image, tf.float32)
+        else:  # uint8 pixels in, as the pipeline's augmenter gets them
             spec = (
                 tf.TensorSpec(image.shape[1:], tf.float32),
                 tf.TensorSpec(mask.shape[1:], tf.float32),
