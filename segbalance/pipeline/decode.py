@@ -210,8 +210,6 @@ def decode_image(
 ) -> tf.Tensor:
     """Read an image file as RGB [H, W, 3] in 0..255, turned as viewers show it.
 
-    8-bit files stay uint8 through the turn and the channel fix, cast once at the end.
-
     Args:
         orientation: the image's EXIF orientation as prepare recorded it (the manifest's
             ``orientation``); None reads it from the file (one-off decodes, predict).
@@ -222,23 +220,22 @@ def decode_image(
     ratio = None if jpeg_ratio is None else tf.cast(jpeg_ratio, tf.int32)
     wide = to_uint8 if dtype == tf.uint8 else tf.identity  # 16-bit and TIFF: float32
 
-    def finish(unit: tf.Tensor) -> tf.Tensor:
-        # Most photos need no turn: one cheap cond instead of the eight-way switch.
-        unit = tf.ensure_shape(unit, [None, None, None])
-        turned = tf.cond(tf.equal(turn, 1), lambda: unit, lambda: apply_orientation(unit, turn))
-        return _to_rgb(tf.ensure_shape(turned, [None, None, None]))
-
     def native() -> tf.Tensor:
         data = tf.io.read_file(path)
         png16 = lambda: tf.cast(tf.io.decode_png(data, dtype=tf.uint16), tf.float32) / 257.0  # noqa: E731
-        eight_bit = lambda: tf.cast(finish(_decode_8bit(data, ratio)), dtype)  # noqa: E731
-        return tf.cond(_is_png16(data), lambda: wide(finish(png16())), eight_bit)
+        eight_bit = lambda: tf.cast(_decode_8bit(data, ratio), dtype)  # noqa: E731
+        return tf.cond(_is_png16(data), lambda: wide(png16()), eight_bit)
 
     def tiff() -> tf.Tensor:
-        out = tf.numpy_function(_pil_decode, [path], tf.float32, stateful=False)
-        return wide(finish(out))
+        return wide(tf.numpy_function(_pil_decode, [path], tf.float32, stateful=False))
 
-    out = tf.cond(tf.strings.regex_full_match(path, _TIFF), tiff, native)
+    # One turn and channel fix after the branches, not one per branch: every branch is a
+    # function that tf.data instantiates and optimises anew for each iterator (seconds).
+    unit = tf.cond(tf.strings.regex_full_match(path, _TIFF), tiff, native)
+    unit = tf.ensure_shape(unit, [None, None, None])
+    # Most photos need no turn: one cheap cond instead of the eight-way switch.
+    turned = tf.cond(tf.equal(turn, 1), lambda: unit, lambda: apply_orientation(unit, turn))
+    out = _to_rgb(tf.ensure_shape(turned, [None, None, None]))
     return tf.ensure_shape(out, [None, None, 3])
 
 
