@@ -125,4 +125,4 @@ def describe_selection(select: Manifest | None, valid_split: str, adaptive: bool
             )
         return f"best epoch picked on the '{valid_split}' rows"
     counts = ", ".join(f"{g}:{n}" for g, n in select.counts().items())
-    return f"best epoch picked on the select split ({len(select)} images: {counts})"
+    return f"best epoch picked on the '{select.split[0]}' split ({len(select)} images: {counts})"

@@ -34,7 +34,6 @@ import numpy as np
 from segbalance.artifacts import save_model
 from segbalance.config import Config
 from segbalance.data.manifest import Manifest
-from segbalance.data.splits import SELECT
 from segbalance.models import build_model, set_encoder_trainable
 from segbalance.pipeline.budget import CacheChoice
 from segbalance.pipeline.cache import DecodedCache
@@ -353,7 +352,7 @@ class Trainer:
             "quotas": self.plan.quotas,
         }
         if self.select_rows is not None:  # it picked the best epoch, not the valid rows
-            facts["selection_split"] = SELECT
+            facts["selection_split"] = self.select_rows.split[0]
         if self.task.multiclass:  # per-class IoU of the best and last epoch too
             facts["classes"] = self.task.class_names
         if self.adaptive is not None:
