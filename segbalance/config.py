@@ -125,10 +125,10 @@ class SamplingConfig(_Stage):
         0.25, ge=0.0, le=1.0, description="adaptive: least probability of a group, x 1/groups"
     )
     adaptive_cap: float = Field(
-        10.0, gt=0.0, le=1000.0, description="adaptive: most mean showings per image per epoch"
+        20.0, gt=0.0, le=1000.0, description="adaptive: most mean showings per image per epoch"
     )
     adaptive_signal: Literal["valid_loss", "valid_iou", "train_loss"] = Field(
-        "valid_loss", description="adaptive: L_g is group g's val loss, 1 - val IoU or train loss"
+        "valid_iou", description="adaptive: L_g is group g's val loss, 1 - val IoU or train loss"
     )
 
     @field_validator("balance")

@@ -117,7 +117,7 @@ def test_adaptive_names_and_their_base() -> None:
 
 def test_config_keys_and_their_bounds() -> None:
     cfg = load_config(None, {"sampling.balance": "adaptive:sqrt", "sampling.adaptive_eta": 0.5})
-    assert cfg.sampling.adaptive_eta == 0.5 and cfg.sampling.adaptive_signal == "valid_loss"
+    assert cfg.sampling.adaptive_eta == 0.5 and cfg.sampling.adaptive_signal == "valid_iou"
     for key, value in [
         ("sampling.adaptive_mix", 1.5),
         ("sampling.adaptive_floor", -0.1),
