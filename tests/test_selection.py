@@ -133,6 +133,8 @@ def test_selection_rows_auto_none_named_and_refused(selected: Path, synth_manife
     m = read_manifest(selected)
     assert len(selection_rows(cfg(selected, "auto"), m) or []) == m.split.count("select")
     assert selection_rows(cfg(selected, "none"), m) is None
+    as_valid = load_config(None, {"data.manifest": str(selected), "data.valid_split": "select"})
+    assert selection_rows(as_valid, m) is None  # validating on them already
     assert selection_rows(cfg(synth_manifest, "auto"), read_manifest(synth_manifest)) is None
     with pytest.raises(UserError, match="has no 'select' rows.*--selection-fraction"):
         load_run_data(cfg(synth_manifest, "select"))

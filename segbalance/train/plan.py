@@ -76,6 +76,8 @@ def selection_rows(cfg: Config, manifest: Manifest) -> Manifest | None:
             f"data.selection_split '{name}' is the train split: the epoch would be chosen on "
             "the images it trained on; use 'auto' or a held-out split"
         )
+    if name == "auto" and cfg.data.valid_split == SELECT:  # the select rows validate already
+        return None
     rows = select_groups(cfg, manifest).select(split=SELECT if name == "auto" else name)
     if len(rows) == 0 and name != "auto":
         raise UserError(
