@@ -60,6 +60,10 @@ def sample_seed(seed: int, epoch: int, position: tf.Tensor) -> tf.Tensor:
 def _options() -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = True
+    # The parallel map already keeps every core busy with whole samples; splitting one
+    # sample's ops across the same threads only adds task steals and wake-ups (~5% of the
+    # CPU in a profile): 2 cores, streaming 4.90-4.95 -> 4.61-4.71 CPU ms a 384 px image.
+    options.threading.max_intra_op_parallelism = 1
     # Each replica/worker is handed its own share of the plan: tf.distribute must not
     # shard it again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
