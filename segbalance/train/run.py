@@ -71,11 +71,15 @@ def check_config(cfg: Config) -> None:
 
 
 def cache_choice(
-    cfg: Config, data: tuple[Manifest, Manifest, Manifest | None], resumed: WorkDir | None
+    cfg: Config,
+    data: tuple[Manifest, Manifest],
+    resumed: WorkDir | None,
+    select: Manifest | None = None,
 ) -> CacheChoice:
     """``data.cache_decoded`` for this run; a resume keeps the choice the run started with.
 
-    ``data``: the train, valid and selection rows (the valid choice covers the last two).
+    ``data``: the train and valid rows; ``select``: the selection rows, which the valid
+    choice covers too.
 
     The train cache rounds resized pixels, so switching it on a resume (other free memory)
     would make the resumed run differ from an uninterrupted one.
@@ -86,7 +90,7 @@ def cache_choice(
         if isinstance(was, dict):
             reason = f"cache as the run started ({resumed.root / DATA})"
             return CacheChoice(bool(was.get("train")), bool(was.get("valid")), reason)
-    held_out = len(data[1]) + (0 if data[2] is None else len(data[2]))
+    held_out = len(data[1]) + (0 if select is None else len(select))
     return choose_cache(cfg.data, len(data[0]), held_out, available_memory())
 
 
@@ -121,7 +125,7 @@ def train(
     fingerprint = data_fingerprint(train_rows, valid_rows, select)
     if resume:
         check_same_data(wd.root, fingerprint)
-    cache = cache_choice(cfg, (*data, select), wd if resume else None)
+    cache = cache_choice(cfg, data, wd if resume else None, select)
     fingerprint["cache"] = {"train": cache.train, "valid": cache.valid}
     runtime = make_runtime(cfg.distribute)
     # After the strategy (it sets the visible GPUs); a resume augments where it started.
