@@ -37,6 +37,7 @@ import tensorflow as tf
 from segbalance.artifacts import ModelMeta, load_model, read_meta, refuse_threshold
 from segbalance.classes import ClassSet
 from segbalance.data.class_masks import ClassChoice
+from segbalance.data.manifest import SPLITS as MANIFEST_SPLITS
 from segbalance.data.manifest import Manifest, read_manifest
 from segbalance.data.prepare import build_manifest
 from segbalance.errors import InvalidDataError, Problem, UserError
@@ -48,7 +49,7 @@ from segbalance.pipeline.verify import DATA_ERRORS, FIX, check_files, undecodabl
 from segbalance.text import table_lines
 from segbalance.uncertainty import DEFAULT_SAMPLES, bootstrap_iou
 
-SPLITS = ("train", "valid", "select", "test", "all")
+SPLITS = (*MANIFEST_SPLITS, "all")
 MULTICLASS_HEADER = (
     "IoU per group and class; iou = mean over foreground classes (background excluded); "
     "'-' = class absent (no true and no predicted pixel)"

@@ -22,11 +22,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from segbalance.data.manifest import NO_FOLD, Manifest, natural_key, natural_sort
+from segbalance.data.splits import SELECT
 from segbalance.errors import UserError
 
 # Rows of these splits are in no fold: the test set, and the selection rows that pick the
 # best epoch of every fold (prepare --selection-fraction).
-OUTSIDE_FOLDS = ("test", "select")
+OUTSIDE_FOLDS = ("test", SELECT)
 FIX = "run 'segbalance prepare DATA_ROOT --folds K' to record folds in the manifest"
 
 
