@@ -105,7 +105,7 @@ def test_predict_writes_values_colours_overlays_and_class_maps(mc_model, tmp_pat
 
 
 def test_legend_names_each_class_in_its_colour() -> None:
-    from segbalance.predict import class_overlay
+    from segbalance.overlays import class_overlay
 
     image = np.full((20, 30, 3), 90, np.uint8)
     labels = np.zeros((20, 30), np.uint8)

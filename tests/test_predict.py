@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from segbalance.cli import main
-from segbalance.predict import overlay_image
+from segbalance.overlays import overlay_image
 from segbalance.predict_inputs import clashes, expand_inputs, output_names
 
 
