@@ -105,7 +105,8 @@ def test_mix_is_a_distribution_inside_its_bounds(seed: int) -> None:
 
 # --------------------------------------------------------------------------- strategies
 def test_adaptive_names_and_their_base() -> None:
-    assert adaptive_base("adaptive") == "uniform"
+    assert adaptive_base("adaptive") == "proportional"
+    assert adaptive_base("adaptive:uniform") == "uniform"
     assert adaptive_base(" adaptive:power:0.3 ") == "power:0.3"
     assert parse_balance("adaptive:sqrt") == ("adaptive", None)
     sizes = {"a": 30, "b": 10}
@@ -318,7 +319,8 @@ def test_two_replicas_sum_the_group_losses_so_q_is_the_same(
 TINY = {
     **TRAINER_TINY,
     "train.epochs": 3,
-    "sampling.balance": "adaptive",
+    # Group DRO's uniform start, so the first epoch's weights are known without the data.
+    "sampling.balance": "adaptive:uniform",
     # Strong steps so the 3-epoch run visibly moves its weights.
     "sampling.adaptive_eta": 20.0,
     "sampling.adaptive_mix": 1.0,

@@ -10,7 +10,7 @@ probabilities are the weights normalised to sum to 1.
 ``sqrt``               ``power:0.5``
 ``custom``             p_g ∝ w_g, the weights given (groups not named keep weight 1)
 ``repeat-factor:T``    LVIS: p_g ∝ n_g * r_g, r_g = max(1, sqrt(T / f_g)), f_g = n_g / N, 0 < T <= 1
-``adaptive[:BASE]``    BASE (default uniform) for the first epoch, then adapted to the groups'
+``adaptive[:BASE]``    BASE (default proportional) for the first epoch, then adapted to the groups'
                        losses during training (:mod:`segbalance.sampling.adaptive`)
 =====================  =====================================================================
 
@@ -60,8 +60,12 @@ STRATEGIES = (
     "repeat-factor:T",
     "adaptive:BASE",
 )
-# The base plan of a bare ``adaptive``: every group equally likely (Group DRO starts there).
-ADAPTIVE_DEFAULT_BASE = "uniform"
+# The base plan of a bare ``adaptive``: the natural shares. With adaptive_mix 0.5 every group
+# keeps half its natural share and half the samples chase the worst groups, so the largest
+# group is not starved (measured, README "Four strategies": over five seeds the same
+# worst-group gain over uniform as a uniform base, +0.031 vs +0.042, within noise, at a
+# third of its cost to the largest group, -0.024 vs -0.071 IoU against proportional).
+ADAPTIVE_DEFAULT_BASE = "proportional"
 
 
 class SamplingWarning(UserWarning):
@@ -89,7 +93,7 @@ def adaptive_base(balance: str) -> str | None:
 
     Example:
         >>> adaptive_base("adaptive"), adaptive_base("adaptive:sqrt"), adaptive_base("sqrt")
-        ('uniform', 'sqrt', None)
+        ('proportional', 'sqrt', None)
     """
     text = balance.strip()
     name, _, base = text.partition(":")
