@@ -23,9 +23,9 @@ CONTOUR = np.array([255, 230, 0], np.uint8)  # yellow
 TINT_ALPHA = 0.45
 
 
-def erode(mask: np.ndarray) -> np.ndarray:
-    """3x3 binary erosion (border pixels count as background)."""
-    padded = np.pad(mask, 1, constant_values=False)
+def erode(mask: np.ndarray, outside: bool = False) -> np.ndarray:
+    """3x3 binary erosion; ``outside`` is what lies beyond the border (False: background)."""
+    padded = np.pad(mask, 1, constant_values=outside)
     h, w = mask.shape
     out = np.ones_like(mask)
     for dy in range(3):

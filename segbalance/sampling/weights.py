@@ -10,8 +10,8 @@ probabilities are the weights normalised to sum to 1.
 ``sqrt``               ``power:0.5``
 ``custom``             p_g ∝ w_g, the weights given (groups not named keep weight 1)
 ``repeat-factor:T``    LVIS: p_g ∝ n_g * r_g, r_g = max(1, sqrt(T / f_g)), f_g = n_g / N, 0 < T <= 1
-``adaptive[:BASE]``    BASE (default proportional) for the first epoch, then adapted to the groups'
-                       losses during training (:mod:`segbalance.sampling.adaptive`)
+``adaptive[:BASE]``    BASE (default proportional) for the first epoch, then adapted to the
+                       groups' losses during training (:mod:`segbalance.sampling.adaptive`)
 =====================  =====================================================================
 
 Here (and so in ``segbalance plan``) ``adaptive:BASE`` means the probabilities of BASE: the

@@ -34,6 +34,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from segbalance.data.manifest import Manifest
+from segbalance.overlays import erode
 from segbalance.pipeline.decode import decode_pair
 
 PER_GROUP = 3  # images per group and epoch: enough to see a pattern, cheap to predict
@@ -57,13 +58,8 @@ def pick_rows(valid: Manifest, per_group: int = PER_GROUP) -> dict[str, list[int
 def contour(mask: np.ndarray) -> np.ndarray:
     """Pixels of a {0, 1} mask [H, W] that touch the background (3x3 neighbourhood)."""
     inside = mask > 0.5
-    padded = np.pad(inside, 1, mode="edge")
-    h, w = inside.shape
-    eroded = np.ones_like(inside)
-    for dy in range(3):
-        for dx in range(3):
-            eroded &= padded[dy : dy + h, dx : dx + w]
-    return inside & ~eroded
+    # The image border is not a contour: beyond it counts as foreground.
+    return inside & ~erode(inside, outside=True)
 
 
 def overlay(image: np.ndarray, predicted: np.ndarray, mask: np.ndarray) -> np.ndarray:
