@@ -119,7 +119,10 @@ class SamplingConfig(_Stage):
         1.0, ge=0.0, le=100.0, description="adaptive: step size of q <- q * exp(eta * L)"
     )
     adaptive_mix: float = Field(
-        0.5, ge=0.0, le=1.0, description="adaptive: share lambda of q in (1-lambda)*base + lambda*q"
+        0.45,
+        ge=0.0,
+        le=1.0,
+        description="adaptive: share lambda of q in (1-lambda)*base + lambda*q",
     )
     adaptive_floor: float = Field(
         0.25, ge=0.0, le=1.0, description="adaptive: least probability of a group, x 1/groups"
