@@ -152,6 +152,36 @@ def test_unknown_rule_fails_in_the_graph(tmp_path: Path) -> None:
         decode_mask(tf.constant(str(tmp_path / "m.png")), "purple>3")
 
 
+@pytest.mark.parametrize(
+    ("name", "mode", "rule"),
+    [
+        ("m.png", "L", "gray>100"),
+        ("m.png", "RGBA", "alpha>60"),
+        ("m.png", "I;16", "gray>127.5"),
+        ("m.jpg", "RGB", "green>90"),
+        ("m.tif", "RGB", "any>200"),
+    ],
+)
+@pytest.mark.parametrize("size", [(9, 7), (40, 52), (24, 30)])
+def test_mask_resized_before_its_rule_equals_rule_then_resize(
+    tmp_path: Path, name: str, mode: str, rule: str, size: tuple[int, int]
+) -> None:
+    """The decoder resizes a mask (nearest) before binarising it: the very same pixels."""
+    rng = np.random.default_rng(3)
+    if mode == "I;16":
+        pixels = rng.integers(0, 65536, (24, 30), dtype=np.uint16)
+    else:
+        channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
+        pixels = rng.integers(0, 256, (24, 30, channels), dtype=np.uint8).squeeze()
+    Image.fromarray(pixels).save(tmp_path / name)
+    path = tf.constant(str(tmp_path / name))
+    full = decode_mask(path, rule)
+    expected = tf.image.resize(full, size, method="nearest").numpy()
+    out = decode_mask(path, rule, size=size).numpy()
+    assert out.shape == (*size, 1) and 0 < out.mean() < 1
+    np.testing.assert_array_equal(out, expected)
+
+
 def test_resize_mask_nearest_stays_binary_and_image_bilinear(tmp_path: Path) -> None:
     # A left half/right half split that stays at the same place after resizing.
     mask = np.zeros((40, 48), np.uint8)
