@@ -152,6 +152,22 @@ def test_image_only_ops_change_the_image_only() -> None:
         assert np.abs(out_i - image).mean() > 0.5, op.type
 
 
+def test_image_only_ops_after_the_compiled_run_clip_and_leave_the_mask() -> None:
+    """The finish (clip, mask threshold) runs inside the last XLA call when only
+    image-only ops follow it; those then clip their own output."""
+    rng = np.random.default_rng(4)
+    image = _blocky_image(rng, 32)
+    mask = (image[..., :1] > 127).astype(np.float32)
+    affine = Affine(scale=0.2, degrees=30.0, p=1.0)
+    tail = [Brightness(factor=1.0, p=1.0), Noise(std=80.0, p=1.0), Saturation(factor=0.9, p=1.0)]
+    moved_only = _run([affine], image, mask, _seed(8), jit=True)[1]
+    for ops in ([affine, *tail], [affine, tail[0], tail[2], tail[1]]):
+        out_i, out_m = _run(ops, image, mask, _seed(8), jit=True)
+        assert out_i.min() >= 0.0 and out_i.max() <= 255.0
+        assert (out_i == 0.0).any() or (out_i == 255.0).any()  # the ops did leave 0..255
+        np.testing.assert_array_equal(out_m, moved_only)  # only the affine moved it
+
+
 @pytest.mark.parametrize("name", sorted(OPS))
 def test_every_declared_op_has_a_kernel(name: str) -> None:
     op = OPS[name]()

@@ -66,10 +66,25 @@ def _gated(fn: DualFn, p: float, select: bool = False, keeps: bool = False) -> D
     return apply
 
 
-def build_op(op: AugmentOp, compiled: bool) -> DualFn:
-    """One op: its kernel behind its ``p`` coin (``compiled``: runs inside an XLA cluster)."""
+def build_op(op: AugmentOp, compiled: bool, clip: bool = False) -> DualFn:
+    """One op: its kernel behind its ``p`` coin (``compiled``: runs inside an XLA cluster).
+
+    ``clip``: the op clips the image it makes to 0..255 (an image-only op after the
+    pipeline's finish, see :func:`_segments`).
+    """
     select = compiled and select_gated(op)
-    return _gated(build_kernel(op, compiled), op.p, select, keeps_dtype(op))
+    kernel = build_kernel(op, compiled)
+    if clip:
+        kernel = _clipped(kernel)
+    return _gated(kernel, op.p, select, keeps_dtype(op))
+
+
+def _clipped(fn: DualFn) -> DualFn:
+    def apply(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        new_image, new_mask = fn(image, mask, seed)
+        return tf.clip_by_value(new_image, 0.0, 255.0), new_mask
+
+    return apply
 
 
 def resolve_ops(spec: OpSpec) -> list[AugmentOp]:
@@ -92,25 +107,59 @@ def _chain(ops: list[DualFn], first: int) -> DualFn:
     return apply
 
 
-def _segments(ops: list[AugmentOp], jit: bool) -> list[DualFn]:
-    """Consecutive ops split into runs of equal ``xla``; the XLA runs compiled if ``jit``.
+Finish = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
-    The XLA-safe ops of a run fuse into a few loops over the pixels; the others (Keras
-    layers, noise) run as plain TF ops.
-    """
-    segments: list[DualFn] = []
+
+def _runs(ops: list[AugmentOp], jit: bool) -> list[tuple[int, int, bool]]:
+    """(start, end, compiled) of each run of consecutive ops of equal ``xla``."""
+    runs: list[tuple[int, int, bool]] = []
     start = 0
     while start < len(ops):
-        compiled = ops[start].xla and jit
         end = start + 1
         while end < len(ops) and ops[end].xla == ops[start].xla:
             end += 1
-        chain = _chain([build_op(op, compiled) for op in ops[start:end]], start)
+        runs.append((start, end, ops[start].xla and jit))
+        start = end
+    return runs
+
+
+def _finishing_run(ops: list[AugmentOp], runs: list[tuple[int, int, bool]]) -> int:
+    """The run that ends with the pipeline's finish: the last compiled one when only
+    image-only ops follow it (they then clip their own output), else the last run."""
+    compiled = [k for k, run in enumerate(runs) if run[2]]
+    if compiled and all(op.targets == "image" for op in ops[runs[compiled[-1]][1] :]):
+        return compiled[-1]
+    return len(runs) - 1
+
+
+def _segments(ops: list[AugmentOp], jit: bool, finish: Finish) -> list[DualFn]:
+    """Consecutive ops split into runs of equal ``xla``; the XLA runs compiled if ``jit``.
+
+    The XLA-safe ops of a run fuse into a few loops over the pixels; the others (Keras
+    layers, noise) run as plain TF ops. ``finish`` (clip the image, re-threshold the mask)
+    ends the last compiled run when only image-only ops follow it, where XLA fuses it with
+    the run's last op instead of two more passes over the pixels; those ops then clip what
+    they make, which costs only when they run (the default's noise: p = 0.2).
+    """
+    runs = _runs(ops, jit)
+    finishing = _finishing_run(ops, runs)
+    segments: list[DualFn] = []
+    for k, (start, end, compiled) in enumerate(runs):
+        fns = [build_op(op, compiled, clip=k > finishing) for op in ops[start:end]]
+        chain = _chain(fns, start)
+        if k == finishing:
+            chain = _then(chain, finish)
         if compiled:
             chain = tf.function(chain, jit_compile=True, autograph=False, reduce_retracing=True)
         segments.append(chain)
-        start = end
     return segments
+
+
+def _then(chain: DualFn, finish: Finish) -> DualFn:
+    def apply(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return finish(*chain(image, mask, seed))
+
+    return apply
 
 
 def lift_labels(mask: Any, num_classes: int) -> Any:
@@ -139,20 +188,26 @@ def build_pipeline(spec: OpSpec, jit: bool = True, num_classes: int = 1) -> Dual
 
     The image may come in as uint8 or float32; it goes out float32 in 0..255.
     """
-    segments = _segments(resolve_ops(spec), jit)
 
-    def apply(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        mask = as_float(mask)
-        if num_classes > 1:
-            mask = lift_labels(mask, num_classes)
-        for segment in segments:
-            image, mask = segment(image, mask, seed)
+    def finish(image: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         # uint8 pixels (no op made fractions) need no clip
         is_float = image.dtype == tf.float32
         image = tf.clip_by_value(image, 0.0, 255.0) if is_float else as_float(image)
         if num_classes > 1:
             return image, lower_labels(mask, num_classes)
         return image, tf.cast(mask > 0.5, tf.float32)
+
+    segments = _segments(resolve_ops(spec), jit, finish)
+
+    def apply(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        mask = as_float(mask)
+        if num_classes > 1:
+            mask = lift_labels(mask, num_classes)
+        if not segments:
+            return finish(image, mask)
+        for segment in segments:
+            image, mask = segment(image, mask, seed)
+        return image, mask
 
     return apply
 
