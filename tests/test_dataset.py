@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from segbalance.config import AugmentConfig
 from segbalance.data.manifest import Manifest
 from segbalance.errors import UserError
 from segbalance.pipeline import build_eval_dataset, build_train_dataset
+from segbalance.pipeline.dataset import release_iterator
 from segbalance.pipeline.decode import decode_pair
 
 SIZE = (32, 32)
@@ -182,3 +185,27 @@ def test_unreadable_file_names_it(manifest: Manifest, tmp_path: Path) -> None:
     )
     with pytest.raises(tf.errors.NotFoundError, match=r"gone(_mask)?\.png"):
         list(_train(bad, [0], [0], augment=AugmentConfig(engine="none")))
+
+
+def test_release_iterator_drops_it_on_its_own_thread_without_waiting() -> None:
+    """A slow destructor (an epoch's iterator, sometimes) no longer holds the caller up."""
+    dropped: dict[str, Any] = {}
+
+    class SlowToDrop:
+        def __del__(self) -> None:
+            time.sleep(0.5)
+            dropped["on"] = threading.current_thread()
+
+    box: list[Any] = [SlowToDrop()]
+    began = time.perf_counter()
+    thread = release_iterator(box)
+    assert time.perf_counter() - began < 0.4 and "on" not in dropped
+    thread.join(10)
+    assert dropped["on"] is thread and box == []
+
+
+def test_release_iterator_drops_a_dataset_iterator() -> None:
+    box: list[Any] = [iter(tf.data.Dataset.range(10).map(lambda x: x + 1).prefetch(2))]
+    assert int(next(box[0])) == 1
+    release_iterator(box).join(30)
+    assert box == []

@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -277,6 +278,21 @@ def build_train_dataset(
     ds = tf.data.Dataset.from_tensor_slices(table)
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.batch(int(batch_size)).prefetch(AUTOTUNE).with_options(_options())
+
+
+def release_iterator(box: list[Any]) -> threading.Thread:
+    """Drop a spent iterator, held only by ``box``, on a thread of its own (returned).
+
+    Destroying an epoch's iterator sometimes blocks for tens of seconds, idle (measured in
+    ``segbalance train``, 888 images at 256 px on 2 CPU cores: 4 epochs of 6 stalled
+    24.7-31.6 s, each with 0.2 s of CPU, before the validation pass could start); the
+    train loop need not wait for it. ``box`` must hold the only reference, so that the
+    destructor runs on that thread. Join the thread before the process ends: TensorFlow
+    must not be torn down under a destructor still running.
+    """
+    thread = threading.Thread(target=box.clear, name="segbalance-release-iterator")
+    thread.start()
+    return thread
 
 
 def build_eval_dataset(

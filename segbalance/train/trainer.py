@@ -24,6 +24,7 @@ does). A callback's own state is not checkpointed.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -37,6 +38,7 @@ from segbalance.data.manifest import Manifest
 from segbalance.models import build_model, set_encoder_trainable
 from segbalance.pipeline.budget import CacheChoice
 from segbalance.pipeline.cache import DecodedCache
+from segbalance.pipeline.dataset import release_iterator
 from segbalance.pipeline.verify import DATA_ERRORS, pipeline_error
 from segbalance.sampling import SamplingPlan
 from segbalance.train import logs as runlog
@@ -130,6 +132,7 @@ class Trainer:
             cfg.train.keep_checkpoints,
         )
         self._train_steps: dict[bool, Any] = {}
+        self._released: list[threading.Thread] = []  # spent iterators being dropped
         self.callbacks = keras.callbacks.CallbackList(
             list(callbacks),
             model=self.model,
@@ -176,6 +179,8 @@ class Trainer:
             return result
         finally:
             self.log.close()
+            for thread in self._released:  # the last epoch's iterator, usually
+                thread.join()
 
     def epoch_reads(
         self, epoch: int, start_step: int, pipelines: int, pipeline: int
@@ -313,11 +318,11 @@ class Trainer:
                     self.callbacks.on_train_batch_end(done - 1, logs)
             pending.clear()
 
-        iterator, began = iter(data), time.perf_counter()
+        box, began = [iter(data)], time.perf_counter()  # the only reference: see release_iterator
         for step in range(start, self.steps):
             if hooks:
                 self.callbacks.on_train_batch_begin(step)
-            result = step_fn(next(iterator))
+            result = step_fn(next(box[0]))
             collect()
             pending.append((step + 1, result))
             if every and (step + 1) % every == 0 and step + 1 < self.steps:
@@ -326,6 +331,7 @@ class Trainer:
                 self._save(epoch, step + 1)
         collect()
         seconds = time.perf_counter() - began
+        self._released.append(release_iterator(box))
         seen = (self.steps - start) * self.batch
         return totals["loss"] / self.steps, totals["counts"], seconds, seen
 
