@@ -317,7 +317,8 @@ def decode_mask(
         labels = decode_label_mask(path, "class-value" if rule is None else rule, classes)
         return labels if size is None else resize_mask(labels, size)
     unit = _decode_unit(path, accurate_jpeg=True, size=size)
-    return apply_mask_rule(unit, "any>0" if rule is None else rule)
+    mask = apply_mask_rule(unit, "any>0" if rule is None else rule)
+    return mask if size is None else tf.ensure_shape(mask, [int(size[0]), int(size[1]), 1])
 
 
 def _same_size(x: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
@@ -378,9 +379,7 @@ def decode_pair(
         indices, 255 ignored).
     """
     image = resize_image(decode_image(image_path, orientation, jpeg_ratio, dtype), image_size)
-    mask = decode_mask(mask_path, mask_rule, classes, image_size)
-    mask = tf.ensure_shape(mask, [int(image_size[0]), int(image_size[1]), 1])
-    return image, mask
+    return image, decode_mask(mask_path, mask_rule, classes, image_size)
 
 
 def load_image(path: str | Path) -> np.ndarray:

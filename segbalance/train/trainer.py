@@ -132,7 +132,7 @@ class Trainer:
             cfg.train.keep_checkpoints,
         )
         self._train_steps: dict[bool, Any] = {}
-        self._released: list[threading.Thread] = []  # spent iterators being dropped
+        self._released: list[threading.Thread] = []  # spent iterators still being dropped
         self.callbacks = keras.callbacks.CallbackList(
             list(callbacks),
             model=self.model,
@@ -331,7 +331,7 @@ class Trainer:
                 self._save(epoch, step + 1)
         collect()
         seconds = time.perf_counter() - began
-        self._released.append(release_iterator(box))
+        self._released = [t for t in self._released if t.is_alive()] + [release_iterator(box)]
         seen = (self.steps - start) * self.batch
         return totals["loss"] / self.steps, totals["counts"], seconds, seen
 
