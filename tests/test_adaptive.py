@@ -18,7 +18,7 @@ import pytest
 from segbalance.config import load_config
 from segbalance.errors import UserError
 from segbalance.sampling import SamplingPlan, group_probabilities, largest_remainder
-from segbalance.sampling.adaptive import initial_weights, mix, update_weights
+from segbalance.sampling.adaptive import adjusted_losses, initial_weights, mix, update_weights
 from segbalance.sampling.weights import adaptive_base, parse_balance
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -54,6 +54,21 @@ def test_a_group_without_signal_counts_as_the_mean_and_zero_stays_zero() -> None
 def test_huge_losses_do_not_overflow() -> None:
     q = update_weights(np.array([0.5, 0.5]), np.array([1e4, 1e4 + 1.0]), eta=100.0)
     assert np.isfinite(q).all() and q[1] == pytest.approx(1.0)
+
+
+def test_the_adjustment_adds_c_over_root_n_and_favours_small_groups() -> None:
+    losses = np.array([0.1, 0.3, 0.2, np.nan])
+    out = adjusted_losses(losses, np.array([400, 25, 4, 16]), 2.0)
+    np.testing.assert_allclose(out[:3], [0.1 + 0.1, 0.3 + 0.4, 0.2 + 1.0], rtol=1e-12)
+    assert math.isnan(out[3])  # no signal stays no signal (counted as the mean later)
+    np.testing.assert_array_equal(adjusted_losses(losses, np.array([400, 25, 4, 16]), 0.0), losses)
+    # A group without images (not sampled) gets no adjustment and no division by zero.
+    assert adjusted_losses(np.array([0.5]), np.array([0]), 3.0).tolist() == [0.5]
+    # The easy-looking small group (loss 0.2, 4 images) now gains weight over the large one.
+    q = update_weights(
+        np.array([0.5, 0.5]), adjusted_losses(np.array([0.2, 0.4]), np.array([4, 400]), 1.0), 1.0
+    )
+    assert q[0] > q[1]
 
 
 def test_mix_without_bounds_is_the_convex_combination() -> None:
@@ -198,7 +213,9 @@ def test_bad_targets_are_refused() -> None:
 
 
 # --------------------------------------------------------------------------- the hook
-def _hook(signal: str) -> tuple[Any, Any, SamplingPlan]:
+def _hook(
+    signal: str, adjustment: float = 0.0, sizes: tuple[int, ...] = (10, 10, 10)
+) -> tuple[Any, Any, SamplingPlan]:
     from segbalance.train.adaptive import AdaptiveBalance
     from segbalance.train.checkpoint import RunState
 
@@ -211,9 +228,10 @@ def _hook(signal: str) -> tuple[Any, Any, SamplingPlan]:
             "sampling.adaptive_mix": 0.5,
             "sampling.adaptive_floor": 0.0,
             "sampling.adaptive_cap": 1000.0,
+            "sampling.adaptive_adjustment": adjustment,
         },
     ).sampling
-    plan = SamplingPlan(np.repeat([0, 1, 2], [10, 10, 10]), NAMES, seed=0, epoch_length=30)
+    plan = SamplingPlan(np.repeat([0, 1, 2], sizes), NAMES, seed=0, epoch_length=30)
     hook = AdaptiveBalance(cfg, plan, epochs=3)
     state = RunState(0.1, adaptive=(3, 3))
     hook.begin(state, plan)
@@ -252,6 +270,17 @@ def test_the_hook_updates_q_and_sets_the_next_epochs_by_hand(signal: str) -> Non
     hook.begin(state, fresh)
     for epoch in range(3):
         np.testing.assert_array_equal(fresh.epoch(epoch), plan.epoch(epoch))
+
+
+def test_the_hook_adds_the_adjustment_of_each_groups_train_images() -> None:
+    hook, state, plan = _hook("valid_loss", adjustment=0.5, sizes=(25, 4, 1))
+    hook.end_epoch(0, _val([0.2, 0.5, 1.0], [0.8, 0.5, 0.0]), state, plan)
+    # eta 2 * (L + 0.5 / sqrt(n)) with n = 25, 4, 1 train images.
+    step = 2.0 * (np.array([0.2, 0.5, 1.0]) + 0.5 / np.sqrt([25.0, 4.0, 1.0]))
+    np.testing.assert_allclose(state.get("group_q"), np.exp(step) / np.exp(step).sum())
+    plain = np.exp([0.4, 1.0, 2.0]) / np.exp([0.4, 1.0, 2.0]).sum()
+    assert state.get("group_q")[2] > plain[2] + 0.05  # the 1-image group gains most
+    assert hook.facts(state)["adjustment"] == 0.5
 
 
 # --------------------------------------------------------------------------- replicas
@@ -434,3 +463,20 @@ def test_plan_shows_the_base_plan_and_says_later_epochs_adapt(
     assert report["target"] == pytest.approx(group_probabilities(sizes, "sqrt"))
     assert main(["plan", str(synth_manifest), "--balance", "adaptive"]) == 0
     assert "later epochs adapt" in capsys.readouterr().out
+
+
+def test_a_run_from_before_the_adjustment_resumes_only_as_it_started(tmp_path: Path) -> None:
+    import yaml
+
+    from segbalance.config import config_to_yaml
+    from segbalance.train.workdir import CONFIG, config_diff, read_run_config
+
+    cfg = load_config(None, {"sampling.balance": "adaptive"})
+    raw = yaml.safe_load(config_to_yaml(cfg))
+    del raw["sampling"]["adaptive_adjustment"]  # as a run's config.yaml before the key
+    (tmp_path / CONFIG).write_text(yaml.safe_dump(raw))
+    old = read_run_config(tmp_path)
+    assert old.sampling.adaptive_adjustment == 0.0
+    assert config_diff(old, cfg) == ["sampling.adaptive_adjustment: 0.0 -> 1.0"]
+    (tmp_path / CONFIG).write_text(config_to_yaml(cfg))
+    assert read_run_config(tmp_path).sampling.adaptive_adjustment == 1.0

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["initial_weights", "mix", "update_weights"]
+__all__ = ["adjusted_losses", "initial_weights", "mix", "update_weights"]
 
 
 def initial_weights(base: np.ndarray) -> np.ndarray:
@@ -39,6 +39,25 @@ def initial_weights(base: np.ndarray) -> np.ndarray:
     """
     active = np.asarray(base, np.float64) > 0
     return active / active.sum()
+
+
+def adjusted_losses(losses: np.ndarray, sizes: np.ndarray, c: float) -> np.ndarray:
+    """``L_g + c / sqrt(n_g)``: Group DRO's generalization adjustment (Sagawa et al., sec. 3.2).
+
+    A small group's validation signal flatters it: its few images are easy to fit and its
+    measured loss is noisy, so without the adjustment an easy-looking small group sinks to
+    the floor and does worse on new data than under uniform. ``c / sqrt(n)`` is the usual
+    size of that generalisation gap. NaN (no signal) stays NaN; a group without images
+    gets no adjustment (it is not sampled).
+
+    Example:
+        >>> adjusted_losses(np.array([0.1, 0.1, np.nan]), np.array([100, 4, 9]), 1.0).tolist()
+        [0.2, 0.6, nan]
+    """
+    n = np.asarray(sizes, np.float64)
+    with np.errstate(divide="ignore"):
+        bonus = np.where(n > 0, c / np.sqrt(np.maximum(n, 1.0)), 0.0)
+    return np.asarray(losses, np.float64) + bonus
 
 
 def update_weights(q: np.ndarray, losses: np.ndarray, eta: float) -> np.ndarray:

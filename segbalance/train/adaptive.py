@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from segbalance.config import SamplingConfig
 from segbalance.io import atomic_path
 from segbalance.sampling import SamplingPlan, adaptive_base
-from segbalance.sampling.adaptive import initial_weights, mix, update_weights
+from segbalance.sampling.adaptive import adjusted_losses, initial_weights, mix, update_weights
 from segbalance.train.checkpoint import RunState
 from segbalance.train.workdir import ADAPTIVE_FIGURE
 
@@ -111,6 +111,7 @@ class AdaptiveBalance:
         """Update q from epoch ``epoch``'s validation and decide the next epoch's p."""
         cfg = self.cfg
         losses = self.signal(epoch, val, plan, np.asarray(state.get("run_group_loss")))
+        losses = adjusted_losses(losses, self.sizes, cfg.adaptive_adjustment)
         q = update_weights(np.asarray(state.get("group_q")), losses, cfg.adaptive_eta)
         state.set(group_q=q, run_group_loss=np.zeros(len(self.groups)))
         if epoch + 1 >= self.epochs:
@@ -151,6 +152,7 @@ class AdaptiveBalance:
             "mix": cfg.adaptive_mix,
             "floor": cfg.adaptive_floor,
             "cap": cfg.adaptive_cap,
+            "adjustment": cfg.adaptive_adjustment,
             "final_q": dict(zip(self.groups, q.tolist(), strict=True)),
         }
 
@@ -160,7 +162,8 @@ class AdaptiveBalance:
         return (
             f"adaptive: epoch 1 samples the base mix, later epochs adapt to {cfg.adaptive_signal} "
             f"(eta {cfg.adaptive_eta:g}, mix {cfg.adaptive_mix:g}, floor {cfg.adaptive_floor:g}"
-            f"/groups, cap {cfg.adaptive_cap:g} showings per image per epoch)"
+            f"/groups, cap {cfg.adaptive_cap:g} showings per image per epoch, adjustment "
+            f"{cfg.adaptive_adjustment:g}/sqrt(n))"
         )
 
 
