@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from segbalance.classes import ClassSet
 from segbalance.config import AugmentConfig
+from segbalance.data.check import default_workers
 from segbalance.data.manifest import Manifest
 from segbalance.errors import UserError
 from segbalance.pipeline.augment import build_augmenter
@@ -65,6 +66,12 @@ def _options() -> tf.data.Options:
     # sample's ops across the same threads only adds task steals and wake-ups (~5% of the
     # CPU in a profile): 2 cores, streaming 4.90-4.95 -> 4.61-4.71 CPU ms a 384 px image.
     options.threading.max_intra_op_parallelism = 1
+    # Its own pool of twice the cores: on the shared default pool a thread that blocks (the
+    # batch waiting on the map, a file read) idles its core. Measured on 2 cores, 384 px,
+    # default augmentation (benchmarks/bench_pipeline.py): 1.82-1.86 of 2 cores busy with
+    # the shared pool, 1.98 with 4 threads; streaming 285 -> 332 images/s, cached 558 ->
+    # 616. 3 threads gave less, 6 and 8 no more.
+    options.threading.private_threadpool_size = 2 * default_workers()
     # Each replica/worker is handed its own share of the plan: tf.distribute must not
     # shard it again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
