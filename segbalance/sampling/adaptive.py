@@ -42,7 +42,7 @@ def initial_weights(base: np.ndarray) -> np.ndarray:
 
 
 def adjusted_losses(losses: np.ndarray, sizes: np.ndarray, c: float) -> np.ndarray:
-    """``L_g + c / sqrt(n_g)``: Group DRO's generalization adjustment (Sagawa et al., sec. 3.2).
+    """``L_g + c / sqrt(n_g)``: Group DRO's generalization adjustment (Sagawa et al. 2020).
 
     A small group's validation signal flatters it: its few images are easy to fit and its
     measured loss is noisy, so without the adjustment an easy-looking small group sinks to
@@ -55,8 +55,7 @@ def adjusted_losses(losses: np.ndarray, sizes: np.ndarray, c: float) -> np.ndarr
         [0.2, 0.6, nan]
     """
     n = np.asarray(sizes, np.float64)
-    with np.errstate(divide="ignore"):
-        bonus = np.where(n > 0, c / np.sqrt(np.maximum(n, 1.0)), 0.0)
+    bonus = np.where(n > 0, c / np.sqrt(np.maximum(n, 1.0)), 0.0)
     return np.asarray(losses, np.float64) + bonus
 
 
