@@ -359,10 +359,26 @@ def _error_line(error: Any) -> str:
     return f"{key}: {error['msg']}"
 
 
+# Keys added after configs were already being saved, with the value that gives the behaviour
+# of the version that saved one without them. A saved config (config_to_yaml) shows every key,
+# so one that lacks a key predates it: an adaptive run from before the adjustment resumes
+# with 0 (or is refused as changed), never silently with the new default.
+ADDED_KEYS: dict[tuple[str, str], Any] = {("sampling", "adaptive_adjustment"): 0.0}
+
+
+def _fill_added(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` (a saved config) with the keys of :data:`ADDED_KEYS` it lacks filled in."""
+    for (section, key), value in ADDED_KEYS.items():
+        if isinstance(raw.get(section), dict):
+            raw[section].setdefault(key, value)
+    return raw
+
+
 def load_config(
     path: str | Path | None,
     overrides: dict[str, Any] | None = None,
     drop: tuple[str, ...] = (),
+    saved: bool = False,
 ) -> Config:
     """Read an optional YAML file, apply ``section.key`` overrides, validate once.
 
@@ -370,6 +386,8 @@ def load_config(
         path: YAML file or None for the defaults.
         drop: top-level sections of the file to ignore (their defaults apply, then overrides).
         overrides: dotted keys to values, e.g. ``{"train.epochs": 3}``; None values are ignored.
+        saved: ``path`` is a config segbalance saved (a run's config.yaml): keys it lacks
+            read as the version that saved it behaved (:data:`ADDED_KEYS`).
 
     Raises:
         UserError: unreadable YAML, unknown keys or invalid values, naming the key.
@@ -384,6 +402,8 @@ def load_config(
             raise UserError(
                 f"config {path} must be a mapping of sections, got {type(raw).__name__}"
             )
+    if saved:
+        raw = _fill_added(raw)
     for section in drop:
         raw.pop(section, None)
     # An empty section (`train:` with nothing under it) means its defaults.
@@ -406,6 +426,10 @@ def config_to_yaml(cfg: Config) -> str:
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
-    """Rebuild a Config saved with :func:`config_to_yaml` (e.g. inside a model file)."""
+    """Rebuild a Config saved with :func:`config_to_yaml` (e.g. inside a model file).
+
+    Keys added since it was saved read as the saving version behaved (:data:`ADDED_KEYS`).
+    """
+    raw = _fill_added(raw)
     _check_keys(raw, Config, "")
     return Config.model_validate(raw)

@@ -478,5 +478,10 @@ def test_a_run_from_before_the_adjustment_resumes_only_as_it_started(tmp_path: P
     old = read_run_config(tmp_path)
     assert old.sampling.adaptive_adjustment == 0.0
     assert config_diff(old, cfg) == ["sampling.adaptive_adjustment: 0.0 -> 1.0"]
+    # `train --resume` rebuilds the config from the same file: it reads the same 0, so
+    # the resume goes on as the run started (a user's own file keeps the new default).
+    resumed = load_config(tmp_path / CONFIG, {}, saved=True)
+    assert config_diff(old, resumed) == [] and resumed.sampling.adaptive_adjustment == 0.0
+    assert load_config(tmp_path / CONFIG).sampling.adaptive_adjustment == 1.0
     (tmp_path / CONFIG).write_text(config_to_yaml(cfg))
     assert read_run_config(tmp_path).sampling.adaptive_adjustment == 1.0

@@ -189,8 +189,9 @@ def build_config(args: argparse.Namespace) -> Any:
             )
     # The cluster belongs to this invocation, not to the run: a resumed run gets the devices
     # and workers given now (none: one device), never the old cluster's addresses.
-    drop = ("distribute",) if args.resume and args.config is None else ()
-    return load_config(base, overrides_from(args), drop=drop)
+    from_run = args.resume and args.config is None
+    drop = ("distribute",) if from_run else ()
+    return load_config(base, overrides_from(args), drop=drop, saved=from_run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,7 +23,6 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -91,16 +90,11 @@ class WorkDir:
         return self.root / LOGS
 
 
-# Keys added after runs were already being written, with the value that gives the behaviour
-# such a run was started with (its config.yaml lacks the key; the new default differs).
-ADDED_KEYS: dict[tuple[str, str], Any] = {("sampling", "adaptive_adjustment"): 0.0}
-
-
 def read_run_config(work_dir: str | Path) -> Config:
     """The ``config.yaml`` of an earlier run (for ``--resume``).
 
-    A key the run's version did not have (:data:`ADDED_KEYS`) reads as the value that run
-    used, so a resume with the new default is refused as a changed config, not taken.
+    A key the run's version did not have reads as that version behaved
+    (:data:`segbalance.config.ADDED_KEYS`).
 
     Raises:
         UserError: no run in ``work_dir`` or an unreadable config.
@@ -112,9 +106,6 @@ def read_run_config(work_dir: str | Path) -> Config:
         )
     try:
         raw = yaml.safe_load(path.read_text()) or {}
-        for (section, key), value in ADDED_KEYS.items():
-            if isinstance(raw.get(section), dict):
-                raw[section].setdefault(key, value)
         return config_from_dict(raw)
     except (OSError, yaml.YAMLError) as err:
         raise UserError(f"cannot read {path}: {err}") from err
