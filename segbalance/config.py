@@ -367,11 +367,15 @@ ADDED_KEYS: dict[tuple[str, str], Any] = {("sampling", "adaptive_adjustment"): 0
 
 
 def _fill_added(raw: dict[str, Any]) -> dict[str, Any]:
-    """``raw`` (a saved config) with the keys of :data:`ADDED_KEYS` it lacks filled in."""
+    """A copy of ``raw`` (a saved config) with the keys of :data:`ADDED_KEYS` it lacks.
+
+    A copy: the caller's dict (a model file's metadata, a parsed YAML) stays as it was read.
+    """
+    filled = dict(raw)
     for (section, key), value in ADDED_KEYS.items():
-        if isinstance(raw.get(section), dict):
-            raw[section].setdefault(key, value)
-    return raw
+        if isinstance(filled.get(section), dict):
+            filled[section] = {key: value, **filled[section]}
+    return filled
 
 
 def load_config(

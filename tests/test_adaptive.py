@@ -468,13 +468,15 @@ def test_plan_shows_the_base_plan_and_says_later_epochs_adapt(
 def test_a_run_from_before_the_adjustment_resumes_only_as_it_started(tmp_path: Path) -> None:
     import yaml
 
-    from segbalance.config import config_to_yaml
+    from segbalance.config import config_from_dict, config_to_yaml
     from segbalance.train.workdir import CONFIG, config_diff, read_run_config
 
     cfg = load_config(None, {"sampling.balance": "adaptive"})
     raw = yaml.safe_load(config_to_yaml(cfg))
     del raw["sampling"]["adaptive_adjustment"]  # as a run's config.yaml before the key
     (tmp_path / CONFIG).write_text(yaml.safe_dump(raw))
+    assert config_from_dict(raw).sampling.adaptive_adjustment == 0.0
+    assert "adaptive_adjustment" not in raw["sampling"]  # the caller's dict is not changed
     old = read_run_config(tmp_path)
     assert old.sampling.adaptive_adjustment == 0.0
     assert config_diff(old, cfg) == ["sampling.adaptive_adjustment: 0.0 -> 1.0"]

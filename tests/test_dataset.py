@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import tensorflow as tf
 from PIL import Image
 
 from segbalance.config import AugmentConfig
+from segbalance.data.check import default_workers
 from segbalance.data.manifest import Manifest
 from segbalance.errors import UserError
 from segbalance.pipeline import build_eval_dataset, build_train_dataset
@@ -98,7 +98,7 @@ def test_train_and_eval_datasets_run_on_their_own_pool_of_twice_the_cores(
     manifest: Manifest,
 ) -> None:
     # The shared pool left ~8 % of 2 cores idle (README, "Streaming, every core busy").
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = default_workers()
     for ds in (
         _train(manifest, PLAN, POS),
         build_eval_dataset(manifest, image_size=(32, 32), batch_size=2),
